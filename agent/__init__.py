@@ -1,0 +1,1 @@
+"""nodewarden: health agent with guarded remediation for mail and storage hosts."""

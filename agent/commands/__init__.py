@@ -1,0 +1,1 @@
+"""One module per `nodewarden` subcommand: HELP, add_arguments(parser), main(args) -> int."""

@@ -1,0 +1,385 @@
+"""One configuration path: `load_config()` is used by `run`, `check` and SIGHUP alike.
+
+The file is TOML (default `/etc/nodewarden/agent.toml`, overridden by `--config` or
+`NODEWARDEN_CONFIG`). Every key has a built-in default, so no file is needed. Errors carry
+file, key and reason; a configuration with any error is refused whole (ConfigInvalid).
+Every key is documented in docs/configuration.md (a test checks the two agree).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+DEFAULT_CONFIG_PATH = Path("/etc/nodewarden/agent.toml")
+DEFAULT_SIGNATURES_DIR = Path("/etc/nodewarden/signatures.d")
+CONFIG_ENV = "NODEWARDEN_CONFIG"
+
+MODES = ("observe", "dry-run", "enforce")
+ROLES = ("storage", "mail", "generic")
+PROBE_KINDS = ("imap", "pop3", "smtp", "http", "tcp")
+TLS_MODES = ("none", "tls", "starttls")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ConfigError:
+    """One problem in the configuration: where (file, dotted key) and why."""
+
+    file: str
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.key}: {self.reason}"
+
+
+class ConfigInvalid(Exception):
+    """The configuration was refused whole; `errors` says every reason."""
+
+    def __init__(self, errors: Sequence[ConfigError]) -> None:
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+_MISSING: Any = object()
+
+
+class Section:
+    """A typed reader over one TOML table that records errors instead of raising.
+
+    Each getter returns the default when the key is absent or wrong (after recording an
+    error), so one pass reports every error in the file. `finish()` reports unknown keys:
+    a typo must not silently fall back to a default.
+    """
+
+    def __init__(
+        self, raw: Mapping[str, Any], file: str, path: str, errors: list[ConfigError]
+    ) -> None:
+        self.raw = raw
+        self.file = file
+        self.path = path
+        self.errors = errors
+        self._seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def error(self, name: str, reason: str) -> None:
+        self.errors.append(ConfigError(self.file, self.key(name), reason))
+
+    def has(self, name: str) -> bool:
+        return name in self.raw
+
+    def _get(self, name: str, default: T, check: Callable[[Any], bool], want: str) -> T:
+        self._seen.add(name)
+        if name not in self.raw:
+            if default is _MISSING:
+                self.error(name, "is required")
+            return default
+        value = self.raw[name]
+        if not check(value):
+            self.error(name, f"must be {want}, not {type(value).__name__} {value!r}"[:200])
+            return default
+        return value  # type: ignore[no-any-return]
+
+    def str(self, name: str, default: str = _MISSING) -> str:
+        return self._get(name, default, lambda v: isinstance(v, str), "a string")
+
+    def opt_str(self, name: str) -> str | None:
+        return self._get(name, None, lambda v: isinstance(v, str), "a string")
+
+    def bool(self, name: str, default: bool = _MISSING) -> bool:
+        return self._get(name, default, lambda v: isinstance(v, bool), "true or false")
+
+    def int(
+        self, name: str, default: int = _MISSING, *, minimum: int | None = None,
+        maximum: int | None = None,
+    ) -> int:
+        value = self._get(
+            name, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
+        )
+        return self._bounded(name, value, default, minimum, maximum)
+
+    def float(
+        self, name: str, default: float = _MISSING, *, minimum: float | None = None,
+        maximum: float | None = None,
+    ) -> float:
+        value = self._get(
+            name, default,
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number",
+        )
+        if value is _MISSING:
+            return value
+        return self._bounded(name, float(value), default, minimum, maximum)
+
+    def _bounded(self, name: str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
+        if value is _MISSING or value is None:
+            return value
+        if lo is not None and value < lo:
+            self.error(name, f"must be at least {lo}, not {value}")
+            return default
+        if hi is not None and value > hi:
+            self.error(name, f"must be at most {hi}, not {value}")
+            return default
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str = _MISSING) -> str:
+        value = self.str(name, default)
+        if value is not _MISSING and value not in choices:
+            self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
+            return default
+        return value
+
+    def str_list(self, name: str, default: Sequence[str] = ()) -> tuple[str, ...]:
+        value = self._get(
+            name, list(default),
+            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "a list of strings",
+        )
+        return tuple(value)
+
+    def table(self, name: str) -> Section:
+        """A sub-table (absent = empty)."""
+        value = self._get(name, {}, lambda v: isinstance(v, dict), "a table")
+        return Section(value, self.file, self.key(name), self.errors)
+
+    def tables(self, name: str) -> Iterator[tuple[str, Section]]:
+        """Each named sub-table of a table, e.g. `[probes.imap]` → ("imap", Section)."""
+        outer = self.table(name)
+        for sub in outer.raw:
+            yield sub, outer.table(sub)
+        outer.finish()
+
+    def finish(self) -> None:
+        for name in self.raw:
+            if name not in self._seen:
+                self.error(name, "unknown key (misspelt? see docs/configuration.md)")
+
+
+# --------------------------------------------------------------------------- settings
+@dataclass(frozen=True)
+class AgentSettings:
+    mode: str = "dry-run"
+    role: str = "generic"
+    hostname: str = field(default_factory=socket.gethostname)
+    state_dir: Path = Path("/var/lib/nodewarden")
+    signatures_dir: Path = DEFAULT_SIGNATURES_DIR
+    sample_interval_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class KmsgSettings:
+    enabled: bool = True
+    path: Path = Path("/dev/kmsg")
+
+
+@dataclass(frozen=True)
+class LogSourceSettings:
+    name: str
+    path: Path
+    max_line_bytes: int = 16384
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    filesystems: tuple[str, ...] = ("/",)
+    fs_timeout_s: float = 2.0
+    mailq_command: tuple[str, ...] = ()
+    mailq_timeout_s: float = 5.0
+    disks: tuple[str, ...] = ()  # empty = every whole disk in /proc/diskstats
+
+
+@dataclass(frozen=True)
+class UdevSettings:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    name: str
+    kind: str
+    host: str = "127.0.0.1"
+    port: int = 0
+    tls: str = "none"
+    verify_tls: bool = True
+    server_name: str | None = None
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 5.0
+    interval_s: float = 30.0
+    login_user: str | None = None
+    login_password_file: Path | None = None
+    http_path: str = "/"
+    expect_status: int = 200
+    expect_text: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole agent configuration. `sources` lists the files it was read from."""
+
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    kmsg: KmsgSettings = field(default_factory=KmsgSettings)
+    logs: tuple[LogSourceSettings, ...] = (
+        LogSourceSettings("mail", Path("/var/log/mail.log")),
+    )
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    udev: UdevSettings = field(default_factory=UdevSettings)
+    probes: tuple[ProbeSettings, ...] = ()
+    sources: tuple[str, ...] = ()
+
+
+DEFAULT_PORTS = {
+    ("imap", "none"): 143, ("imap", "starttls"): 143, ("imap", "tls"): 993,
+    ("pop3", "none"): 110, ("pop3", "starttls"): 110, ("pop3", "tls"): 995,
+    ("smtp", "none"): 25, ("smtp", "starttls"): 587, ("smtp", "tls"): 465,
+    ("http", "none"): 80, ("http", "tls"): 443,
+}
+
+
+def _parse_agent(s: Section) -> AgentSettings:
+    d = AgentSettings()
+    out = AgentSettings(
+        mode=s.choice("mode", MODES, d.mode),
+        role=s.choice("role", ROLES, d.role),
+        hostname=s.str("hostname", d.hostname),
+        state_dir=Path(s.str("state_dir", str(d.state_dir))),
+        signatures_dir=Path(s.str("signatures_dir", str(d.signatures_dir))),
+        sample_interval_s=s.float("sample_interval_s", d.sample_interval_s, minimum=0.05),
+    )
+    s.finish()
+    return out
+
+
+def _parse_kmsg(s: Section) -> KmsgSettings:
+    d = KmsgSettings()
+    out = KmsgSettings(enabled=s.bool("enabled", d.enabled), path=Path(s.str("path", str(d.path))))
+    s.finish()
+    return out
+
+
+def _parse_log(name: str, s: Section) -> LogSourceSettings:
+    out = LogSourceSettings(
+        name=name,
+        path=Path(s.str("path", "")),
+        max_line_bytes=s.int("max_line_bytes", 16384, minimum=256, maximum=16 * 1024 * 1024),
+    )
+    if not s.has("path"):
+        s.error("path", "is required")
+    s.finish()
+    return out
+
+
+def _parse_metrics(s: Section) -> MetricsSettings:
+    d = MetricsSettings()
+    out = MetricsSettings(
+        filesystems=s.str_list("filesystems", d.filesystems),
+        fs_timeout_s=s.float("fs_timeout_s", d.fs_timeout_s, minimum=0.1),
+        mailq_command=s.str_list("mailq_command", d.mailq_command),
+        mailq_timeout_s=s.float("mailq_timeout_s", d.mailq_timeout_s, minimum=0.1),
+        disks=s.str_list("disks", d.disks),
+    )
+    s.finish()
+    return out
+
+
+def _parse_udev(s: Section) -> UdevSettings:
+    out = UdevSettings(enabled=s.bool("enabled", True))
+    s.finish()
+    return out
+
+
+def _parse_probe(name: str, s: Section) -> ProbeSettings:
+    kind = s.choice("kind", PROBE_KINDS, "tcp")
+    tls = s.choice("tls", TLS_MODES, "none")
+    if kind in ("http", "tcp") and tls == "starttls":
+        s.error("tls", f"starttls is not defined for {kind}; use tls or none")
+    port = s.int("port", DEFAULT_PORTS.get((kind, tls), 0), minimum=1, maximum=65535)
+    if port == 0:
+        s.error("port", f"is required for a {kind} probe")
+    pw = s.opt_str("login_password_file")
+    user = s.opt_str("login_user")
+    if (user is None) != (pw is None):
+        s.error("login_user", "login_user and login_password_file go together")
+    out = ProbeSettings(
+        name=name,
+        kind=kind,
+        host=s.str("host", "127.0.0.1"),
+        port=port,
+        tls=tls,
+        verify_tls=s.bool("verify_tls", True),
+        server_name=s.opt_str("server_name"),
+        connect_timeout_s=s.float("connect_timeout_s", 3.0, minimum=0.01, maximum=600),
+        read_timeout_s=s.float("read_timeout_s", 5.0, minimum=0.01, maximum=600),
+        interval_s=s.float("interval_s", 30.0, minimum=0.1),
+        login_user=user,
+        login_password_file=Path(pw) if pw else None,
+        http_path=s.str("path", "/"),
+        expect_status=s.int("expect_status", 200, minimum=100, maximum=599),
+        expect_text=s.opt_str("expect_text"),
+    )
+    s.finish()
+    return out
+
+
+def parse_config(raw: Mapping[str, Any], file: str) -> tuple[Config, list[ConfigError]]:
+    """Build a Config from parsed TOML, collecting every error (never raises)."""
+    errors: list[ConfigError] = []
+    top = Section(raw, file, "", errors)
+    default = Config()
+    logs = default.logs
+    if top.has("logs"):
+        logs = tuple(_parse_log(n, s) for n, s in top.tables("logs"))
+    config = Config(
+        agent=_parse_agent(top.table("agent")),
+        kmsg=_parse_kmsg(top.table("kmsg")),
+        logs=logs,
+        metrics=_parse_metrics(top.table("metrics")),
+        udev=_parse_udev(top.table("udev")),
+        probes=tuple(_parse_probe(n, s) for n, s in top.tables("probes")),
+        sources=(file,),
+    )
+    top.finish()
+    return config, errors
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
+    """Which file to read, and whether it must exist (explicitly named) or may be absent."""
+    if explicit:
+        return Path(explicit), True
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env), True
+    return DEFAULT_CONFIG_PATH, False
+
+
+def read_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Config, list[ConfigError]]:
+    """Read and parse the configuration; returns every error found (empty = valid)."""
+    path, required = config_path(explicit)
+    if not path.exists():
+        if required:
+            return Config(), [ConfigError(str(path), "-", "file not found")]
+        return Config(sources=("<built-in defaults>",)), []
+    try:
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return Config(), [ConfigError(str(path), "-", f"not UTF-8 text: {exc}")]
+    except tomllib.TOMLDecodeError as exc:
+        return Config(), [ConfigError(str(path), "-", f"not valid TOML: {exc}")]
+    except OSError as exc:
+        return Config(), [ConfigError(str(path), "-", f"cannot read: {exc.strerror}")]
+    return parse_config(raw, str(path))
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """The configuration, or ConfigInvalid listing every error: never half a config."""
+    config, errors = read_config(explicit)
+    if errors:
+        raise ConfigInvalid(errors)
+    return config

@@ -1,0 +1,1 @@
+"""The central side: session endpoint behind OpenSSH, fleet store, leases, alerts."""

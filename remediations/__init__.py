@@ -1,0 +1,120 @@
+"""Remediation actions, one module each, found by name.
+
+`remediations/restart_service.py` is the action `restart-service`. Each module describes
+itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the declarations:
+
+    NAME: str                     # "restart-service"
+    SUMMARY: str                  # one line
+    DISRUPTIVE: bool              # takes a service or the node away for a while
+    NEEDS_LEASE: bool             # the coordinator must grant a lease first
+    PARAMS: Mapping[str, ParamSpec]
+    __doc__                       # the runbook: what it does, when, how to undo it
+    def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan
+    def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]
+        # reasons the action must not run now (empty = ok); may run read-only commands
+        # through ctx.runner, never a destructive one
+
+`plan()` is pure: the same inputs give the same Plan, which dry-run prints and execute runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Protocol, cast
+
+from agent.model import EMPTY, Plan, Step, StepResult
+
+if TYPE_CHECKING:
+    from agent.clock import Clock
+
+
+class ReadOnlyRunner(Protocol):
+    """Runs a read-only step (used by preconditions and verification)."""
+
+    def run(self, step: Step) -> StepResult: ...
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    description: str
+    required: bool = False
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """What an action may know about the host it runs on.
+
+    `settings` holds the `[actions.NAME]` table of the configuration (site commands,
+    HAProxy socket, allowlists...), as strings or lists of strings.
+    """
+
+    hostname: str
+    state_dir: Path
+    agent_pid: int
+    clock: Clock
+    runner: ReadOnlyRunner | None = None
+    settings: Mapping[str, object] = field(default=EMPTY)
+    protected_units: tuple[str, ...] = ()
+
+
+class Remediation(Protocol):
+    NAME: str
+    SUMMARY: str
+    DISRUPTIVE: bool
+    NEEDS_LEASE: bool
+    PARAMS: Mapping[str, ParamSpec]
+    __doc__: str | None
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan: ...
+
+    def preconditions(
+        self, subject: str, params: Mapping[str, str], ctx: ActionContext
+    ) -> list[str]: ...
+
+
+class UnknownAction(LookupError):
+    """No module in remediations/ provides this action name."""
+
+
+def module_name(action: str) -> str:
+    return action.replace("-", "_")
+
+
+def names() -> list[str]:
+    """Every action name shipped, sorted."""
+    pkg = Path(__file__).parent
+    return sorted(
+        m.name.replace("_", "-")
+        for m in pkgutil.iter_modules([str(pkg)])
+        if not m.name.startswith("_")
+    )
+
+
+def load(action: str) -> Remediation:
+    """The module for `action`; UnknownAction if there is none, ImportError if it is broken."""
+    if action not in names():
+        raise UnknownAction(f"unknown action {action!r}; known: {', '.join(names())}")
+    module: ModuleType = importlib.import_module(f"remediations.{module_name(action)}")
+    return cast("Remediation", module)
+
+
+def resolve_params(
+    remediation: Remediation, given: Mapping[str, str]
+) -> tuple[Mapping[str, str], list[str]]:
+    """Fill defaults and check required/unknown parameters. Returns (params, errors)."""
+    errors = [f"unknown parameter {k!r}" for k in given if k not in remediation.PARAMS]
+    out: dict[str, str] = {}
+    for key, spec in remediation.PARAMS.items():
+        if key in given:
+            out[key] = given[key]
+        elif spec.default is not None:
+            out[key] = spec.default
+        elif spec.required:
+            errors.append(f"parameter {key!r} is required ({spec.description})")
+    return MappingProxyType(out), errors

@@ -53,7 +53,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
     modules: dict[str, CommandModule] = {}
     for name in COMMANDS:
         try:
-            module: CommandModule = importlib.import_module(  # type: ignore[assignment]
+            module: CommandModule = importlib.import_module(
                 f"agent.commands.{name}"
             )
         except ModuleNotFoundError as exc:

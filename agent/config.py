@@ -89,25 +89,26 @@ class Section:
             return default
         return value  # type: ignore[no-any-return]
 
-    def str(self, name: str, default: str = _MISSING) -> str:
+    def text(self, name: str, default: str = _MISSING) -> str:
         return self._get(name, default, lambda v: isinstance(v, str), "a string")
 
     def opt_str(self, name: str) -> str | None:
         return self._get(name, None, lambda v: isinstance(v, str), "a string")
 
-    def bool(self, name: str, default: bool = _MISSING) -> bool:
+    def flag(self, name: str, default: bool = _MISSING) -> bool:
         return self._get(name, default, lambda v: isinstance(v, bool), "true or false")
 
-    def int(
+    def integer(
         self, name: str, default: int = _MISSING, *, minimum: int | None = None,
         maximum: int | None = None,
     ) -> int:
         value = self._get(
             name, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
         )
-        return self._bounded(name, value, default, minimum, maximum)
+        out: int = self._bounded(name, value, default, minimum, maximum)
+        return out
 
-    def float(
+    def number(
         self, name: str, default: float = _MISSING, *, minimum: float | None = None,
         maximum: float | None = None,
     ) -> float:
@@ -116,8 +117,9 @@ class Section:
             lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number",
         )
         if value is _MISSING:
-            return value
-        return self._bounded(name, float(value), default, minimum, maximum)
+            return default
+        out: float = self._bounded(name, float(value), default, minimum, maximum)
+        return out
 
     def _bounded(self, name: str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
         if value is _MISSING or value is None:
@@ -131,7 +133,7 @@ class Section:
         return value
 
     def choice(self, name: str, choices: Sequence[str], default: str = _MISSING) -> str:
-        value = self.str(name, default)
+        value = self.text(name, default)
         if value is not _MISSING and value not in choices:
             self.error(name, f"must be one of {', '.join(choices)}, not {value!r}")
             return default
@@ -147,7 +149,7 @@ class Section:
 
     def table(self, name: str) -> Section:
         """A sub-table (absent = empty)."""
-        value = self._get(name, {}, lambda v: isinstance(v, dict), "a table")
+        value: dict[str, Any] = self._get(name, {}, lambda v: isinstance(v, dict), "a table")
         return Section(value, self.file, self.key(name), self.errors)
 
     def tables(self, name: str) -> Iterator[tuple[str, Section]]:
@@ -248,10 +250,10 @@ def _parse_agent(s: Section) -> AgentSettings:
     out = AgentSettings(
         mode=s.choice("mode", MODES, d.mode),
         role=s.choice("role", ROLES, d.role),
-        hostname=s.str("hostname", d.hostname),
-        state_dir=Path(s.str("state_dir", str(d.state_dir))),
-        signatures_dir=Path(s.str("signatures_dir", str(d.signatures_dir))),
-        sample_interval_s=s.float("sample_interval_s", d.sample_interval_s, minimum=0.05),
+        hostname=s.text("hostname", d.hostname),
+        state_dir=Path(s.text("state_dir", str(d.state_dir))),
+        signatures_dir=Path(s.text("signatures_dir", str(d.signatures_dir))),
+        sample_interval_s=s.number("sample_interval_s", d.sample_interval_s, minimum=0.05),
     )
     s.finish()
     return out
@@ -259,7 +261,7 @@ def _parse_agent(s: Section) -> AgentSettings:
 
 def _parse_kmsg(s: Section) -> KmsgSettings:
     d = KmsgSettings()
-    out = KmsgSettings(enabled=s.bool("enabled", d.enabled), path=Path(s.str("path", str(d.path))))
+    out = KmsgSettings(enabled=s.flag("enabled", d.enabled), path=Path(s.text("path", str(d.path))))
     s.finish()
     return out
 
@@ -267,8 +269,8 @@ def _parse_kmsg(s: Section) -> KmsgSettings:
 def _parse_log(name: str, s: Section) -> LogSourceSettings:
     out = LogSourceSettings(
         name=name,
-        path=Path(s.str("path", "")),
-        max_line_bytes=s.int("max_line_bytes", 16384, minimum=256, maximum=16 * 1024 * 1024),
+        path=Path(s.text("path", "")),
+        max_line_bytes=s.integer("max_line_bytes", 16384, minimum=256, maximum=16 * 1024 * 1024),
     )
     if not s.has("path"):
         s.error("path", "is required")
@@ -280,9 +282,9 @@ def _parse_metrics(s: Section) -> MetricsSettings:
     d = MetricsSettings()
     out = MetricsSettings(
         filesystems=s.str_list("filesystems", d.filesystems),
-        fs_timeout_s=s.float("fs_timeout_s", d.fs_timeout_s, minimum=0.1),
+        fs_timeout_s=s.number("fs_timeout_s", d.fs_timeout_s, minimum=0.1),
         mailq_command=s.str_list("mailq_command", d.mailq_command),
-        mailq_timeout_s=s.float("mailq_timeout_s", d.mailq_timeout_s, minimum=0.1),
+        mailq_timeout_s=s.number("mailq_timeout_s", d.mailq_timeout_s, minimum=0.1),
         disks=s.str_list("disks", d.disks),
     )
     s.finish()
@@ -290,7 +292,7 @@ def _parse_metrics(s: Section) -> MetricsSettings:
 
 
 def _parse_udev(s: Section) -> UdevSettings:
-    out = UdevSettings(enabled=s.bool("enabled", True))
+    out = UdevSettings(enabled=s.flag("enabled", True))
     s.finish()
     return out
 
@@ -300,7 +302,7 @@ def _parse_probe(name: str, s: Section) -> ProbeSettings:
     tls = s.choice("tls", TLS_MODES, "none")
     if kind in ("http", "tcp") and tls == "starttls":
         s.error("tls", f"starttls is not defined for {kind}; use tls or none")
-    port = s.int("port", DEFAULT_PORTS.get((kind, tls), 0), minimum=1, maximum=65535)
+    port = s.integer("port", DEFAULT_PORTS.get((kind, tls), 0), minimum=1, maximum=65535)
     if port == 0:
         s.error("port", f"is required for a {kind} probe")
     pw = s.opt_str("login_password_file")
@@ -310,18 +312,18 @@ def _parse_probe(name: str, s: Section) -> ProbeSettings:
     out = ProbeSettings(
         name=name,
         kind=kind,
-        host=s.str("host", "127.0.0.1"),
+        host=s.text("host", "127.0.0.1"),
         port=port,
         tls=tls,
-        verify_tls=s.bool("verify_tls", True),
+        verify_tls=s.flag("verify_tls", True),
         server_name=s.opt_str("server_name"),
-        connect_timeout_s=s.float("connect_timeout_s", 3.0, minimum=0.01, maximum=600),
-        read_timeout_s=s.float("read_timeout_s", 5.0, minimum=0.01, maximum=600),
-        interval_s=s.float("interval_s", 30.0, minimum=0.1),
+        connect_timeout_s=s.number("connect_timeout_s", 3.0, minimum=0.01, maximum=600),
+        read_timeout_s=s.number("read_timeout_s", 5.0, minimum=0.01, maximum=600),
+        interval_s=s.number("interval_s", 30.0, minimum=0.1),
         login_user=user,
         login_password_file=Path(pw) if pw else None,
-        http_path=s.str("path", "/"),
-        expect_status=s.int("expect_status", 200, minimum=100, maximum=599),
+        http_path=s.text("path", "/"),
+        expect_status=s.integer("expect_status", 200, minimum=100, maximum=599),
         expect_text=s.opt_str("expect_text"),
     )
     s.finish()

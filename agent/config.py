@@ -60,13 +60,16 @@ class Section:
     """
 
     def __init__(
-        self, raw: Mapping[str, Any], file: str, path: str, errors: list[ConfigError]
+        self, raw: Mapping[str, Any], file: str, path: str, errors: list[ConfigError],
+        asked: set[str] | None = None,
     ) -> None:
         self.raw = raw
         self.file = file
         self.path = path
         self.errors = errors
         self._seen: set[str] = set()
+        #: every dotted key any parser asked for (docs/configuration.md is checked against it)
+        self.asked = asked if asked is not None else set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{name}" if self.path else name
@@ -79,6 +82,7 @@ class Section:
 
     def _get(self, name: str, default: T, check: Callable[[Any], bool], want: str) -> T:
         self._seen.add(name)
+        self.asked.add(self.key(name))
         if name not in self.raw:
             if default is _MISSING:
                 self.error(name, "is required")
@@ -122,8 +126,8 @@ class Section:
         return out
 
     def _bounded(self, name: str, value: Any, default: Any, lo: Any, hi: Any) -> Any:
-        if value is _MISSING or value is None:
-            return value
+        if value is _MISSING or value is None or name not in self.raw:
+            return value  # defaults are not checked against the bounds
         if lo is not None and value < lo:
             self.error(name, f"must be at least {lo}, not {value}")
             return default
@@ -150,7 +154,7 @@ class Section:
     def table(self, name: str) -> Section:
         """A sub-table (absent = empty)."""
         value: dict[str, Any] = self._get(name, {}, lambda v: isinstance(v, dict), "a table")
-        return Section(value, self.file, self.key(name), self.errors)
+        return Section(value, self.file, self.key(name), self.errors, self.asked)
 
     def tables(self, name: str) -> Iterator[tuple[str, Section]]:
         """Each named sub-table of a table, e.g. `[probes.imap]` → ("imap", Section)."""
@@ -330,10 +334,15 @@ def _parse_probe(name: str, s: Section) -> ProbeSettings:
     return out
 
 
-def parse_config(raw: Mapping[str, Any], file: str) -> tuple[Config, list[ConfigError]]:
-    """Build a Config from parsed TOML, collecting every error (never raises)."""
+def parse_config(
+    raw: Mapping[str, Any], file: str, asked: set[str] | None = None
+) -> tuple[Config, list[ConfigError]]:
+    """Build a Config from parsed TOML, collecting every error (never raises).
+
+    `asked` (optional) collects every dotted key the parsers looked for.
+    """
     errors: list[ConfigError] = []
-    top = Section(raw, file, "", errors)
+    top = Section(raw, file, "", errors, asked)
     default = Config()
     logs = default.logs
     if top.has("logs"):

@@ -34,7 +34,7 @@ class LogLine:
     priority: int | None = None
     seq: int | None = None
     monotonic_usec: int | None = None
-    fields: Mapping[str, str] = field(default=EMPTY)
+    fields: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     truncated: bool = False
 
     @property
@@ -54,6 +54,10 @@ class MetricSample:
     t: float
     values: Mapping[str, float]
     unavailable: frozenset[str] = frozenset()
+    #: names of tasks found in D state (uninterruptible sleep), unique and sorted
+    blocked_tasks: tuple[str, ...] = ()
+    #: why a name in `unavailable` is unavailable (e.g. "statvfs timed out after 2 s")
+    reasons: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 DeviceAction = Literal["add", "remove", "change", "present"]
@@ -101,7 +105,7 @@ class SignatureMatch:
     severity: Severity
     line: LogLine
     recovery: bool = False
-    groups: Mapping[str, str] = field(default=EMPTY)
+    groups: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 FindingState = Literal["firing", "resolved"]
@@ -139,13 +143,17 @@ class Proposal:
     action: str
     subject: str
     problem: str
-    params: Mapping[str, str] = field(default=EMPTY)
+    params: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     rung: int = 0
     disruptive: bool = False
     needs_lease: bool = False
     needs_approval: bool = False
     trusted: bool = True
     origin: Literal["policy", "operator"] = "policy"
+    #: the subject of the finding this answers (`subject` is the action's target)
+    finding_subject: str = ""
+    #: why the policy proposes it, one sentence ("rung 2 of 3: restart-service did not ...")
+    reason: str = ""
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.detect.rules import Rule, default_rules, parse_rules
+from agent.guards.settings import GuardSettings, parse_guards
+from agent.policy.ladder import Ladder, default_ladders, parse_policy
+
 DEFAULT_CONFIG_PATH = Path("/etc/nodewarden/agent.toml")
 DEFAULT_SIGNATURES_DIR = Path("/etc/nodewarden/signatures.d")
 CONFIG_ENV = "NODEWARDEN_CONFIG"
@@ -163,6 +167,17 @@ class Section:
             yield sub, outer.table(sub)
         outer.finish()
 
+    def table_list(self, name: str) -> list[Section]:
+        """An array of tables (`rungs = [{...}, {...}]`): one Section per element."""
+        value: list[Any] = self._get(
+            name, [], lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+            "a list of tables",
+        )
+        return [
+            Section(v, self.file, f"{self.key(name)}[{i}]", self.errors)
+            for i, v in enumerate(value)
+        ]
+
     def finish(self) -> None:
         for name in self.raw:
             if name not in self._seen:
@@ -239,6 +254,12 @@ class Config:
     udev: UdevSettings = field(default_factory=UdevSettings)
     probes: tuple[ProbeSettings, ...] = ()
     sources: tuple[str, ...] = ()
+    #: effective detection rules: the role's shipped defaults + `[rules.*]` (docs/policy.md)
+    rules: tuple[Rule, ...] = field(default_factory=lambda: default_rules("generic"))
+    #: effective ladders: the role's shipped defaults + `[policy.*]` (docs/policy.md)
+    ladders: tuple[Ladder, ...] = field(default_factory=lambda: default_ladders("generic"))
+    #: `[guards.*]` (docs/guards.md)
+    guards: GuardSettings = field(default_factory=GuardSettings)
 
 
 DEFAULT_PORTS = {

@@ -35,7 +35,7 @@ class Event:
 
     t: float
     kind: EventKind
-    fields: Mapping[str, Any] = field(default=EMPTY)
+    fields: Mapping[str, Any] = field(default_factory=lambda: EMPTY)
 
     def to_json(self) -> dict[str, Any]:
         return {"t": self.t, "kind": self.kind, **self.fields}

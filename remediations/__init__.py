@@ -8,6 +8,8 @@ itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the dec
     DISRUPTIVE: bool              # takes a service or the node away for a while
     NEEDS_LEASE: bool             # the coordinator must grant a lease first
     PARAMS: Mapping[str, ParamSpec]
+    SETTINGS: Mapping[str, ParamSpec]  # keys of the [actions.NAME] table it reads
+    EXAMPLE: Example              # subject, params and settings for the runbook's dry-run
     __doc__                       # the runbook: what it does, when, how to undo it
     def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan
     def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]
@@ -15,12 +17,15 @@ itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the dec
         # through ctx.runner, never a destructive one
 
 `plan()` is pure: the same inputs give the same Plan, which dry-run prints and execute runs.
+It raises InvalidParams when a parameter or setting is unsafe or malformed; preconditions()
+then returns the same reasons. `build_plan()` does load + resolve_params + plan in one call.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,8 +64,27 @@ class ActionContext:
     agent_pid: int
     clock: Clock
     runner: ReadOnlyRunner | None = None
-    settings: Mapping[str, object] = field(default=EMPTY)
+    settings: Mapping[str, object] = field(default_factory=lambda: EMPTY)
     protected_units: tuple[str, ...] = ()
+    #: the interpreter that runs helper steps (`python3 -m agent.execute...`)
+    python: str = field(default_factory=lambda: sys.executable or "python3")
+
+
+@dataclass(frozen=True)
+class Example:
+    """Inputs for the runbook's example dry-run (docs are generated from them)."""
+
+    subject: str
+    params: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    settings: Mapping[str, object] = field(default_factory=lambda: EMPTY)
+
+
+class InvalidParams(ValueError):
+    """A parameter or setting is unsafe or malformed; `reasons` says each problem."""
+
+    def __init__(self, *reasons: str) -> None:
+        self.reasons = list(reasons)
+        super().__init__("; ".join(reasons))
 
 
 class Remediation(Protocol):
@@ -69,6 +93,8 @@ class Remediation(Protocol):
     DISRUPTIVE: bool
     NEEDS_LEASE: bool
     PARAMS: Mapping[str, ParamSpec]
+    SETTINGS: Mapping[str, ParamSpec]
+    EXAMPLE: Example
     __doc__: str | None
 
     def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan: ...
@@ -118,3 +144,14 @@ def resolve_params(
         elif spec.required:
             errors.append(f"parameter {key!r} is required ({spec.description})")
     return MappingProxyType(out), errors
+
+
+def build_plan(
+    action: str, subject: str, given: Mapping[str, str], ctx: ActionContext
+) -> Plan:
+    """The plan for `action` (UnknownAction, or InvalidParams with every reason)."""
+    remediation = load(action)
+    params, errors = resolve_params(remediation, given)
+    if errors:
+        raise InvalidParams(*errors)
+    return remediation.plan(subject, params, ctx)

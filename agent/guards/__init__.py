@@ -1,1 +1,17 @@
+"""Guards: every proposal passes the chain; any deny wins (agent/guards/base.py)."""
 
+from agent.guards.base import (
+    ChainResult,
+    Guard,
+    GuardChain,
+    Lease,
+    LeaseClient,
+    NoCoordinator,
+)
+from agent.guards.build import build_chain
+from agent.guards.settings import GuardSettings, parse_guards
+
+__all__ = [
+    "ChainResult", "Guard", "GuardChain", "GuardSettings", "Lease", "LeaseClient",
+    "NoCoordinator", "build_chain", "parse_guards",
+]

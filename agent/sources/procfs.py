@@ -1,0 +1,224 @@
+"""Pure parsers for the /proc files the metrics sampler reads every second.
+
+Each parser takes the file's text and returns plain values; the sampler does the
+reading and the deltas. Plain string operations only (no regex per line): this is the
+per-second hot path, and a storage host can have hundreds of disks and processes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+#: the /proc/net/netstat TcpExt counters the sampler turns into rates
+TCPEXT_COUNTERS = (
+    "ListenOverflows", "ListenDrops", "SyncookiesSent", "TCPReqQFullDoCookies",
+    "TCPReqQFullDrop",
+)
+
+#: the /proc/meminfo keys the sampler uses (values in kB)
+MEMINFO_KEYS = ("MemTotal", "MemAvailable", "SwapTotal", "SwapFree")
+
+
+def read_text(path: str) -> str:
+    """The whole file, read with raw syscalls (cheaper than open() for small /proc files).
+
+    /proc files are generated per read() call and may come in several pieces, so read
+    until end of file rather than trusting one short read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts = [os.read(fd, 65536)]
+        while parts[-1]:
+            parts.append(os.read(fd, 65536))
+        return b"".join(parts).decode("ascii", "replace")
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------- /proc/loadavg
+def parse_loadavg(text: str) -> tuple[float, float, float]:
+    """`0.00 0.02 0.01 1/99 10382` → (load1, load5, load15)."""
+    a, b, c = text.split(None, 3)[:3]
+    return float(a), float(b), float(c)
+
+
+# --------------------------------------------------------------------------- /proc/stat
+@dataclass(frozen=True, slots=True)
+class CpuTimes:
+    """Aggregate CPU time in clock ticks (the `cpu` line of /proc/stat).
+
+    guest and guest_nice are already counted in user and nice, so they are left out.
+    """
+
+    user: int
+    nice: int
+    system: int
+    idle: int
+    iowait: int
+    irq: int
+    softirq: int
+    steal: int
+
+    @property
+    def total(self) -> int:
+        return (
+            self.user + self.nice + self.system + self.idle + self.iowait + self.irq
+            + self.softirq + self.steal
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatInfo:
+    cpu: CpuTimes
+    ncpu: int
+    procs_running: int
+    procs_blocked: int
+
+
+def _int_after(text: str, key: str) -> int:
+    """The integer following `key` at the start of a line, e.g. `procs_running 3`."""
+    i = text.find("\n" + key)
+    if i < 0:
+        raise ValueError(f"no {key.strip()} line")
+    i += len(key) + 1
+    j = text.find("\n", i)
+    return int(text[i:j] if j >= 0 else text[i:])
+
+
+def parse_stat(text: str) -> StatInfo:
+    """The aggregate cpu line, the number of online CPUs and procs_running/blocked."""
+    end = text.find("\n")
+    fields = text[:end].split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError("first line is not the aggregate cpu line")
+    nums = [int(x) for x in fields[1:9]]
+    nums += [0] * (8 - len(nums))  # very old kernels have no steal column
+    cpu = CpuTimes(*nums)
+    ncpu = text.count("\ncpu")  # per-CPU lines cpu0..cpuN follow the aggregate line
+    return StatInfo(
+        cpu=cpu,
+        ncpu=max(ncpu, 1),
+        procs_running=_int_after(text, "procs_running "),
+        procs_blocked=_int_after(text, "procs_blocked "),
+    )
+
+
+# --------------------------------------------------------------------------- /proc/net/netstat
+def parse_tcpext(text: str) -> dict[str, int]:
+    """The TcpExt header/value line pair of /proc/net/netstat as {counter: value}."""
+    i = text.find("TcpExt:")
+    if i < 0:
+        raise ValueError("no TcpExt lines")
+    j = text.find("\n", i)
+    k = text.find("\n", j + 1)
+    names = text[i:j].split()
+    values = text[j + 1 : k if k >= 0 else len(text)].split()
+    if len(names) != len(values) or values[:1] != ["TcpExt:"]:
+        raise ValueError("TcpExt header and value lines do not pair up")
+    return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
+
+
+# --------------------------------------------------------------------------- /proc/pressure/*
+def parse_pressure(text: str) -> dict[str, tuple[float, float]]:
+    """`some avg10=0.25 avg60=0.21 avg300=0.27 total=4598487` lines → {"some": (10, 60)}.
+
+    The `full` line of cpu exists only from kernel 5.13 on, so callers must not expect it.
+    """
+    out: dict[str, tuple[float, float]] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 3 or not parts[1].startswith("avg10=") or not parts[2].startswith(
+            "avg60="
+        ):
+            continue
+        out[parts[0]] = (float(parts[1][6:]), float(parts[2][6:]))
+    return out
+
+
+# --------------------------------------------------------------------------- /proc/diskstats
+@dataclass(frozen=True, slots=True)
+class DiskCounters:
+    """Cumulative counters of one device (Documentation/admin-guide/iostats.rst).
+
+    Discard (4.18+) and flush (5.5+) columns count as I/Os too, as iostat counts them.
+    """
+
+    ios: int  # completed reads + writes + discards + flushes
+    io_wait_ms: int  # time spent by those I/Os (read + write + discard + flush ms)
+    busy_ms: int  # time the device had I/O in flight ("io_ticks")
+
+
+def parse_diskstats(text: str) -> dict[str, DiskCounters]:
+    out: dict[str, DiskCounters] = {}
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) < 14:
+            continue
+        ios = int(f[3]) + int(f[7])
+        wait = int(f[6]) + int(f[10])
+        if len(f) >= 18:
+            ios += int(f[14])
+            wait += int(f[17])
+        if len(f) >= 20:
+            ios += int(f[18])
+            wait += int(f[19])
+        out[f[2]] = DiskCounters(ios=ios, io_wait_ms=wait, busy_ms=int(f[12]))
+    return out
+
+
+# --------------------------------------------------------------------------- /proc/meminfo
+def parse_meminfo(text: str, keys: tuple[str, ...] = MEMINFO_KEYS) -> dict[str, int]:
+    """The wanted `Key:   123 kB` values (kB); absent keys are simply missing."""
+    out: dict[str, int] = {}
+    for key in keys:
+        i = 0 if text.startswith(key + ":") else text.find("\n" + key + ":") + 1
+        if i == 0 and not text.startswith(key + ":"):
+            continue
+        j = text.find("\n", i)
+        out[key] = int(text[i + len(key) + 1 : j if j >= 0 else len(text)].split(None, 1)[0])
+    return out
+
+
+# --------------------------------------------------------------------------- /proc/[pid]/stat
+def task_name_and_state(data: bytes) -> tuple[str, str]:
+    """`812 (nfsd) D 2 0 0 …` → ("nfsd", "D").
+
+    The name is inside the first "(" and the *last* ")": a process may call itself
+    `a) R (b`, so neither a split nor the first ")" is safe.
+    """
+    start = data.find(b"(")
+    end = data.rfind(b")")
+    if start < 0 or end < start:
+        raise ValueError("not a /proc/[pid]/stat line")
+    return data[start + 1 : end].decode("utf-8", "replace"), data[end + 2 : end + 3].decode(
+        "ascii", "replace"
+    )
+
+
+def scan_dstate(proc_root: str) -> list[str]:
+    """Names of the processes in D state (uninterruptible sleep), one per process.
+
+    Costs one open/read/close per process (about 3 µs each), so the sampler runs it on
+    its own slower cadence. Only each process's main thread is looked at: kernel threads
+    (nfsd, jbd2, kworker) are processes of their own, so the storage cases are covered.
+    """
+    names: list[str] = []
+    base = proc_root + "/"
+    for entry in os.listdir(proc_root):  # noqa: PTH208 (hot path: no Path objects)
+        if not entry.isdigit():
+            continue
+        try:
+            fd = os.open(base + entry + "/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # the process exited between listdir and open
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        end = data.rfind(b")")
+        if data[end + 2 : end + 3] == b"D":
+            names.append(task_name_and_state(data)[0])
+    return names

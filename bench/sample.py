@@ -1,0 +1,218 @@
+"""CPU per metrics sample and resident memory of the agent's sources (issue 3 budgets).
+
+Prints, never passes or fails on time:
+  * CPU µs per `MetricsSampler.sample()` on this machine's /proc — median and mean over
+    N samples, with a fake clock advanced 1 s per sample so the D-state scan (every 5 s)
+    runs at its production cadence and is counted in the mean;
+  * the slow parts, amortised per second at their cadence: filesystem use (our CPU plus
+    the persistent statvfs helper's, read from /proc) and the mail-queue command (our
+    CPU plus the reaped child's);
+  * RSS of a fresh interpreter that imported every agent.sources module and the
+    detection matcher/catalog, checking that paramiko was not imported; and the RSS of
+    the statvfs helper process (a separate process, reported separately).
+Budgets: < 1000 µs CPU per sample, < 25 MiB RSS.
+
+    python bench/sample.py [--samples 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from agent.clock import FakeClock
+from agent.config import MetricsSettings
+from agent.sources import procfs
+from agent.sources.fsusage import FsUsage
+from agent.sources.mailq import MailQueue
+from agent.sources.metrics import FS_INTERVAL_S, MAILQ_INTERVAL_S, MetricsSampler
+
+CPU_BUDGET_US = 1000.0
+RSS_BUDGET_MIB = 25.0
+
+RSS_PROBE = """
+import sys, sysconfig
+if sys.flags.no_site:  # measured without site: no .pth files of this environment
+    sys.path += [sysconfig.get_paths()["purelib"], "."]
+import importlib, json, pkgutil
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+steps = [("(interpreter)", rss())]
+for name in ("agent.detect.matcher", "agent.detect.catalog"):
+    try:
+        importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        continue
+    steps.append((name, rss()))
+import agent.sources
+for info in pkgutil.iter_modules(agent.sources.__path__, "agent.sources."):
+    importlib.import_module(info.name)
+    steps.append((info.name, rss()))
+after_import = rss()
+from agent.clock import SystemClock
+from agent.config import MetricsSettings
+from agent.sources.metrics import MetricsSampler
+s = MetricsSampler(MetricsSettings(filesystems=(), mailq_command=()), SystemClock(),
+                   background=False)
+s.sample()
+json.dump({"modules": [n for n, _ in steps[1:]], "rss_import": after_import,
+           "rss_sampling": rss(), "paramiko": "paramiko" in sys.modules,
+           "steps": steps}, sys.stdout)
+"""
+
+
+RSS_EMPTY = """
+for line in open("/proc/self/status"):
+    if line.startswith("VmRSS:"):
+        print(int(line.split()[1]) / 1024)
+"""
+
+
+def cpu_children_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of another process (clock ticks in /proc/PID/stat, fields 14-15)."""
+    data = Path(f"/proc/{pid}/stat").read_bytes()
+    fields = data[data.rfind(b")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def process_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bench_samples(n: int) -> tuple[list[float], int]:
+    clock = FakeClock()
+    sampler = MetricsSampler(
+        MetricsSettings(filesystems=(), mailq_command=()), clock, background=False
+    )
+    times = []
+    nvalues = 0
+    for _ in range(n):
+        clock.advance(1.0)
+        t0 = time.process_time()
+        sample = sampler.sample()
+        times.append((time.process_time() - t0) * 1e6)
+        nvalues = len(sample.values)
+    sampler.close()
+    return times, nvalues
+
+
+def bench_dstate(n: int = 50) -> tuple[float, int]:
+    nproc = sum(1 for p in os.listdir("/proc") if p.isdigit())
+    t0 = time.process_time()
+    for _ in range(n):
+        procfs.scan_dstate("/proc")
+    return (time.process_time() - t0) / n * 1e6, nproc
+
+
+def bench_fs(n: int = 1000) -> tuple[float, float]:
+    """µs per refresh (ours + the helper's CPU) and the helper's RSS in MiB."""
+    fs = FsUsage(("/", "/tmp"), 2.0)
+    fs.measure()  # start the helper; its start-up is a one-off
+    assert fs.helper_pid is not None
+    pid = fs.helper_pid
+    h0 = process_cpu_s(pid)
+    t0 = time.process_time()
+    for _ in range(n):
+        fs.measure()
+    ours = time.process_time() - t0
+    theirs = process_cpu_s(pid) - h0
+    rss = process_rss_mib(pid)
+    fs.close()
+    return (ours + theirs) / n * 1e6, rss
+
+
+def bench_mailq(n: int = 10) -> tuple[float, str]:
+    argv = ("postqueue", "-j") if shutil.which("postqueue") else ("true",)
+    mq = MailQueue(argv, 5.0)
+    c0, t0 = cpu_children_s(), time.process_time()
+    reading = None
+    for _ in range(n):
+        reading = mq.measure()
+    spent = (time.process_time() - t0) + (cpu_children_s() - c0)
+    note = " ".join(argv) + (f" ({reading.reason})" if reading and reading.reason else "")
+    return spent / n * 1e6, note
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, default=200)
+    args = ap.parse_args()
+
+    times, nvalues = bench_samples(args.samples)
+    median, mean = statistics.median(times), statistics.fmean(times)
+    dstate_us, nproc = bench_dstate()
+    fs_us, helper_rss = bench_fs()
+    mq_us, mq_note = bench_mailq()
+    fs_per_s = fs_us / FS_INTERVAL_S
+    mq_per_s = mq_us / MAILQ_INTERVAL_S
+    total = mean + fs_per_s + mq_per_s
+
+    root = Path(__file__).resolve().parents[1]
+    rss = json.loads(subprocess.run(
+        [sys.executable, "-c", RSS_PROBE], capture_output=True, text=True, check=True,
+        cwd=root,
+    ).stdout)
+    rss_nosite = json.loads(subprocess.run(
+        [sys.executable, "-S", "-c", RSS_PROBE], capture_output=True, text=True,
+        check=True, cwd=root,
+    ).stdout)
+    empty = float(subprocess.run(
+        [sys.executable, "-c", RSS_EMPTY], capture_output=True, text=True, check=True,
+    ).stdout)
+
+    print(f"metrics sample: {nvalues} values, {args.samples} samples, 1 per simulated second")
+    print(f"  CPU per sample      median {median:7.1f} µs   mean {mean:7.1f} µs   "
+          f"p95 {sorted(times)[int(len(times) * 0.95)]:7.1f} µs")
+    print(f"  D-state scan        {dstate_us:7.1f} µs per scan over {nproc} processes "
+          f"(every 5 s; included in the mean)")
+    print(f"  fs usage (2 mounts) {fs_us:7.1f} µs per refresh incl. helper, every "
+          f"{FS_INTERVAL_S:g} s = {fs_per_s:5.1f} µs/s")
+    print(f"  mail queue          {mq_us:7.1f} µs per run incl. child ({mq_note}), every "
+          f"{MAILQ_INTERVAL_S:g} s = {mq_per_s:5.1f} µs/s")
+    print(f"  all-in per second   {total:7.1f} µs   budget {CPU_BUDGET_US:.0f} µs   "
+          f"{'OK' if total < CPU_BUDGET_US else 'OVER BUDGET'}")
+    print(f"RSS after importing {len(rss['modules'])} modules (agent.sources.*, matcher, "
+          f"catalog): {rss['rss_import']:.1f} MiB; after one sample "
+          f"{rss['rss_sampling']:.1f} MiB   budget {RSS_BUDGET_MIB:.0f} MiB   "
+          f"{'OK' if rss['rss_sampling'] < RSS_BUDGET_MIB else 'OVER BUDGET'}")
+    print(f"  an empty interpreter in this environment: {empty:.1f} MiB (site and its .pth "
+          f"files); the agent adds {rss['rss_sampling'] - empty:.1f} MiB")
+    print(f"  the same without site (python -S, no .pth files): "
+          f"{rss_nosite['rss_sampling']:.1f} MiB   "
+          f"{'OK' if rss_nosite['rss_sampling'] < RSS_BUDGET_MIB else 'OVER BUDGET'}")
+    steps = rss["steps"]
+    grew = sorted(
+        ((b - a, name) for (_, a), (name, b) in itertools.pairwise(steps)),
+        reverse=True,
+    )
+    print("  largest steps (module, with what it imports first): " + ", ".join(
+        f"{name} +{mib:.1f}" for mib, name in grew[:5]
+    ) + " MiB")
+    print(f"  paramiko imported: {rss['paramiko'] or rss_nosite['paramiko']}")
+    print(f"  statvfs helper process (separate): {helper_rss:.1f} MiB RSS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

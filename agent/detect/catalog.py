@@ -1,0 +1,482 @@
+"""The signature catalog: data files that name known failures (docs/signatures.md).
+
+Signatures ship as TOML files in `agent/signatures/` and operators add their own in
+`/etc/nodewarden/signatures.d/*.toml`. Every signature carries examples (lines that must
+match, with the subject they must give) and counter-examples (lines that must not): the
+loader checks them, so a signature that does not do what its examples say is refused
+with file, id and reason, like any other configuration error. A malformed user file is
+reported, never a crash.
+
+Regexes use Python `re` syntax restricted to what the fast engines also compile: no
+anchors (`^`, `$`, `\\Z`: a line is matched anywhere, with or without its prefix), no
+lookarounds or backreferences, no case-insensitive flag (the portable prefilter's
+literals are case-sensitive), and one literal of at least 3 characters that every match
+must contain (derived automatically; it drives the portable Aho-Corasick prefilter).
+Patterns are compiled with `re.ASCII`, so `\\w`, `\\d` and `\\s` mean the same in Python
+as in hyperscan.
+
+`python -m agent.detect.catalog --markdown` prints the table in docs/signatures.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import tomllib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+# re's own parser (the sre_parse module of old, deprecated under that name): no type stubs
+from re import _constants as sre_c  # type: ignore[attr-defined]
+from re import _parser as sre_parse  # type: ignore[attr-defined]
+from typing import Any
+
+from agent.config import DEFAULT_SIGNATURES_DIR, ConfigError
+from agent.model import Severity
+
+SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error", "critical")
+SOURCE_RE = re.compile(r"kmsg|log:[A-Za-z0-9_.-]+")
+ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
+PROBLEM_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+#: the text given to a regex is cut here: a 10 MB line must not cost 10 MB of backtracking
+MAX_MATCH_CHARS = 4096
+MIN_LITERAL = 3
+
+#: the kernel problems the catalog must cover, exactly (issue 3)
+KERNEL_PROBLEMS = (
+    "hung-task", "soft-lockup", "hard-lockup", "rcu-stall", "kernel-oops", "kernel-warning",
+    "kernel-panic", "oom-kill", "alloc-failure", "block-io-error", "scsi-error", "ata-error",
+    "nvme-error", "raid-degraded", "multipath-path-failed", "iscsi-error", "fs-error",
+    "fs-readonly", "fs-shutdown", "nfs-not-responding", "nfsd-overload", "cifs-not-responding",
+    "ceph-error", "mce", "memory-ecc", "thermal-throttle", "clocksource-unstable",
+    "nic-tx-timeout", "nic-link-down", "conntrack-full", "syn-flood",
+)
+
+_FIELDS = frozenset({
+    "id", "problem", "regex", "source", "severity", "description", "reference", "subject",
+    "recovery", "clears", "examples", "counter_examples",
+})
+_FORBIDDEN_AT = {
+    sre_c.AT_BEGINNING, sre_c.AT_BEGINNING_STRING, sre_c.AT_END, sre_c.AT_END_STRING,
+    sre_c.AT_BEGINNING_LINE, sre_c.AT_END_LINE,
+}
+_FORBIDDEN_OPS = {
+    sre_c.ASSERT: "lookarounds are not supported",
+    sre_c.ASSERT_NOT: "lookarounds are not supported",
+    sre_c.GROUPREF: "backreferences are not supported",
+    sre_c.GROUPREF_EXISTS: "conditional groups are not supported",
+}
+
+
+@dataclass(frozen=True)
+class Example:
+    """A line a signature must match, and the subject it must give."""
+
+    line: str
+    subject: str
+
+
+@dataclass(frozen=True)
+class Signature:
+    """One known failure (or recovery) line: data, checked by its own examples.
+
+    `subject` names a named group of the regex; any other value is a literal subject
+    (e.g. "host" for a kernel panic). A recovery signature (`recovery = true`) clears the
+    finding of problem `clears` for the same subject and is never a finding itself; its
+    `problem` is that cleared problem.
+    """
+
+    id: str
+    problem: str
+    regex: str
+    source: str
+    severity: Severity
+    description: str
+    reference: str
+    subject: str
+    examples: tuple[Example, ...]
+    counter_examples: tuple[str, ...]
+    recovery: bool = False
+    clears: str | None = None
+    file: str = ""
+    literals: tuple[str, ...] = ()
+    pattern: re.Pattern[str] = field(
+        default=re.compile(""), compare=False, repr=False, hash=False
+    )
+
+    @property
+    def subject_is_group(self) -> bool:
+        return self.subject in self.pattern.groupindex
+
+    def search(self, text: str) -> re.Match[str] | None:
+        """The regex over the first MAX_MATCH_CHARS characters of `text`."""
+        return self.pattern.search(text[:MAX_MATCH_CHARS])
+
+    def subject_of(self, m: re.Match[str]) -> str:
+        if self.subject_is_group:
+            return m.group(self.subject) or "unknown"
+        return self.subject
+
+    def extract(self, text: str) -> str | None:
+        """The subject if `text` matches, else None (used by example checks)."""
+        m = self.search(text)
+        return None if m is None else self.subject_of(m)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """Every valid signature, in load order (built-in first, then user files)."""
+
+    signatures: tuple[Signature, ...] = ()
+
+    def by_id(self, sig_id: str) -> Signature:
+        for sig in self.signatures:
+            if sig.id == sig_id:
+                return sig
+        raise KeyError(sig_id)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted({s.source for s in self.signatures}))
+
+    @property
+    def problems(self) -> frozenset[str]:
+        return frozenset(s.problem for s in self.signatures if not s.recovery)
+
+    def __len__(self) -> int:
+        return len(self.signatures)
+
+
+# --------------------------------------------------------------------------- regex analysis
+def regex_problems(parsed: Any) -> list[str]:
+    """Constructs the fast engines cannot honour, found by walking the parsed regex."""
+    found: list[str] = []
+
+    def walk(items: Iterable[tuple[Any, Any]]) -> None:
+        for op, av in items:
+            if op in _FORBIDDEN_OPS:
+                found.append(_FORBIDDEN_OPS[op])
+            elif op is sre_c.AT and av in _FORBIDDEN_AT:
+                found.append("anchors (^, $, \\A, \\Z) are not supported: lines match anywhere")
+            elif op is sre_c.SUBPATTERN:
+                walk(av[-1])
+            elif op is sre_c.BRANCH:
+                for branch in av[1]:
+                    walk(branch)
+            elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT):
+                walk(av[2])
+            elif op is sre_c.ATOMIC_GROUP:
+                found.append("atomic groups are not supported")
+
+    walk(parsed.data)
+    if parsed.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE):
+        found.append("inline flags (?i) (?m) (?s) (?x) are not supported")
+    return sorted(set(found))
+
+
+def _best(cands: list[list[str]]) -> list[str] | None:
+    """The alternative set whose shortest literal is longest (the most selective)."""
+    good = [c for c in cands if c and all(c)]
+    if not good:
+        return None
+    return max(good, key=lambda c: (min(map(len, c)), -len(c)))
+
+
+def _required(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
+    """A set of literals one of which every match of this sequence contains."""
+    cands: list[list[str]] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            cands.append(["".join(run)])
+            run.clear()
+
+    for op, av in items:
+        if op is sre_c.LITERAL:
+            run.append(chr(av))
+            continue
+        if op is sre_c.AT:  # \b: zero-width, the literal run goes on
+            continue
+        flush()
+        if op is sre_c.SUBPATTERN:
+            sub = _required(av[-1])
+            if sub:
+                cands.append(sub)
+        elif op is sre_c.BRANCH:
+            alts = [_required(b) for b in av[1]]
+            if all(alts):
+                cands.append(sorted({x for a in alts if a for x in a}))
+        elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT) and av[0] >= 1:
+            sub = _required(av[2])
+            if sub:
+                cands.append(sub)
+    flush()
+    return _best(cands)
+
+
+def required_literals(regex: str) -> tuple[str, ...]:
+    """Literals one of which every match must contain (empty if none can be derived)."""
+    best = _required(sre_parse.parse(regex).data)
+    return tuple(best or ())
+
+
+def _hyperscan_error(regex: str) -> str | None:
+    """hyperscan's reason for refusing the pattern, or None (also when not installed)."""
+    try:
+        import hyperscan
+    except ImportError:
+        return None
+    db = hyperscan.Database()
+    try:
+        db.compile(expressions=[regex.encode()], ids=[0], elements=1,
+                   flags=[hyperscan.HS_FLAG_SINGLEMATCH])
+    except hyperscan.error as exc:
+        return f"hyperscan cannot compile it: {exc}"
+    return None
+
+
+# --------------------------------------------------------------------------- loading
+def _key(sig_id: str, name: str) -> str:
+    return f"signature[{sig_id}].{name}" if name else f"signature[{sig_id}]"
+
+
+def _parse_one(raw: Any, file: str, index: int, errors: list[ConfigError]) -> Signature | None:
+    """One `[[signature]]` table, or None after recording why it is refused."""
+    mine: list[ConfigError] = []
+    if not isinstance(raw, dict):
+        errors.append(ConfigError(file, f"signature[#{index}]", "must be a table"))
+        return None
+    sig_id = raw.get("id")
+    if not isinstance(sig_id, str) or not ID_RE.fullmatch(sig_id):
+        mine.append(ConfigError(file, f"signature[#{index}].id",
+                                "is required: lowercase letters, digits, '.', '-', '_'"
+                                if sig_id is None else f"invalid id {sig_id!r}"))
+        sig_id = f"#{index}"
+
+    def err(name: str, reason: str) -> None:
+        mine.append(ConfigError(file, _key(sig_id, name), reason))
+
+    def text(name: str, required: bool = True) -> str:
+        value = raw.get(name)
+        if value is None:
+            if required:
+                err(name, "is required")
+            return ""
+        if not isinstance(value, str) or (required and not value.strip()):
+            err(name, f"must be a non-empty string, not {value!r}"[:200])
+            return ""
+        return value
+
+    for name in sorted(set(raw) - _FIELDS):
+        err(name, "unknown field (misspelt? see docs/signatures.md)")
+
+    recovery = raw.get("recovery", False)
+    if not isinstance(recovery, bool):
+        err("recovery", "must be true or false")
+        recovery = False
+    clears = text("clears", required=recovery) or None
+    problem = text("problem", required=not recovery) or (clears or "")
+    if clears and not recovery:
+        err("clears", "only a recovery signature (recovery = true) clears a problem")
+    if recovery and clears and raw.get("problem") not in (None, clears):
+        err("problem", f"a recovery signature's problem is the one it clears ({clears!r})")
+    if problem and not PROBLEM_RE.fullmatch(problem):
+        err("problem", f"invalid problem id {problem!r}")
+
+    source = text("source")
+    if source and not SOURCE_RE.fullmatch(source):
+        err("source", f"unknown source {source!r}: use kmsg or log:NAME")
+    severity = text("severity")
+    if severity and severity not in SEVERITIES:
+        err("severity", f"unknown severity {severity!r}: one of {', '.join(SEVERITIES)}")
+        severity = ""
+    description = text("description")
+    reference = text("reference")
+    subject = text("subject")
+
+    regex = text("regex")
+    pattern: re.Pattern[str] | None = None
+    literals: tuple[str, ...] = ()
+    if regex:
+        try:
+            parsed = sre_parse.parse(regex)
+            pattern = re.compile(regex, re.ASCII)
+        except (re.error, RecursionError, OverflowError) as exc:
+            err("regex", f"bad regex: {exc}")
+        else:
+            for problem_text in regex_problems(parsed):
+                err("regex", problem_text)
+            literals = required_literals(regex)
+            if not literals or min(map(len, literals)) < MIN_LITERAL:
+                err("regex", f"needs a literal of at least {MIN_LITERAL} characters that every "
+                    "match contains (the portable prefilter uses it)")
+            hs_error = _hyperscan_error(regex)
+            if hs_error:
+                err("regex", hs_error)
+
+    examples: list[Example] = []
+    raw_examples = raw.get("examples")
+    if not isinstance(raw_examples, list) or len(raw_examples) < 2:
+        err("examples", "needs at least 2 examples ({line = ..., subject = ...})")
+    else:
+        for i, ex in enumerate(raw_examples):
+            if (not isinstance(ex, dict) or set(ex) != {"line", "subject"}
+                    or not all(isinstance(v, str) for v in ex.values())):
+                err(f"examples[{i}]", "must be {line = \"...\", subject = \"...\"}")
+            else:
+                examples.append(Example(ex["line"], ex["subject"]))
+    counter = raw.get("counter_examples")
+    counters: tuple[str, ...] = ()
+    if (not isinstance(counter, list) or not counter
+            or not all(isinstance(c, str) for c in counter)):
+        err("counter_examples", "needs at least 1 counter-example line (a list of strings)")
+    else:
+        counters = tuple(counter)
+
+    if mine or pattern is None:
+        errors.extend(mine)
+        return None
+    sig = Signature(
+        id=sig_id, problem=problem, regex=regex, source=source,
+        severity=severity,  # type: ignore[arg-type]  # checked against SEVERITIES above
+        description=description, reference=reference, subject=subject,
+        examples=tuple(examples), counter_examples=counters, recovery=recovery,
+        clears=clears, file=file, literals=literals, pattern=pattern,
+    )
+    example_errors = check_examples(Catalog((sig,)))
+    if example_errors:
+        errors.extend(example_errors)
+        return None
+    return sig
+
+
+def check_examples(catalog: Catalog) -> list[ConfigError]:
+    """Every example must match and give its subject; no counter-example may match."""
+    errors: list[ConfigError] = []
+    for sig in catalog.signatures:
+        for i, ex in enumerate(sig.examples):
+            got = sig.extract(ex.line)
+            if got is None:
+                errors.append(ConfigError(sig.file, _key(sig.id, f"examples[{i}]"),
+                                          f"does not match: {ex.line!r}"[:300]))
+            elif got != ex.subject:
+                errors.append(ConfigError(
+                    sig.file, _key(sig.id, f"examples[{i}]"),
+                    f"gives subject {got!r}, expected {ex.subject!r}"[:300]))
+        for i, line in enumerate(sig.counter_examples):
+            if sig.search(line) is not None:
+                errors.append(ConfigError(sig.file, _key(sig.id, f"counter_examples[{i}]"),
+                                          f"matches, but must not: {line!r}"[:300]))
+    return errors
+
+
+def parse_signature_file(
+    data: bytes, file: str, seen: dict[str, str] | None = None
+) -> tuple[list[Signature], list[ConfigError]]:
+    """Parse one file's bytes; `seen` maps ids already loaded to their file (duplicates)."""
+    seen = {} if seen is None else seen
+    errors: list[ConfigError] = []
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return [], [ConfigError(file, "-", f"not UTF-8 text: {exc}")]
+    except tomllib.TOMLDecodeError as exc:
+        return [], [ConfigError(file, "-", f"not valid TOML: {exc}")]
+    for name in sorted(set(raw) - {"signature"}):
+        errors.append(ConfigError(file, name, "unknown key: a file holds [[signature]] tables"))
+    tables = raw.get("signature", [])
+    if not isinstance(tables, list):
+        errors.append(ConfigError(file, "signature", "must be an array of tables [[signature]]"))
+        tables = []
+    out: list[Signature] = []
+    for i, table in enumerate(tables):
+        sig = _parse_one(table, file, i, errors)
+        if sig is None:
+            continue
+        if sig.id in seen:
+            errors.append(ConfigError(file, _key(sig.id, "id"),
+                                      f"duplicate id (already defined in {seen[sig.id]})"))
+            continue
+        seen[sig.id] = file
+        out.append(sig)
+    return out, errors
+
+
+def _builtin_files() -> Iterator[tuple[str, bytes]]:
+    folder = resources.files("agent").joinpath("signatures")
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".toml"):
+            yield f"agent/signatures/{entry.name}", entry.read_bytes()
+
+
+def _user_files(user_dir: Path) -> Iterator[tuple[str, bytes | OSError]]:
+    try:
+        paths = sorted(user_dir.glob("*.toml"))
+    except OSError as exc:
+        yield str(user_dir), exc
+        return
+    for path in paths:
+        try:
+            yield str(path), path.read_bytes()
+        except OSError as exc:
+            yield str(path), exc
+
+
+def load_catalog(
+    user_dir: Path | None = DEFAULT_SIGNATURES_DIR,
+) -> tuple[Catalog, list[ConfigError]]:
+    """The built-in signatures plus `user_dir/*.toml` (None = built-in only).
+
+    Returns every valid signature and every error; a caller that must not run half a
+    catalog (scan, run, check) refuses when the error list is not empty. A missing user
+    directory is not an error.
+    """
+    seen: dict[str, str] = {}
+    sigs: list[Signature] = []
+    errors: list[ConfigError] = []
+    files: list[tuple[str, bytes | OSError]] = list(_builtin_files())
+    if user_dir is not None and user_dir.is_dir():
+        files.extend(_user_files(user_dir))
+    for name, data in files:
+        if isinstance(data, OSError):
+            errors.append(ConfigError(name, "-", f"cannot read: {data.strerror or data}"))
+            continue
+        got, errs = parse_signature_file(data, name, seen)
+        sigs.extend(got)
+        errors.extend(errs)
+    return Catalog(tuple(sigs)), errors
+
+
+# --------------------------------------------------------------------------- docs
+def markdown_table(catalog: Catalog) -> str:
+    """The signature table of docs/signatures.md, generated from the data."""
+    rows = ["| id | problem | source | severity | recovery | reference |",
+            "|---|---|---|---|---|---|"]
+    for s in sorted(catalog.signatures, key=lambda s: (s.source, s.problem, s.id)):
+        rows.append(f"| `{s.id}` | {s.problem} | {s.source} | {s.severity} | "
+                    f"{'clears' if s.recovery else ''} | {s.reference.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m agent.detect.catalog")
+    parser.add_argument("--markdown", action="store_true", help="print the docs table")
+    parser.add_argument("--signatures-dir", type=Path, default=None,
+                        help="also load this user directory")
+    args = parser.parse_args(argv)
+    catalog, errors = load_catalog(args.signatures_dir)
+    for e in errors:
+        print(e, file=sys.stderr)
+    if args.markdown:
+        sys.stdout.write(markdown_table(catalog))
+    else:
+        print(f"{len(catalog)} signatures, {len(errors)} errors")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The fast signature matcher: a cheap prefilter finds candidates, Python `re` confirms.
+
+A failing disk can print thousands of lines a second, so a line that matches nothing
+must cost about what reading it costs. Two engines give the same findings:
+
+* **hyperscan** (default where it imports): one compiled database of every signature's
+  regex finds which signatures can match; Python `re` then runs only those, to extract
+  the named groups.
+* **portable** (`NODEWARDEN_MATCHER=portable`, or hyperscan missing): an Aho-Corasick
+  automaton (pyahocorasick) over each signature's required literals (derived from the
+  regex by the catalog) picks the candidates; then the regex.
+
+Either way Python `re` has the last word on the first MAX_MATCH_CHARS characters of the
+text, so the prefilter can only save work, never change a result. `match(line)` serves
+one line (the daemon); `candidates(block)` serves a block of raw lines in one engine
+call (scan, bench), and scan confirms each candidate with `confirm`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
+from types import MappingProxyType
+from typing import Any, Protocol
+
+from agent.detect.catalog import MAX_MATCH_CHARS, Catalog, Signature
+from agent.model import LogLine, SignatureMatch
+
+ENGINE_ENV = "NODEWARDEN_MATCHER"
+ENGINES = ("hyperscan", "portable")
+
+
+class _Prefilter(Protocol):
+    def line(self, text: str) -> set[int]:
+        """Indices of signatures that may match `text`."""
+
+    def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
+        """(end offset (exclusive), signature indices) of possible matches in `block`."""
+
+
+def hyperscan_available() -> bool:
+    try:
+        import hyperscan  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+class _HyperscanPrefilter:
+    """Two hyperscan databases: single-match per line, all-matches for blocks."""
+
+    def __init__(self, sigs: Sequence[Signature]) -> None:
+        import hyperscan
+
+        exprs = [s.regex.encode() for s in sigs]
+        ids = list(range(len(sigs)))
+        self._line_db = hyperscan.Database()
+        self._line_db.compile(expressions=exprs, ids=ids, elements=len(exprs),
+                              flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(exprs))
+        self._block_db = hyperscan.Database()
+        self._block_db.compile(expressions=exprs, ids=ids, elements=len(exprs),
+                               flags=[0] * len(exprs))
+        self._single = [frozenset((i,)) for i in ids]
+
+    def line(self, text: str) -> set[int]:
+        found: set[int] = set()
+
+        def on_match(sig: int, _from: int, _to: int, _flags: int, _ctx: Any) -> None:
+            found.add(sig)
+
+        self._line_db.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=on_match)
+        return found
+
+    def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
+        hits: list[tuple[int, frozenset[int]]] = []
+        append = hits.append
+        single = self._single
+
+        def on_match(sig: int, _from: int, to: int, _flags: int, _ctx: Any) -> None:
+            append((to, single[sig]))
+
+        self._block_db.scan(block, match_event_handler=on_match)
+        return hits
+
+
+class _AhoCorasickPrefilter:
+    """Aho-Corasick over the required literals; a literal maps to the signatures needing it."""
+
+    def __init__(self, sigs: Sequence[Signature]) -> None:
+        import ahocorasick
+
+        owners: dict[str, list[int]] = {}
+        for i, sig in enumerate(sigs):
+            for lit in sig.literals:
+                owners.setdefault(lit, []).append(i)
+        self._text = ahocorasick.Automaton()
+        self._bytes = ahocorasick.Automaton()  # literals as latin-1 views of their UTF-8
+        for lit, idx in owners.items():
+            self._text.add_word(lit, frozenset(idx))
+            self._bytes.add_word(lit.encode().decode("latin-1"), frozenset(idx))
+        self._text.make_automaton()
+        self._bytes.make_automaton()
+        self._empty = not owners
+
+    def line(self, text: str) -> set[int]:
+        found: set[int] = set()
+        if self._empty:
+            return found
+        for _end, idx in self._text.iter(text):
+            found.update(idx)
+        return found
+
+    def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
+        if self._empty:
+            return []
+        # latin-1 maps each byte to one character: offsets stay byte offsets
+        return [(end + 1, idx) for end, idx in self._bytes.iter(block.decode("latin-1"))]
+
+
+def choose_engine(engine: str | None = None) -> str:
+    """The engine asked for (argument, then NODEWARDEN_MATCHER), else the fastest present."""
+    wanted = engine or os.environ.get(ENGINE_ENV) or ""
+    if wanted and wanted not in ENGINES:
+        raise ValueError(f"unknown matcher engine {wanted!r}: one of {', '.join(ENGINES)}")
+    if wanted == "portable":
+        return "portable"
+    if hyperscan_available():
+        return "hyperscan"
+    if wanted == "hyperscan":
+        raise ValueError("matcher engine hyperscan asked for, but hyperscan cannot be imported")
+    return "portable"
+
+
+class Matcher:
+    """Matches log lines against a catalog; see the module docstring for the engines."""
+
+    def __init__(self, catalog: Catalog, engine: str | None = None) -> None:
+        self.catalog = catalog
+        self.engine = choose_engine(engine)
+        self._sigs = catalog.signatures
+        self._by_source: dict[str, frozenset[int]] = {}
+        for i, sig in enumerate(self._sigs):
+            self._by_source[sig.source] = self._by_source.get(sig.source, frozenset()) | {i}
+        self._prefilter: _Prefilter | None = None
+        if self._sigs:
+            make: Callable[[Sequence[Signature]], _Prefilter] = (
+                _HyperscanPrefilter if self.engine == "hyperscan" else _AhoCorasickPrefilter
+            )
+            self._prefilter = make(self._sigs)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(sorted(self._by_source))
+
+    def match(self, line: LogLine) -> list[SignatureMatch]:
+        """Every signature of `line.source` that matches `line.text`, in catalog order."""
+        if self._prefilter is None or line.source not in self._by_source:
+            return []
+        return self.confirm(line, self._prefilter.line(line.text[:MAX_MATCH_CHARS]))
+
+    def confirm(self, line: LogLine, candidates: Iterable[int]) -> list[SignatureMatch]:
+        """Run the regexes of the candidate signatures (indices) that apply to `line.source`."""
+        mine = self._by_source.get(line.source)
+        if not mine:
+            return []
+        text = line.text[:MAX_MATCH_CHARS]
+        out: list[SignatureMatch] = []
+        for i in sorted(mine.intersection(candidates)):
+            sig = self._sigs[i]
+            m = sig.pattern.search(text)
+            if m is None:
+                continue
+            groups = {k: v for k, v in m.groupdict().items() if v is not None}
+            out.append(SignatureMatch(
+                signature=sig.id, problem=sig.problem, subject=sig.subject_of(m),
+                severity=sig.severity, line=line, recovery=sig.recovery,
+                groups=MappingProxyType(groups),
+            ))
+        return out
+
+    def sources_of(self, candidates: Iterable[int]) -> set[str]:
+        """The sources of the given signature indices."""
+        return {self._sigs[i].source for i in candidates}
+
+    @property
+    def all_indices(self) -> frozenset[int]:
+        return frozenset(range(len(self._sigs)))
+
+    def candidates(self, block: bytes) -> dict[int, set[int]]:
+        """Line index -> indices of signatures that may match it, for a block of lines.
+
+        `block` is lines joined by `\\n`; one engine call covers the whole block. A
+        candidate is only a maybe: confirm it with `confirm`. Every signature that would
+        match a line's message text is a candidate for that line, because the prefilter
+        runs over the raw line, which contains the text (except for kmsg records with
+        escaped bytes, which the caller treats as candidates for every signature).
+        """
+        if self._prefilter is None or not block:
+            return {}
+        hits = self._prefilter.block_hits(block)
+        if not hits:
+            return {}
+        hits.sort(key=itemgetter(0))
+        out: dict[int, set[int]] = {}
+        line = 0
+        pos = 0
+        count = block.count
+        for to, sig in hits:
+            # the match's last byte is at to-1: count the newlines before it
+            line += count(b"\n", pos, to - 1)
+            pos = to - 1
+            out.setdefault(line, set()).update(sig)
+        return out
+
+    def candidate_lines(self, block: bytes) -> list[int]:
+        """Indices of the lines of `block` that some signature (any source) may match."""
+        return sorted(self.candidates(block))

@@ -1,0 +1,190 @@
+"""Scan a stream of log lines with the catalog: what `nodewarden scan` and bench/scan.py run.
+
+Input is read in binary, in blocks of BLOCK_BYTES, and split on `\\n`. A line longer than
+MAX_LINE_BYTES is cut there (the rest, up to the next newline, is skipped and the line is
+counted as truncated), so a 10 MB line costs one read, not 10 MB of matching. Invalid
+UTF-8 is replaced (U+FFFD), NUL and other binary bytes pass through: both are counted.
+
+Each block goes through the matcher's prefilter in one call; only candidate lines are
+decoded, parsed (agent.sources.lineformat: dmesg, syslog, journal, raw kmsg records,
+mixed per line) and confirmed. A line is tried as a kernel message (source `kmsg`, the
+prefix stripped) and, whole, as a line of every log source the catalog names
+(`log:mail`...), since a scanned file does not say where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from agent.detect.matcher import Matcher
+from agent.model import LogLine, SignatureMatch
+from agent.sources.lineformat import parse_line
+
+MAX_LINE_BYTES = 64 * 1024
+BLOCK_BYTES = 1024 * 1024
+
+
+@dataclass
+class ScanStats:
+    """What the scan saw; printed to stderr by `nodewarden scan`."""
+
+    bytes_read: int = 0
+    lines: int = 0
+    matched_lines: int = 0
+    findings: int = 0
+    recoveries: int = 0
+    truncated: int = 0
+    invalid_utf8: int = 0
+    nul_lines: int = 0
+
+    def summary(self) -> str:
+        if self.bytes_read == 0:
+            return "scan: empty input (0 lines)"
+        return (
+            f"scan: {self.lines} lines read, {self.matched_lines} matched "
+            f"({self.findings} findings, {self.recoveries} recoveries); "
+            f"{self.truncated} truncated at {MAX_LINE_BYTES} bytes, "
+            f"{self.invalid_utf8} with invalid UTF-8 (replaced), "
+            f"{self.nul_lines} with NUL bytes"
+        )
+
+
+@dataclass(frozen=True)
+class ScanHit:
+    """One matching line: its 1-based number and what matched."""
+
+    line_no: int
+    match: SignatureMatch
+
+
+class LineBlocks:
+    """Reads a binary stream as blocks of complete, capped lines."""
+
+    def __init__(self, stream: BinaryIO, stats: ScanStats, *,
+                 max_line: int = MAX_LINE_BYTES, block_bytes: int = BLOCK_BYTES) -> None:
+        self._stream = stream
+        self._stats = stats
+        self._max = max_line
+        self._block = block_bytes
+        #: global 0-based numbers of lines that were cut at max_line
+        self.truncated_lines: set[int] = set()
+
+    def _cap(self, lines: list[bytes], first: int) -> list[bytes]:
+        out = []
+        for i, line in enumerate(lines):
+            if len(line) > self._max:
+                line = line[: self._max]
+                self.truncated_lines.add(first + i)
+                self._stats.truncated += 1
+            out.append(line)
+        return out
+
+    def __iter__(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """(block, lines) pairs with block == b"\\n".join(lines)."""
+        stats = self._stats
+        pending = b""
+        skipping = False  # inside the cut-off rest of an over-long line
+        while True:
+            data = self._stream.read(self._block)
+            if not data:
+                break
+            stats.bytes_read += len(data)
+            if skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    continue
+                data = data[nl + 1 :]
+                skipping = False
+            buf = pending + data if pending else data
+            last = buf.rfind(b"\n")
+            if last >= 0:
+                block = buf[:last]
+                pending = buf[last + 1 :]
+                lines = block.split(b"\n")
+                if max(map(len, lines)) > self._max:
+                    lines = self._cap(lines, stats.lines)
+                    block = b"\n".join(lines)
+                stats.lines += len(lines)
+                yield block, lines
+            else:
+                pending = buf
+            if len(pending) > self._max:
+                self.truncated_lines.add(stats.lines)
+                stats.truncated += 1
+                stats.lines += 1
+                line = pending[: self._max]
+                pending = b""
+                skipping = True
+                yield line, [line]
+        if pending:
+            stats.lines += 1
+            yield pending, [pending]
+
+
+def _decode(raw: bytes, stats: ScanStats) -> str:
+    if b"\0" in raw:
+        stats.nul_lines += 1
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        stats.invalid_utf8 += 1
+        return raw.decode("utf-8", "replace")
+
+
+def _count_oddities(block: bytes, lines: list[bytes], stats: ScanStats,
+                    skip: Collection[int]) -> None:
+    """Count invalid-UTF-8 and NUL lines that are not candidates (those count in _decode)."""
+    if block.isascii() and b"\0" not in block:
+        return
+    for i, raw in enumerate(lines):
+        if i in skip:
+            continue
+        if b"\0" in raw:
+            stats.nul_lines += 1
+        if not raw.isascii():
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                stats.invalid_utf8 += 1
+
+
+def match_raw_line(raw: str, matcher: Matcher, candidates: Iterable[int]) -> list[SignatureMatch]:
+    """A decoded line, tried as a kernel message and, whole, as a line of each log source."""
+    cands = set(candidates)
+    sources = matcher.sources_of(cands)
+    kernel = parse_line(raw, source="kmsg")
+    out = matcher.confirm(kernel, cands) if "kmsg" in sources else []
+    for source in sorted(sources - {"kmsg"}):
+        whole = LogLine(source=source, text=raw.rstrip("\r\n"), t=0.0, facility=kernel.facility)
+        out.extend(matcher.confirm(whole, cands))
+    return out
+
+
+def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
+    """Every match in the stream, in line order; `stats` is filled in as it goes."""
+    reader = LineBlocks(stream, stats)
+    everything = matcher.all_indices
+    for block, lines in reader:
+        first = stats.lines - len(lines)
+        candidates = matcher.candidates(block)
+        if b"\\x" in block:  # kmsg records escape bytes; the parsed text is unescaped
+            for i, raw in enumerate(lines):
+                if b"\\x" in raw:
+                    candidates[i] = set(everything)
+        _count_oddities(block, lines, stats, candidates.keys())
+        for i in sorted(candidates):
+            matches = match_raw_line(_decode(lines[i], stats), matcher, candidates[i])
+            if not matches:
+                continue
+            stats.matched_lines += 1
+            for m in matches:
+                if first + i in reader.truncated_lines:
+                    m = dataclasses.replace(m, line=dataclasses.replace(m.line, truncated=True))
+                if m.recovery:
+                    stats.recoveries += 1
+                else:
+                    stats.findings += 1
+                yield ScanHit(first + i + 1, m)

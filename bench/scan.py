@@ -1,0 +1,179 @@
+"""Benchmark the signature matcher over a generated 1,000,000-line kernel log.
+
+Prints lines/s (median of 3 runs) for:
+  floor      read the file in blocks and split the lines (what scan does before matching)
+  naive      floor + decode each line + every signature's compiled regex .search on it
+  hyperscan  `nodewarden scan`'s own loop (agent.detect.scanner.scan_stream), hyperscan engine
+  portable   the same loop with the portable Aho-Corasick engine
+  per-line   floor + decode + parse_line + Matcher.match per line (the daemon's kmsg path)
+and the ratios matcher/naive and matcher/floor. Budget (issue 3): matcher >= 20x naive and
+>= 25% of the floor. Figures, never pass/fail: the exit code is 0 either way.
+
+Usage: python bench/scan.py [--lines N] [--trouble-pct P] [--runs R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from agent.detect.catalog import MAX_MATCH_CHARS, Catalog, load_catalog
+from agent.detect.matcher import Matcher
+from agent.detect.scanner import LineBlocks, ScanStats, scan_stream
+from agent.sources.lineformat import parse_line
+
+BENIGN = (  # real dmesg lines, long by nature
+    "usb 1-1.{a}: new high-speed USB device number {b} using xhci_hcd",
+    "EXT4-fs (sda{a}): mounted filesystem with ordered data mode. Opts: errors=remount-ro",
+    "IPv6: ADDRCONF(NETDEV_CHANGE): eth{a}: link becomes ready",
+    "audit: type=1400 audit({b}.{c}:{a}): apparmor=\"ALLOWED\" operation=\"open\" profile=\"/usr/sbin/dovecot\" name=\"/var/mail/u{b}\" pid={c}",  # noqa: E501
+    "NFSD: Using nfsdcld client tracking operations.",
+    "sd {a}:0:0:0: [sd{l}] Write cache: enabled, read cache: enabled, doesn't support DPO or FUA",
+    "systemd-journald[{b}]: Data hash table of /var/log/journal/{c}/system.journal has a fill level at 75.0",  # noqa: E501
+    "device eth{a} entered promiscuous mode",
+    "TCP: request_sock_TCP: Possible SYN flooding on port {b}. Sending cookies.  Check SNMP counters.",  # noqa: E501
+    "perf: interrupt took too long ({b} > {c}), lowering kernel.perf_event_max_sample_rate to {a}000",  # noqa: E501
+    "xfs filesystem being remounted at /srv/mail{a} supports timestamps until 2038 (0x7fffffff)",
+    "EDAC MC: Ver: 3.0.0",
+    "mce: CPU{a}: Thermal monitoring enabled (TM1)",
+    "MDS CPU bug present and SMT on, data leak possible. See https://www.kernel.org/doc/html/latest/admin-guide/hw-vuln/mds.html for more details.",  # noqa: E501
+    "Process accounting resumed",
+    "bond0: (slave eth{a}): Enslaving as a backup interface with an up link",
+    "kauditd_printk_skb: {b} callbacks suppressed",
+    "nf_conntrack: default automatic helper assignment has been turned off for security reasons",
+    "raid6: avx2x4   gen() {b} MB/s",
+    "ata{a}: SATA link up 6.0 Gbps (SStatus 133 SControl 300)",
+)
+
+
+def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int = 1) -> int:
+    """Write n dmesg-style lines, ~trouble_pct % drawn from the kernel examples."""
+    rng = random.Random(seed)
+    trouble = [ex.line for s in catalog.signatures if s.source == "kmsg" for ex in s.examples]
+    count = 0
+    with path.open("w") as f:
+        for i in range(n):
+            stamp = f"[{i * 0.000731:12.6f}] "
+            if rng.random() * 100 < trouble_pct:
+                f.write(stamp + rng.choice(trouble) + "\n")
+                count += 1
+                continue
+            tpl = BENIGN[rng.randrange(len(BENIGN))]
+            # the SYN template is real trouble: keep it rare like the rest
+            if tpl.startswith("TCP:"):
+                tpl = BENIGN[0]
+            f.write(stamp + tpl.format(a=rng.randrange(10), b=rng.randrange(100000),
+                                       c=rng.randrange(1000000),
+                                       l="abcdef"[rng.randrange(6)]) + "\n")
+    return count
+
+
+def floor(path: Path) -> int:
+    stats = ScanStats()
+    with path.open("rb") as f:
+        for _block, _lines in LineBlocks(f, stats):
+            pass
+    return stats.lines
+
+
+def naive(path: Path, catalog: Catalog) -> int:
+    patterns = [s.pattern for s in catalog.signatures]
+    matched = 0
+    stats = ScanStats()
+    with path.open("rb") as f:
+        for _block, lines in LineBlocks(f, stats):
+            for raw in lines:
+                text = raw.decode("utf-8", "replace")[:MAX_MATCH_CHARS]
+                hit = False
+                for p in patterns:
+                    if p.search(text) is not None:
+                        hit = True
+                matched += hit
+    return matched
+
+
+def matcher_scan(path: Path, matcher: Matcher) -> int:
+    stats = ScanStats()
+    with path.open("rb") as f:
+        for _hit in scan_stream(f, matcher, stats):
+            pass
+    return stats.matched_lines
+
+
+def per_line(path: Path, matcher: Matcher) -> int:
+    matched = 0
+    stats = ScanStats()
+    with path.open("rb") as f:
+        for _block, lines in LineBlocks(f, stats):
+            for raw in lines:
+                if matcher.match(parse_line(raw.decode("utf-8", "replace"))):
+                    matched += 1
+    return matched
+
+
+def measure(fn: Callable[[], int], runs: int) -> tuple[float, int]:
+    """Median seconds over `runs`, and the function's result (the same every run)."""
+    times = []
+    result = 0
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lines", type=int, default=1_000_000)
+    parser.add_argument("--trouble-pct", type=float, default=1.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--skip-naive", action="store_true", help="(slow) leave it out")
+    args = parser.parse_args()
+
+    catalog, errors = load_catalog(None)
+    if errors:
+        for e in errors:
+            print(e, file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kern.log"
+        trouble = generate(path, args.lines, args.trouble_pct, catalog)
+        size = path.stat().st_size
+        print(f"corpus: {args.lines} lines, {size / 1e6:.1f} MB, {trouble} trouble lines "
+              f"({100 * trouble / args.lines:.2f}%); {len(catalog)} signatures; "
+              f"median of {args.runs} runs")
+        hs = Matcher(catalog, "hyperscan")
+        portable = Matcher(catalog, "portable")
+        rows: dict[str, tuple[float, int]] = {}
+        rows["floor"] = measure(lambda: floor(path), args.runs)
+        if not args.skip_naive:
+            rows["naive"] = measure(lambda: naive(path, catalog), args.runs)
+        rows["hyperscan"] = measure(lambda: matcher_scan(path, hs), args.runs)
+        rows["portable"] = measure(lambda: matcher_scan(path, portable), args.runs)
+        rows["per-line"] = measure(lambda: per_line(path, hs), args.runs)
+
+    n = args.lines
+    for name, (secs, result) in rows.items():
+        what = "lines" if name == "floor" else "matched lines"
+        print(f"  {name:10s} {n / secs:>14,.0f} lines/s   {secs:7.3f} s   {result} {what}")
+    if rows["hyperscan"][1] != rows["portable"][1]:
+        print("MISMATCH: the engines found different lines", file=sys.stderr)
+        return 1
+    floor_s = rows["floor"][0]
+    for engine in ("hyperscan", "portable"):
+        secs = rows[engine][0]
+        parts = [f"{engine}/floor = {floor_s / secs:.0%} (budget >= 25%)"]
+        if "naive" in rows:
+            parts.append(f"{engine}/naive = {rows['naive'][0] / secs:.1f}x (budget >= 20x)")
+        print("  " + "; ".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -137,11 +137,15 @@ def _rawprio(line: str, source: str, t: float) -> LogLine:
     if m is None:
         return _plain(line, source, t)
     prio = int(m.group("prio"))
-    known = {
-        "facility": prio >> 3,
+    known: dict[str, int] = {
         "priority": prio & 7,
         "monotonic_usec": _usec(m.group("sec"), m.group("frac")),
     }
+    # `dmesg -r` drops the facility of userspace records (a line written to /dev/kmsg as
+    # facility 1 prints as "<3>"), so a bare level says nothing about who wrote it:
+    # only a prefix that carries a facility (>= 8) is believed.
+    if prio >= 8:
+        known["facility"] = prio >> 3
     return _known(line[m.end() :], source, t, known)
 
 

@@ -51,9 +51,10 @@ CASES = [
     Case(f"2021-10-20T03:18:44,123456+00:00 {MSG}", MSG),
     Case("2021-10-20T03:18:44,123456+0200 sd 0:0:0:0: [sda] x", "sd 0:0:0:0: [sda] x"),
     # dmesg -r and dmesg -x
-    Case(f"<6>[    1.500000] {MSG}", MSG, 0, 6, usec=1_500_000),
+    # dmesg -r prints a bare level for userspace records too: facility unknown
+    Case(f"<6>[    1.500000] {MSG}", MSG, None, 6, usec=1_500_000),
     Case(f"<14>[    1.500000] {MSG}", MSG, 1, 6, usec=1_500_000),
-    Case(f"<3>{MSG}", MSG, 0, 3),
+    Case(f"<3>{MSG}", MSG, None, 3),
     Case(f"kern  :info  : [    0.000001] {MSG}", MSG, 0, 6, usec=1),
     Case(f"kern  :err   : [Wed Oct 20 03:18:44 2021] {MSG}", MSG, 0, 3),
     Case(f"user  :warn  : [   10.000000] {MSG}", MSG, 1, 4, usec=10_000_000),

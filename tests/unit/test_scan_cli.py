@@ -23,7 +23,7 @@ MIXED = [
     ("Oct 20 03:18:44 nas-a1 kernel: [ 77.000001] md/raid1:md0: Disk failure on sdb1, disabling device.", "raid-degraded", "md0", 0),
     ("3,812,123456789,-;blk_update_request: I/O error, dev sdb, sector 123 op 0x1:(WRITE) flags 0x800 phys_seg 1 prio class 0", "block-io-error", "sdb", 0),
     ("12,813,123456790,-;EXT4-fs (dm-0): Remounting filesystem read-only", "fs-readonly", "dm-0", 1),
-    ("<4>[  200.000000] NETDEV WATCHDOG: eth0 (e1000e): transmit queue 0 timed out 5120 ms", "nic-tx-timeout", "eth0", 0),
+    ("<4>[  200.000000] NETDEV WATCHDOG: eth0 (e1000e): transmit queue 0 timed out 5120 ms", "nic-tx-timeout", "eth0", None),
     ("2021-10-20T03:18:44,123456+00:00 possible SYN flooding on port 25. Sending cookies.", "syn-flood", "25", None),
     ("Oct 20 03:18:44 mx1 logger: Out of memory: Killed process 1234 (dovecot) total-vm:1kB", "oom-kill", "dovecot", 1),
     ("watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [nfsd:1234]", "soft-lockup", "3", None),

@@ -1,0 +1,148 @@
+"""Write-ahead intent records: written *before* a node restart, read after the boot.
+
+The agent cannot record the outcome of a reboot while it happens, so `node-restart` writes
+an intent first (a plan step: `python3 -m agent.execute.intent write ...`, visible in the
+dry-run). After boot the agent reads the pending intents: a different boot id means the
+reboot happened on purpose; the same boot id means it did not. Files are written
+atomically (temp file, fsync, rename, fsync of the directory) under STATE_DIR/intents/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: str
+    action: str
+    subject: str
+    reason: str
+    written_at: float
+    boot_id: str
+    completed_at: float | None = None
+    outcome: str | None = None  # "rebooted" | "not-rebooted" | free text
+    ok: bool | None = None
+
+    @property
+    def pending(self) -> bool:
+        return self.completed_at is None
+
+
+def current_boot_id(path: Path = BOOT_ID_PATH) -> str:
+    return path.read_text().strip()
+
+
+def intents_dir(state_dir: Path) -> Path:
+    return state_dir / "intents"
+
+
+def _write_atomic(path: Path, data: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save(state_dir: Path, intent: Intent) -> Intent:
+    _write_atomic(intents_dir(state_dir) / f"{intent.id}.json",
+                  json.dumps(asdict(intent), sort_keys=True) + "\n")
+    return intent
+
+
+def write_intent(
+    state_dir: Path, action: str, subject: str, reason: str, *, now: float, boot_id: str,
+    intent_id: str | None = None,
+) -> Intent:
+    """Record (durably, before acting) that `action` is about to happen."""
+    iid = intent_id or f"{int(now)}-{uuid.uuid4().hex[:8]}"
+    return save(state_dir, Intent(iid, action, subject, reason, now, boot_id))
+
+
+def read_intents(state_dir: Path) -> list[Intent]:
+    """Every intent record, oldest first; an unreadable file is logged and skipped."""
+    out = []
+    directory = intents_dir(state_dir)
+    if not directory.is_dir():
+        return []
+    for path in sorted(directory.glob("*.json")):
+        try:
+            out.append(Intent(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("ignoring unreadable intent record %s: %s", path, exc)
+    return sorted(out, key=lambda i: (i.written_at, i.id))
+
+
+def complete_intent(
+    state_dir: Path, intent_id: str, outcome: str, ok: bool, now: float
+) -> Intent:
+    """Mark an intent done with what became of it (kept for the audit, not deleted)."""
+    for intent in read_intents(state_dir):
+        if intent.id == intent_id:
+            return save(state_dir, replace(intent, completed_at=now, outcome=outcome, ok=ok))
+    raise KeyError(f"no intent {intent_id!r} in {intents_dir(state_dir)}")
+
+
+def reconcile(state_dir: Path, boot_id: str, now: float) -> list[Intent]:
+    """After start-up: complete every pending intent; returns the ones completed now."""
+    done = []
+    for intent in read_intents(state_dir):
+        if not intent.pending:
+            continue
+        if intent.boot_id != boot_id:
+            done.append(complete_intent(state_dir, intent.id, "rebooted", True, now))
+        else:
+            done.append(complete_intent(
+                state_dir, intent.id, "not-rebooted: the agent started in the same boot", False,
+                now))
+    return done
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python3 -m agent.execute.intent")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    w = sub.add_parser("write", help="durably record an intent; prints its id")
+    w.add_argument("--state-dir", required=True, type=Path)
+    w.add_argument("--action", required=True)
+    w.add_argument("--subject", required=True)
+    w.add_argument("--reason", required=True)
+    ls = sub.add_parser("list", help="print every intent record as JSON lines")
+    ls.add_argument("--state-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    if args.cmd == "write":
+        try:
+            intent = write_intent(args.state_dir, args.action, args.subject, args.reason,
+                                  now=time.time(), boot_id=current_boot_id())
+        except OSError as exc:
+            print(f"cannot write intent: {exc}", file=sys.stderr)
+            return 1
+        print(intent.id)
+        return 0
+    for intent in read_intents(args.state_dir):
+        print(json.dumps(asdict(intent), sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

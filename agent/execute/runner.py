@@ -1,0 +1,181 @@
+"""Runners carry out one Step. The Executor is the same for dry-run and execute; only the
+runner differs (DESIGN.md safety property 4), so the two cannot diverge.
+
+`SubprocessRunner` runs the argv (never a shell) in its own process group with a
+sanitized environment, captures bounded output and kills the whole group on timeout.
+`RecordingRunner` records each step and runs nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import subprocess
+from collections.abc import Mapping
+from typing import IO, Protocol
+
+from agent.clock import Clock, SystemClock
+from agent.model import Step, StepResult
+
+#: the environment every step gets: no inherited secrets, locale or pager surprises
+SAFE_ENV: Mapping[str, str] = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "SYSTEMD_PAGER": "",
+    "SYSTEMD_COLORS": "0",
+}
+
+#: bytes of stdout and of stderr kept per step; the rest is read and counted, not kept
+DEFAULT_MAX_OUTPUT = 64 * 1024
+
+#: how long to wait for a killed process group to be reaped (a task stuck in D state
+#: cannot die; the runner then reports it instead of hanging with it)
+REAP_WAIT_S = 5.0
+
+
+class Runner(Protocol):
+    """Carries out one step. `executes` says whether anything really runs."""
+
+    executes: bool
+
+    def run(self, step: Step) -> StepResult: ...
+
+
+class RecordingRunner:
+    """Dry-run: records every step it is handed and runs nothing."""
+
+    executes = False
+
+    def __init__(self) -> None:
+        self.steps: list[Step] = []
+
+    def run(self, step: Step) -> StepResult:
+        self.steps.append(step)
+        return StepResult(argv=step.argv, exit_code=None, duration_s=0.0, ran=False)
+
+
+class SubprocessRunner:
+    """Runs a step's argv as a child process: no shell, own session, bounded output.
+
+    On timeout the whole process group gets SIGKILL. A program that cannot be started
+    yields exit code 127 (not found) or 126 (cannot execute), as a shell would say.
+    """
+
+    executes = True
+
+    def __init__(
+        self,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._env = dict(SAFE_ENV if env is None else env)
+        self._max = max_output
+
+    def run(self, step: Step) -> StepResult:
+        start = self._clock.monotonic()
+        try:
+            proc = subprocess.Popen(
+                step.argv,
+                stdin=subprocess.PIPE if step.input_text is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=self._env,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            return StepResult(step.argv, code, self._clock.monotonic() - start,
+                              stderr=f"cannot run {step.argv[0]!r}: {exc.strerror or exc}")
+        deadline = start + step.timeout_s
+        out, err, timed_out = self._communicate(proc, step, deadline)
+        if not timed_out:
+            try:
+                proc.wait(timeout=max(0.0, deadline - self._clock.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        exit_code: int | None
+        if timed_out:
+            _kill_group(proc.pid)
+            try:
+                exit_code = proc.wait(timeout=REAP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                exit_code = None
+                err += f"\n[nodewarden: process {proc.pid} did not die after SIGKILL]"
+        else:
+            exit_code = proc.returncode
+        _close(proc.stdin, proc.stdout, proc.stderr)
+        return StepResult(step.argv, exit_code, self._clock.monotonic() - start,
+                          stdout=out, stderr=err, timed_out=timed_out)
+
+    def _communicate(
+        self, proc: subprocess.Popen[bytes], step: Step, deadline: float
+    ) -> tuple[str, str, bool]:
+        """Feed stdin and read stdout/stderr until both close or the deadline passes."""
+        assert proc.stdout is not None and proc.stderr is not None
+        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        dropped = dict.fromkeys(bufs, 0)
+        data = memoryview((step.input_text or "").encode())
+        written = 0
+        stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
+        with selectors.DefaultSelector() as sel:
+            for fd in bufs:
+                sel.register(fd, selectors.EVENT_READ)
+            if proc.stdin is not None:
+                os.set_blocking(proc.stdin.fileno(), False)
+                if data:
+                    sel.register(stdin_fd, selectors.EVENT_WRITE)
+                else:
+                    proc.stdin.close()
+            while sel.get_map():
+                remaining = deadline - self._clock.monotonic()
+                if remaining <= 0:
+                    return (*self._text(bufs, dropped, proc), True)
+                for key, _ in sel.select(remaining):
+                    fd = int(key.fd)
+                    if fd == stdin_fd and proc.stdin is not None:
+                        try:
+                            written += os.write(fd, data[written:written + 65536])
+                        except BrokenPipeError:
+                            written = len(data)
+                        if written >= len(data):
+                            sel.unregister(fd)
+                            proc.stdin.close()
+                        continue
+                    chunk = os.read(fd, 65536)
+                    if not chunk:
+                        sel.unregister(fd)
+                        continue
+                    room = self._max - len(bufs[fd])
+                    bufs[fd] += chunk[:max(0, room)]
+                    dropped[fd] += max(0, len(chunk) - max(0, room))
+        return (*self._text(bufs, dropped, proc), False)
+
+    @staticmethod
+    def _text(
+        bufs: dict[int, bytearray], dropped: dict[int, int], proc: subprocess.Popen[bytes]
+    ) -> tuple[str, str]:
+        assert proc.stdout is not None and proc.stderr is not None
+        texts = []
+        for fd in (proc.stdout.fileno(), proc.stderr.fileno()):
+            text = bufs[fd].decode("utf-8", "replace")
+            if dropped[fd]:
+                text += f"\n[nodewarden: {dropped[fd]} more bytes not kept]"
+            texts.append(text)
+        return texts[0], texts[1]
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _close(*files: IO[bytes] | None) -> None:
+    for f in files:
+        if f is not None:
+            f.close()

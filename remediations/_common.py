@@ -1,0 +1,168 @@
+"""Validation and argv building shared by the remediation modules (not an action itself).
+
+Every value that reaches an argv is validated here first: unit names against a strict
+pattern (never an option), addresses through `ipaddress`, durations as whole seconds.
+Site commands are argv lists whose placeholders fill *whole* tokens only: nothing is
+ever interpolated into a string a shell or a program would parse again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from agent.model import Step
+from remediations import ActionContext, InvalidParams
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+UNIT_TYPES = ("service", "socket", "target", "mount", "automount", "swap", "timer", "path",
+              "slice", "scope")
+_UNIT_RE = re.compile(
+    r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,200}\.(" + "|".join(UNIT_TYPES) + r")$")
+_UNIT_BASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,200}$")
+_DURATION_RE = re.compile(r"^(\d{1,7})(s|m|h|d)?$")
+_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+
+#: what `systemctl` steps run as (found on the runner's sanitized PATH)
+SYSTEMCTL = "systemctl"
+
+
+def unit_name(text: str) -> str:
+    """A systemd unit name safe as an argv token; "nfs-server" means "nfs-server.service"."""
+    if _UNIT_BASE_RE.match(text) and not text.endswith(tuple("." + t for t in UNIT_TYPES)):
+        text += ".service"
+    if not _UNIT_RE.match(text):
+        raise InvalidParams(
+            f"unit {text!r} is not a unit name (letters, digits, @_.:- and a unit type "
+            f"suffix such as .service; no leading '-')")
+    return text
+
+
+def duration_s(text: str, what: str, lo: int = 1, hi: int = 7 * 86400) -> int:
+    """'90', '90s', '15m', '1h', '2d' → seconds, within [lo, hi]."""
+    m = _DURATION_RE.match(text.strip())
+    if not m:
+        raise InvalidParams(f"{what} {text!r} is not a duration like 90s, 15m, 1h or 2d")
+    seconds = int(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    if not lo <= seconds <= hi:
+        raise InvalidParams(f"{what} {text!r} must be between {lo}s and {hi}s")
+    return seconds
+
+
+def integer(text: str, what: str, lo: int, hi: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidParams(f"{what} {text!r} is not an integer") from None
+    if not lo <= value <= hi:
+        raise InvalidParams(f"{what} {text!r} must be between {lo} and {hi}")
+    return value
+
+
+def address(text: str) -> IPAddress:
+    """One IP address (v4-mapped IPv6 becomes IPv4, so allowlists apply to it)."""
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise InvalidParams(f"{text!r} is not an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def network(text: str) -> IPNetwork:
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise InvalidParams(f"{text!r} is not an address or CIDR network") from None
+
+
+# --------------------------------------------------------------------------- settings
+def setting_str(ctx: ActionContext, key: str, default: str) -> str:
+    value = ctx.settings.get(key, default)
+    if not isinstance(value, str):
+        raise InvalidParams(f"setting {key} must be a string, not {type(value).__name__}")
+    return value
+
+
+def setting_list(ctx: ActionContext, key: str) -> tuple[str, ...]:
+    value = ctx.settings.get(key, [])
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidParams(f"setting {key} must be a list of strings")
+    return tuple(value)
+
+
+def setting_int(ctx: ActionContext, key: str, default: int, lo: int, hi: int) -> int:
+    value = ctx.settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise InvalidParams(f"setting {key} must be an integer between {lo} and {hi}")
+    return value
+
+
+def setting_argv(ctx: ActionContext, key: str) -> tuple[str, ...] | None:
+    """A command argv from the settings (absolute program path), or None when unset."""
+    if key not in ctx.settings:
+        return None
+    argv = setting_list(ctx, key)
+    if not argv or not argv[0].startswith("/"):
+        raise InvalidParams(f"setting {key} must be a non-empty argv list starting with an "
+                            f"absolute program path")
+    return argv
+
+
+def fill_argv(
+    template: Sequence[str], values: Mapping[str, str], allow_dash: bool = False
+) -> tuple[str, ...]:
+    """Replace tokens that are exactly `{name}` by `values[name]`; nothing else changes.
+
+    A token that mixes text and a placeholder (`--unit={subject}`) is refused: a
+    placeholder fills a whole argv slot or nothing. A value beginning with '-' is refused
+    unless `allow_dash` (it could become an option of the site command).
+    """
+    out = []
+    for token in template:
+        whole = _PLACEHOLDER.fullmatch(token)
+        if whole is None:
+            if _PLACEHOLDER.search(token):
+                raise InvalidParams(
+                    f"argv token {token!r} mixes text and a placeholder; a placeholder must "
+                    f"be a whole token such as '{{subject}}'")
+            out.append(token)
+            continue
+        name = whole.group(1)
+        if name not in values:
+            raise InvalidParams(f"unknown placeholder {token!r}; known: "
+                                + ", ".join("{" + k + "}" for k in sorted(values)))
+        value = values[name]
+        if not allow_dash and value.startswith("-"):
+            raise InvalidParams(f"value {value!r} for {token} begins with '-' (an option)")
+        if "\0" in value:
+            raise InvalidParams(f"value for {token} contains a NUL byte")
+        out.append(value)
+    return tuple(out)
+
+
+def helper(ctx: ActionContext, module: str, *args: str) -> tuple[str, ...]:
+    """argv of one of the agent's own helpers: `python3 -m agent.execute.MODULE ARGS`."""
+    return (ctx.python, "-m", f"agent.execute.{module}", *args)
+
+
+def is_active_step(unit: str) -> Step:
+    return Step((SYSTEMCTL, "is-active", "--quiet", "--", unit), 15.0,
+                f"{unit} is active")
+
+
+def reasons_of(
+    plan: Callable[[str, Mapping[str, str], ActionContext], object],
+    subject: str, params: Mapping[str, str], ctx: ActionContext,
+) -> list[str]:
+    """The validation reasons that make `plan` refuse these inputs (empty = it plans)."""
+    try:
+        plan(subject, params, ctx)
+    except InvalidParams as exc:
+        return list(exc.reasons)
+    return []

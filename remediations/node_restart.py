@@ -1,0 +1,109 @@
+"""Restart this host: optional drain, a write-ahead intent record, then `systemctl reboot`.
+
+## When
+The last automatic rung when the kernel itself is wedged: hung `nfsd` tasks with high
+load on a storage node that a restart of the NFS server unit did not clear (the default
+storage policy: restart the NFS server unit, then the node, then page). Never for a
+mail host whose NFS server is not responding: the cause is the filer.
+
+## What it does
+1. (optional) the site's `drain_command`, e.g. moving the host out of a load balancer;
+2. `python3 -m agent.execute.intent write ...`: a durable (fsync'd) intent record under
+   STATE_DIR/intents/, written *before* the reboot, shown in the dry-run;
+3. `systemctl reboot`.
+After the boot the agent reads its pending intents before anything else
+(`reconcile_intents`): a new boot id means the restart happened on purpose and the
+outcome is recorded (and the lease released); the same boot id means it did not.
+
+## Verify
+After the boot: `python3 -m agent.execute.intent list --state-dir /var/lib/nodewarden`
+shows the intent with `outcome: rebooted`; `journalctl --list-boots` shows the new boot.
+
+## Undo
+Nothing to undo. Undrain the host if the drain command did not do it by itself.
+
+## Safety
+Disruptive, needs a lease from the coordinator (a group never restarts more than K hosts
+at once) and is counted by the budget guard across reboots (no reboot loops). If the
+intent cannot be written, the reboot step does not run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from agent.execute import intent as intents
+from agent.model import Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from remediations._common import (
+    SYSTEMCTL,
+    duration_s,
+    fill_argv,
+    helper,
+    reasons_of,
+    setting_argv,
+    setting_str,
+)
+
+if TYPE_CHECKING:
+    from agent.clock import Clock
+    from agent.pipeline_api import Event
+
+NAME = "node-restart"
+SUMMARY = "Reboot this host after an optional drain and a write-ahead intent record."
+DISRUPTIVE = True
+NEEDS_LEASE = True
+PARAMS: Mapping[str, ParamSpec] = {
+    "reason": ParamSpec("why, recorded in the intent", default="node-restart by nodewarden"),
+    "drain": ParamSpec("auto (drain when drain_command is set), yes or no", default="auto"),
+}
+SETTINGS: Mapping[str, ParamSpec] = {
+    "drain_command": ParamSpec("argv run before the reboot ({hostname} {subject})"),
+    "drain_timeout": ParamSpec("how long the drain may take", default="120s"),
+}
+EXAMPLE = Example(subject="nas-a1", params={"reason": "hung nfsd tasks, load 40"})
+
+
+def _clean(text: str) -> str:
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
+
+
+def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+    drain = params.get("drain", "auto")
+    if drain not in ("auto", "yes", "no"):
+        raise InvalidParams(f"drain {drain!r} must be auto, yes or no")
+    command = setting_argv(ctx, "drain_command")
+    if drain == "yes" and command is None:
+        raise InvalidParams("drain=yes needs the drain_command setting")
+    steps = []
+    if command is not None and drain != "no":
+        timeout = duration_s(setting_str(ctx, "drain_timeout", "120s"), "drain_timeout")
+        values = {"hostname": ctx.hostname, "subject": subject}
+        steps.append(Step(fill_argv(command, values), float(timeout), "drain this host"))
+    reason = _clean(params.get("reason", "node-restart by nodewarden")) or "unspecified"
+    steps.append(Step(
+        helper(ctx, "intent", "write", f"--state-dir={ctx.state_dir}", f"--action={NAME}",
+               f"--subject={_clean(subject) or ctx.hostname}", f"--reason={reason}"),
+        30.0, "write-ahead intent record"))
+    steps.append(Step((SYSTEMCTL, "reboot"), 60.0, "reboot this host"))
+    return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
+                f"reboot {ctx.hostname}" + (" after draining" if len(steps) == 3 else ""))
+
+
+def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
+    return reasons_of(plan, subject, params, ctx)
+
+
+def reconcile_intents(
+    state_dir: Path, clock: Clock, boot_id: str | None = None
+) -> list[Event]:
+    """At start-up: complete pending node-restart intents, as timeline "outcome" events."""
+    from agent.pipeline_api import Event
+
+    done = intents.reconcile(state_dir, boot_id or intents.current_boot_id(), clock.now())
+    return [Event(clock.now(), "outcome", {
+        "action": i.action, "subject": i.subject, "ok": bool(i.ok), "executed": True,
+        "detail": f"intent {i.id} ({i.reason}): {i.outcome}", "intent": i.id,
+    }) for i in done]

@@ -1,0 +1,88 @@
+"""Page a person: log the page, and run the configured paging command.
+
+## When
+The top rung of every ladder, and the only action for problems a host cannot fix by
+itself: raid-degraded, mce, memory-ecc, `nfs-not-responding` on a mail host, a storm,
+flapping. Until the coordinator delivers alerts with retries, the agent pages through
+the site's command.
+
+## What it does
+1. `logger -s -t nodewarden -p user.crit -- "PAGE host=... problem=... subject=...:
+   MESSAGE"`: the page is in the journal (and in the step's captured stderr);
+2. the `command` setting, if configured, e.g.
+   `["/usr/local/bin/page-oncall", "{problem}", "{subject}", "{message}"]` — placeholders
+   `{problem}`, `{subject}`, `{message}`, `{hostname}`, `{severity}` fill whole tokens.
+With a command configured, a logger failure does not stop the page (exit 1 accepted).
+
+## Verify
+The paging command's exit code. By hand: `journalctl -t nodewarden -p crit`.
+
+## Undo
+Acknowledge the page in the paging system.
+
+## Safety
+Values are made printable (control characters become spaces), capped at 500
+characters, and leading `-` is stripped, so a subject cannot become an option of the
+paging command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.model import Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from remediations._common import duration_s, fill_argv, reasons_of, setting_argv, setting_str
+
+NAME = "page"
+SUMMARY = "Page the on-call person: log it and run the configured paging command."
+DISRUPTIVE = False
+NEEDS_LEASE = False
+PARAMS: Mapping[str, ParamSpec] = {
+    "problem": ParamSpec("the problem to name in the page", default="unknown"),
+    "message": ParamSpec("what the person should know", default="nodewarden needs a person"),
+    "severity": ParamSpec("critical, error or warning", default="critical"),
+}
+SETTINGS: Mapping[str, ParamSpec] = {
+    "command": ParamSpec("paging argv ({problem} {subject} {message} {hostname} {severity})"),
+    "timeout": ParamSpec("how long the paging command may run", default="30s"),
+}
+EXAMPLE = Example(
+    subject="nas-a1", params={"problem": "nfs-not-responding",
+                              "message": "nfs server nas-a1 not responding"},
+    settings={"command": ["/usr/local/bin/page-oncall", "{problem}", "{subject}",
+                          "{message}"]})
+SEVERITIES = {"critical": "user.crit", "error": "user.err", "warning": "user.warning"}
+
+
+def clean(text: str) -> str:
+    """Printable, one line, at most 500 characters, never starting with '-'."""
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:500].lstrip("-").strip()
+
+
+def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+    severity = params.get("severity", "critical")
+    if severity not in SEVERITIES:
+        raise InvalidParams(f"severity {severity!r} must be one of {', '.join(SEVERITIES)}")
+    values = {
+        "problem": clean(params.get("problem", "unknown")) or "unknown",
+        "subject": clean(subject) or "-none-",
+        "message": clean(params.get("message", "")) or "nodewarden needs a person",
+        "hostname": ctx.hostname, "severity": severity,
+    }
+    command = setting_argv(ctx, "command")
+    text = (f"PAGE host={values['hostname']} problem={values['problem']} "
+            f"subject={values['subject']}: {values['message']}")
+    steps = [Step(("logger", "-s", "-t", "nodewarden", "-p", SEVERITIES[severity], "--", text),
+                  15.0, "log the page", ok_exit=(0, 1) if command else (0,))]
+    if command is not None:
+        timeout = duration_s(setting_str(ctx, "timeout", "30s"), "timeout", hi=600)
+        steps.append(Step(fill_argv(command, values), float(timeout), "paging command"))
+    return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
+                f"page: {values['problem']} on {values['subject']}"
+                + ("" if command else " (journal only: no paging command configured)"))
+
+
+def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
+    return reasons_of(plan, subject, params, ctx)

@@ -1,0 +1,59 @@
+"""Reload a systemd unit's configuration: `systemctl reload UNIT`, then check it is active.
+
+## When
+After a configuration change the service has not picked up, or to make a daemon reopen
+its files (a reload keeps connections, unlike a restart). A policy may use it as a
+gentler rung before restart-service. With `fallback=restart` it runs
+`systemctl reload-or-restart`, for units that cannot reload.
+
+## Verify
+`systemctl is-active UNIT`; by hand: `journalctl -u UNIT -n 20` shows the reload and
+no errors.
+
+## Undo
+Nothing to undo. If the new configuration is wrong, revert the file and reload again.
+
+## Safety
+The unit name is checked against a strict pattern and ends the options (`--`). A unit
+without a reload command fails the step (exit code 1) unless `fallback=restart`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from agent.model import Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from remediations._common import SYSTEMCTL, duration_s, is_active_step, reasons_of, unit_name
+
+NAME = "reload-service"
+SUMMARY = "Reload a systemd unit (optionally reload-or-restart) and check it is active."
+DISRUPTIVE = False
+NEEDS_LEASE = False
+PARAMS: Mapping[str, ParamSpec] = {
+    "unit": ParamSpec("the unit to reload (default: the subject); 'x' means 'x.service'"),
+    "fallback": ParamSpec("'none' (reload only) or 'restart' (reload-or-restart)",
+                          default="none"),
+    "timeout": ParamSpec("how long the reload may take", default="60s"),
+}
+SETTINGS: Mapping[str, ParamSpec] = {}
+EXAMPLE = Example(subject="postfix.service")
+
+
+def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+    unit = unit_name(params.get("unit") or subject)
+    fallback = params.get("fallback", "none")
+    if fallback not in ("none", "restart"):
+        raise InvalidParams(f"fallback {fallback!r} must be 'none' or 'restart'")
+    verb = "reload-or-restart" if fallback == "restart" else "reload"
+    timeout = duration_s(params.get("timeout", "60s"), "timeout", hi=3600)
+    return Plan(
+        action=NAME, subject=subject, disruptive=DISRUPTIVE,
+        summary=f"{verb} {unit}",
+        steps=(Step((SYSTEMCTL, verb, "--", unit), float(timeout), f"{verb} {unit}"),),
+        verify=(is_active_step(unit),),
+    )
+
+
+def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
+    return reasons_of(plan, subject, params, ctx)

@@ -1,0 +1,68 @@
+"""Throttle a runaway unit: `systemctl set-property --runtime UNIT CPUQuota=20% IOWeight=10`.
+
+## When
+A unit (or a script run as a transient unit) drives the load: a spam filter stuck in a
+processing loop after a maintenance change, a provisioning run that overloads its hosts.
+The default policy throttles first and stops the process on the next rung.
+
+## Verify
+The unit's properties read back as set (`systemctl show -p CPUQuotaPerSecUSec -p IOWeight
+UNIT`; CPUQuota=20% shows as 200ms per second), through the helper
+`python3 -m agent.execute.unit_props`.
+
+## Undo
+`--runtime` changes last until the next reboot or until reset:
+`systemctl set-property --runtime UNIT CPUQuota= IOWeight=` restores the configured
+values (an empty value resets a property); a `systemctl daemon-reload` does not.
+
+## Safety
+Units listed in `protected_units` (the agent's own unit, sshd, journald...) are refused.
+CPUQuota is 1-10000 % (100 % = one CPU), IOWeight 1-10000 (default 100).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from agent.model import Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from remediations._common import SYSTEMCTL, helper, integer, reasons_of, unit_name
+
+NAME = "throttle-unit"
+SUMMARY = "Limit a unit's CPU and IO at runtime (systemd CPUQuota= and IOWeight=)."
+DISRUPTIVE = False
+NEEDS_LEASE = False
+PARAMS: Mapping[str, ParamSpec] = {
+    "unit": ParamSpec("the unit to throttle (default: the subject)"),
+    "cpu_quota": ParamSpec("CPUQuota= in percent of one CPU, e.g. 20%", default="20%"),
+    "io_weight": ParamSpec("IOWeight= between 1 and 10000 (default weight is 100)",
+                           default="10"),
+}
+SETTINGS: Mapping[str, ParamSpec] = {}
+EXAMPLE = Example(subject="spamd.service", params={"cpu_quota": "20%", "io_weight": "10"})
+_PERCENT = re.compile(r"^(\d{1,5})%?$")
+
+
+def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+    unit = unit_name(params.get("unit") or subject)
+    if unit in ctx.protected_units:
+        raise InvalidParams(f"{unit} is a protected unit")
+    m = _PERCENT.match(params.get("cpu_quota", "20%"))
+    if not m:
+        raise InvalidParams(f"cpu_quota {params.get('cpu_quota')!r} is not a percentage")
+    quota = integer(m.group(1), "cpu_quota", 1, 10000)
+    weight = integer(params.get("io_weight", "10"), "io_weight", 1, 10000)
+    props = (f"CPUQuota={quota}%", f"IOWeight={weight}")
+    return Plan(
+        action=NAME, subject=subject, disruptive=DISRUPTIVE,
+        summary=f"throttle {unit} to {' '.join(props)} until reboot",
+        steps=(Step((SYSTEMCTL, "set-property", "--runtime", "--", unit, *props), 30.0,
+                    f"throttle {unit}"),),
+        verify=(Step(helper(ctx, "unit_props", unit, *props), 30.0,
+                     f"{unit} has {' '.join(props)}"),),
+    )
+
+
+def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
+    return reasons_of(plan, subject, params, ctx)

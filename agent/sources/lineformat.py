@@ -137,7 +137,7 @@ def _rawprio(line: str, source: str, t: float) -> LogLine:
     if m is None:
         return _plain(line, source, t)
     prio = int(m.group("prio"))
-    known: dict[str, int] = {
+    known: dict[str, int | None] = {
         "priority": prio & 7,
         "monotonic_usec": _usec(m.group("sec"), m.group("frac")),
     }

@@ -174,7 +174,7 @@ class Section:
             "a list of tables",
         )
         return [
-            Section(v, self.file, f"{self.key(name)}[{i}]", self.errors)
+            Section(v, self.file, f"{self.key(name)}[{i}]", self.errors, self.asked)
             for i, v in enumerate(value)
         ]
 
@@ -368,14 +368,18 @@ def parse_config(
     logs = default.logs
     if top.has("logs"):
         logs = tuple(_parse_log(n, s) for n, s in top.tables("logs"))
+    agent = _parse_agent(top.table("agent"))
     config = Config(
-        agent=_parse_agent(top.table("agent")),
+        agent=agent,
         kmsg=_parse_kmsg(top.table("kmsg")),
         logs=logs,
         metrics=_parse_metrics(top.table("metrics")),
         udev=_parse_udev(top.table("udev")),
         probes=tuple(_parse_probe(n, s) for n, s in top.tables("probes")),
         sources=(file,),
+        rules=parse_rules(top, agent.role),
+        ladders=parse_policy(top, agent.role),
+        guards=parse_guards(top),
     )
     top.finish()
     return config, errors

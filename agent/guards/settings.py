@@ -1,0 +1,132 @@
+"""`[guards.*]` configuration (documented key by key in docs/guards.md).
+
+    [guards.mode]           ACTION = "observe" | "dry-run" | "enforce"   (overrides agent.mode)
+    [guards.maintenance]    disruptive_windows = ["Sat 02:00-05:00"]     (UTC; empty = any time)
+    [guards.cooldown]       default_s = 600, ACTION = SECONDS
+    [guards.budget]         ACTION = { max = N, window_s = SECONDS }     (max = 0: never)
+    [guards.flapping]       max_fixes = 3, window_s = 21600
+    [guards.lease]          ttl_s = 900
+    [guards.approval]       ttl_s = 3600   (default lifetime of `nodewarden approve`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from agent.guards.simple import MODES
+from agent.guards.windows import Window, parse_window
+from agent.policy.actions import action_traits
+from remediations import UnknownAction
+
+if TYPE_CHECKING:
+    from agent.config import Section
+
+DEFAULT_BUDGETS: Mapping[str, tuple[int, float]] = MappingProxyType({
+    "node-restart": (2, 86400.0),
+    "failover-service": (3, 86400.0),
+    "restart-service": (6, 3600.0),
+    "reload-service": (12, 3600.0),
+    "throttle-unit": (10, 3600.0),
+    "stop-process": (10, 3600.0),
+    "exec": (6, 3600.0),
+    "block-addresses": (60, 3600.0),
+    "page": (20, 3600.0),
+})
+DEFAULT_COOLDOWNS: Mapping[str, float] = MappingProxyType({
+    "node-restart": 3600.0,
+    "failover-service": 3600.0,
+    "page": 900.0,
+    "block-addresses": 60.0,
+})
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    action_modes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    disruptive_windows: tuple[Window, ...] = ()
+    cooldown_s: float = 600.0
+    cooldowns: Mapping[str, float] = field(default_factory=lambda: DEFAULT_COOLDOWNS)
+    budgets: Mapping[str, tuple[int, float]] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    flapping_max_fixes: int = 3
+    flapping_window_s: float = 21600.0
+    lease_ttl_s: float = 900.0
+    approval_ttl_s: float = 3600.0
+
+
+def _action_key(s: Section, action: str) -> bool:
+    try:
+        action_traits(action)
+    except UnknownAction as exc:
+        s.error(action, str(exc))
+        return False
+    except ImportError as exc:
+        s.error(action, f"the remediation module is broken: {exc}")
+        return False
+    return True
+
+
+def parse_guards(top: Section) -> GuardSettings:
+    d = GuardSettings()
+    g = top.table("guards")
+
+    mode_s = g.table("mode")
+    modes = {a: mode_s.choice(a, MODES, "dry-run") for a in mode_s.raw if _action_key(mode_s, a)}
+    mode_s.finish()
+
+    maint = g.table("maintenance")
+    windows = []
+    for i, text in enumerate(maint.str_list("disruptive_windows", ())):
+        try:
+            windows.append(parse_window(text))
+        except ValueError as exc:
+            maint.error(f"disruptive_windows[{i}]", str(exc))
+    maint.finish()
+
+    cool = g.table("cooldown")
+    default_s = cool.number("default_s", d.cooldown_s, minimum=0.0)
+    cooldowns = dict(d.cooldowns)
+    for a in [k for k in cool.raw if k != "default_s"]:
+        if _action_key(cool, a):
+            cooldowns[a] = cool.number(a, cooldowns.get(a, default_s), minimum=0.0)
+    cool.finish()
+
+    bud = g.table("budget")
+    budgets = dict(d.budgets)
+    for a in list(bud.raw):
+        sub = bud.table(a)
+        if _action_key(bud, a):
+            old = budgets.get(a, (0, 3600.0))
+            budgets[a] = (sub.integer("max", old[0], minimum=0),
+                          sub.number("window_s", old[1], minimum=1.0))
+            if not sub.has("max"):
+                sub.error("max", "is required")
+        sub.finish()
+    bud.finish()
+
+    flap = g.table("flapping")
+    max_fixes = flap.integer("max_fixes", d.flapping_max_fixes, minimum=1)
+    flap_window = flap.number("window_s", d.flapping_window_s, minimum=1.0)
+    flap.finish()
+
+    lease = g.table("lease")
+    ttl = lease.number("ttl_s", d.lease_ttl_s, minimum=10.0)
+    lease.finish()
+
+    appr = g.table("approval")
+    appr_ttl = appr.number("ttl_s", d.approval_ttl_s, minimum=1.0)
+    appr.finish()
+    g.finish()
+    return GuardSettings(
+        action_modes=MappingProxyType(modes),
+        disruptive_windows=tuple(windows),
+        cooldown_s=default_s,
+        cooldowns=MappingProxyType(cooldowns),
+        budgets=MappingProxyType(budgets),
+        flapping_max_fixes=max_fixes,
+        flapping_window_s=flap_window,
+        lease_ttl_s=ttl,
+        approval_ttl_s=appr_ttl,
+    )

@@ -1,0 +1,267 @@
+"""The policy: findings in, proposals out, one ladder position per finding.
+
+    policy = Policy(config.ladders, hostname=config.agent.hostname, state=safety_state)
+    proposals = policy.step(detectors.active(), now)     # what to try now
+    ...guards, executor...
+    policy.record(proposal, now, "executed" | "planned" | "failed" | "denied",
+                  denied_by=("budget",))                  # what happened to it
+
+For a firing finding with a ladder, `step` proposes the current rung the first time it
+sees it, then waits the rung's `verify_s`; if the finding still fires, the next rung.
+When the finding stops firing, the position is kept for the ladder's `quiet_s` (a fault
+that comes back soon — incident 000, the same night — continues at the next rung at once),
+then forgotten (back to the first rung). A position records what ran, not what was
+merely proposed: `step` assumes a proposal was planned; `record` corrects that.
+
+`record(..., "denied", denied_by=...)`: a rung held by maintenance, approval or cooldown
+(temporary, operator-controlled) is proposed again after the ladder's `retry_s`; a rung
+denied for any other reason (mode, budget, lease, flapping, preconditions) is skipped, so
+the ladder climbs towards its last rung (usually page) at once. An untrusted finding
+(kernel line written from userspace) gets one proposal per episode, which the trust guard
+denies; it never climbs.
+
+When a finding resolves after one of its rungs *executed*, that is a "fix", recorded in
+the SafetyState for the flapping guard. Positions persist in the state dir (ladders.json)
+so that after a node restart the ladder continues (at page), not from the top.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from types import MappingProxyType
+from typing import Any, Literal
+
+from agent.detect.template import render
+from agent.model import Finding, Proposal
+from agent.policy.actions import action_traits
+from agent.policy.ladder import Ladder, Rung
+from agent.state import SafetyState, StateError
+
+RecordOutcome = Literal["executed", "planned", "failed", "denied"]
+
+#: a denial by one of these guards holds the rung (retried after retry_s) instead of climbing
+HOLDING_GUARDS = frozenset({"maintenance", "approval", "cooldown"})
+
+
+@dataclass
+class _Position:
+    problem: str
+    subject: str
+    next_rung: int = 0
+    due_at: float = 0.0
+    last_rung: int = -1
+    last_action: str = ""
+    last_rung_at: float | None = None
+    last_firing: float = 0.0
+    firing: bool = True
+    executed: bool = False
+    held: bool = False
+
+
+@dataclass(frozen=True)
+class LadderPosition:
+    """Where one finding stands on its ladder (for `nodewarden status`)."""
+
+    problem: str
+    subject: str
+    next_rung: int
+    rungs: int
+    last_action: str
+    last_rung_at: float | None
+    due_at: float
+    firing: bool
+    summary: str
+
+
+class Policy:
+    """Maps firing findings to proposals along their ladders. Pure apart from `state`."""
+
+    def __init__(
+        self, ladders: Sequence[Ladder], *, hostname: str, state: SafetyState | None = None
+    ) -> None:
+        self.ladders = {ladder.problem: ladder for ladder in ladders}
+        self.hostname = hostname
+        self.state = state
+        #: sentences about state that could not be saved (the policy goes on in memory)
+        self.warnings: list[str] = []
+        #: one line per finding considered in the last step ("why nothing happened")
+        self.notes: list[str] = []
+        self._pos: dict[tuple[str, str], _Position] = {}
+        if state is not None:
+            self._load(state.ladders())
+
+    # ------------------------------------------------------------------ persistence
+    def _load(self, data: dict[str, Any]) -> None:
+        for item in data.get("positions", []) if isinstance(data.get("positions"), list) else []:
+            try:
+                pos = _Position(**item)
+            except TypeError:
+                continue
+            self._pos[(pos.problem, pos.subject)] = pos
+
+    def _save(self) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.save_ladders(
+                {"version": 1, "positions": [asdict(p) for p in self._pos.values()]}
+            )
+        except StateError as exc:
+            self.warnings.append(str(exc))
+
+    # ------------------------------------------------------------------ deciding
+    def ladder_for(self, finding: Finding) -> Ladder | None:
+        ladder = self.ladders.get(finding.problem)
+        if ladder is None or not any(fnmatch.fnmatchcase(finding.subject, g)
+                                     for g in ladder.subjects):
+            return None
+        return ladder
+
+    def step(self, findings: Iterable[Finding], now: float) -> list[Proposal]:
+        """Proposals due now for `findings` (pass every current finding, e.g. active())."""
+        firing: dict[tuple[str, str], Finding] = {}
+        for f in findings:
+            if f.state == "firing":
+                firing.setdefault(f.key, f)
+        problems_firing = {k[0] for k in firing}
+        changed = self._forget_quiet(firing, now)
+        out: list[Proposal] = []
+        self.notes = []
+        for key, finding in sorted(firing.items()):
+            ladder = self.ladder_for(finding)
+            if ladder is None:
+                self.notes.append(f"{key[0]} {key[1]}: no ladder; reported only")
+                continue
+            blockers = sorted(problems_firing & set(ladder.suppressed_by))
+            if blockers:
+                self.notes.append(f"{key[0]} {key[1]}: no action while "
+                                  f"{', '.join(blockers)} fires (the cause is elsewhere)")
+                continue
+            pos = self._pos.get(key)
+            if pos is None:
+                pos = self._pos[key] = _Position(key[0], key[1], due_at=now)
+                changed = True
+            elif not pos.firing:  # back within quiet_s: continue at the next rung now
+                pos.firing, pos.due_at, pos.held = True, now, False
+                changed = True
+            pos.last_firing = now
+            proposal = self._due(ladder, pos, finding, now)
+            if proposal is not None:
+                out.append(proposal)
+                changed = True
+        if changed:
+            self._save()
+        return out
+
+    def _forget_quiet(self, firing: dict[tuple[str, str], Finding], now: float) -> bool:
+        changed = False
+        for key, pos in list(self._pos.items()):
+            if key in firing:
+                continue
+            ladder = self.ladders.get(key[0])
+            if pos.firing:
+                pos.firing = False
+                changed = True
+                if pos.executed and self.state is not None:
+                    try:
+                        self.state.record_fix(key[0], key[1], now, pos.last_action)
+                    except StateError as exc:
+                        self.warnings.append(str(exc))
+                    pos.executed = False
+            if ladder is None or now - pos.last_firing >= ladder.quiet_s:
+                del self._pos[key]
+                changed = True
+        return changed
+
+    def _due(self, ladder: Ladder, pos: _Position, f: Finding, now: float) -> Proposal | None:
+        where = f"{f.problem} {f.subject}"
+        if pos.held:
+            self.notes.append(f"{where}: held (untrusted evidence: reported, never acted on)")
+            return None
+        if pos.next_rung >= len(ladder.rungs):
+            self.notes.append(f"{where}: ladder exhausted after {pos.last_action}; "
+                              f"resets after {ladder.quiet_s:g}s quiet")
+            return None
+        if now < pos.due_at:
+            self.notes.append(f"{where}: waiting {now - (pos.last_rung_at or now):.0f}/"
+                              f"{pos.due_at - (pos.last_rung_at or now):.0f}s for "
+                              f"{pos.last_action or 'retry'} to clear it")
+            return None
+        index = pos.next_rung
+        rung = ladder.rungs[index]
+        if index == 0:
+            why = f"rung 1 of {len(ladder.rungs)}: {where} firing since {f.first_seen:.0f}"
+        else:
+            why = (f"rung {index + 1} of {len(ladder.rungs)}: {where} still firing after "
+                   f"{pos.last_action or 'the previous rung'}")
+        proposal = self._proposal(rung, index, f, why)
+        pos.last_rung, pos.next_rung = index, index + 1
+        pos.last_action, pos.last_rung_at = rung.action, now
+        pos.due_at = now + rung.verify_s
+        if not f.trusted:
+            pos.held = True
+        self.notes.append(f"{where}: propose {rung.action} {proposal.subject} ({why})")
+        return proposal
+
+    def _proposal(self, rung: Rung, index: int, f: Finding, why: str) -> Proposal:
+        values = {"subject": f.subject, "problem": f.problem, "host": self.hostname}
+        traits = action_traits(rung.action)
+        return Proposal(
+            action=rung.action,
+            subject=render(rung.subject, values),
+            problem=f.problem,
+            params=MappingProxyType({k: render(v, values) for k, v in rung.params.items()}),
+            rung=index,
+            disruptive=traits.disruptive,
+            needs_lease=traits.needs_lease if rung.lease is None else rung.lease,
+            needs_approval=rung.needs_approval,
+            trusted=f.trusted,
+            finding_subject=f.subject,
+            reason=why,
+        )
+
+    # ------------------------------------------------------------------ feedback
+    def record(
+        self, proposal: Proposal, now: float, outcome: RecordOutcome,
+        denied_by: Sequence[str] = (),
+    ) -> None:
+        """What happened to a proposal from `step` (see the module docstring)."""
+        pos = self._pos.get((proposal.problem, proposal.finding_subject))
+        if pos is None or pos.last_rung != proposal.rung:
+            return
+        ladder = self.ladders.get(proposal.problem)
+        if outcome == "executed":
+            pos.executed = True
+        elif outcome == "failed":
+            pos.executed = True
+            pos.due_at = now  # it did not work: climb at the next step
+        elif outcome == "denied":
+            if not proposal.trusted:
+                pos.held = True
+            elif set(denied_by) and set(denied_by) <= HOLDING_GUARDS and ladder is not None:
+                pos.next_rung = proposal.rung
+                pos.due_at = now + ladder.retry_s
+            else:
+                pos.due_at = now
+        self._save()
+
+    # ------------------------------------------------------------------ status
+    def positions(self) -> list[LadderPosition]:
+        out = []
+        for (problem, subject), pos in sorted(self._pos.items()):
+            ladder = self.ladders.get(problem)
+            n = len(ladder.rungs) if ladder else 0
+            if pos.held:
+                summary = "held: untrusted evidence"
+            elif pos.next_rung >= n:
+                summary = f"exhausted after {pos.last_action}"
+            elif pos.last_action:
+                summary = f"next: {ladder.rungs[pos.next_rung].action if ladder else '?'} " \
+                          f"at {pos.due_at:.0f} unless it clears"
+            else:
+                summary = "first rung due"
+            out.append(LadderPosition(problem, subject, pos.next_rung, n, pos.last_action,
+                                      pos.last_rung_at, pos.due_at, pos.firing, summary))
+        return out

@@ -1,0 +1,234 @@
+"""The guard chain: each guard denies when it should and allows when it should; the
+budget survives an agent restart (DESIGN safety property 3); spoofed lines never act (5);
+no lease, no disruptive action (2)."""
+
+from __future__ import annotations
+
+import calendar
+import os
+from pathlib import Path
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.guards import GuardChain, GuardSettings, build_chain
+from agent.guards.base import Lease
+from agent.guards.windows import parse_window
+from agent.model import Proposal
+from agent.policy.engine import Policy
+from agent.policy.ladder import Ladder, Rung
+from agent.state import SafetyState
+from remediations import ActionContext
+from tests.unit._decide import T0, config, finding, proposal
+
+DAY = 86400.0
+SAT_3AM = float(calendar.timegm((2026, 9, 19, 3, 0, 0)))  # a Saturday, UTC
+
+
+def chain(state_dir: Path, mode: str = "enforce", settings: GuardSettings | None = None,
+          **kw: object) -> tuple[GuardChain, SafetyState]:
+    state = SafetyState(state_dir, now=T0)
+    return build_chain(settings or GuardSettings(), mode=mode, state=state, **kw), state  # type: ignore[arg-type]
+
+
+def verdict(result_chain: GuardChain, p: Proposal, now: float, guard: str) -> tuple[bool, str]:
+    result = result_chain.evaluate(p, now)
+    v = next(v for v in result.verdicts if v.guard == guard)
+    return v.allow, v.reason
+
+
+class GrantingCoordinator:
+    """A lease client that grants every lease (stands in for issue 5's coordinator)."""
+
+    def __init__(self) -> None:
+        self.granted: list[Lease] = []
+
+    def describe(self) -> str:
+        return "test coordinator"
+
+    def can_grant(self) -> bool:
+        return True
+
+    def acquire(self, action: str, subject: str, ttl_s: float) -> Lease | None:
+        lease = Lease(f"L{len(self.granted)}", action, subject, T0 + ttl_s)
+        self.granted.append(lease)
+        return lease
+
+    def release(self, lease: Lease) -> None:
+        self.granted.remove(lease)
+
+
+RESTART = proposal("node-restart", "nas1", disruptive=True, needs_lease=True)
+
+
+def test_budget_survives_agent_restart_and_denies_the_third_node_restart(tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    for _ in range(2):  # two agents' lifetimes, each restarting the node once
+        c, state = chain(tmp_path, lease_client=GrantingCoordinator())
+        result = c.evaluate(RESTART, clock.now())
+        assert result.allowed and result.execute and result.lease is not None
+        state.record_execution("node-restart", "nas1", clock.now())
+        clock.advance(3 * 3600)
+    c, _ = chain(tmp_path, lease_client=GrantingCoordinator())  # third agent after reboot
+    result = c.evaluate(RESTART, clock.now())
+    assert not result.allowed and "budget" in result.denied_by
+    [reason] = [v.reason for v in result.verdicts if v.guard == "budget"]
+    assert reason.startswith("budget: 2 of 2 node-restart in the last 24h (next allowed at ")
+    assert result.lease is None  # no lease taken for a denied action
+    clock.advance(DAY - 6 * 3600)  # the first restart leaves the window
+    c, _ = chain(tmp_path, lease_client=GrantingCoordinator())
+    assert c.evaluate(RESTART, clock.now()).allowed
+
+
+def test_lease_default_denies_with_no_coordinator(tmp_path: Path) -> None:
+    c, _ = chain(tmp_path)
+    allow, reason = verdict(c, RESTART, T0, "lease")
+    assert not allow and "no coordinator" in reason
+    allow, reason = verdict(c, proposal("restart-service"), T0, "lease")
+    assert allow and reason == "lease: not needed"
+    dry, _ = chain(tmp_path / "dry", mode="dry-run")
+    allow, reason = verdict(dry, RESTART, T0, "lease")
+    assert not allow and "no coordinator" in reason  # dry-run says what enforce would
+
+
+def test_spoofed_kernel_line_never_yields_an_allowed_proposal(tmp_path: Path) -> None:
+    ladder = Ladder("storage-hang", (Rung("restart-service", "nfs-server.service"),
+                                     Rung("page", "{subject}")))
+    policy = Policy([ladder], hostname="nas1")
+    for mode in ("enforce", "dry-run"):
+        c, _ = chain(tmp_path / mode, mode=mode)
+        spoof = finding("storage-hang", "nfsd", trusted=False)
+        for t in range(0, 7200, 60):
+            for p in policy.step([spoof], T0 + t):
+                result = c.evaluate(p, T0 + t)
+                assert not result.allowed and not result.execute
+                assert ("trust: kernel line written from userspace: reported, never acted on"
+                        in [v.reason for v in result.verdicts])
+                policy.record(p, T0 + t, "denied", denied_by=result.denied_by)
+
+
+@pytest.mark.parametrize(("mode", "per_action", "origin", "allowed", "execute"), [
+    ("observe", {}, "policy", False, False),
+    ("dry-run", {}, "policy", True, False),
+    ("enforce", {}, "policy", True, True),
+    ("dry-run", {"restart-service": "enforce"}, "policy", True, True),
+    ("enforce", {"restart-service": "observe"}, "policy", False, False),
+    ("observe", {}, "operator", True, True),
+])
+def test_mode(tmp_path: Path, mode: str, per_action: dict[str, str], origin: str,
+              allowed: bool, execute: bool) -> None:
+    c, _ = chain(tmp_path, mode=mode, settings=GuardSettings(action_modes=per_action))
+    result = c.evaluate(proposal(origin=origin), T0)
+    assert (result.allowed, result.execute) == (allowed, execute)
+    mode_verdict = result.verdicts[0]
+    assert mode_verdict.guard == "mode" and mode_verdict.allow is allowed
+
+
+def test_cooldown_per_action_and_subject(tmp_path: Path) -> None:
+    c, state = chain(tmp_path, settings=GuardSettings(cooldown_s=600))
+    state.record_execution("restart-service", "nfs-server.service", T0)
+    allow, reason = verdict(c, proposal(), T0 + 240, "cooldown")
+    assert not allow and "ran 4m ago" in reason and "cooldown 10m" in reason
+    assert verdict(c, proposal(subject="dovecot.service"), T0 + 240, "cooldown")[0]
+    assert verdict(c, proposal(), T0 + 600, "cooldown")[0]
+
+
+def test_flapping_denies_after_k_fixes_and_asks_for_a_page(tmp_path: Path) -> None:
+    settings = GuardSettings(flapping_max_fixes=3, flapping_window_s=6 * 3600)
+    c, state = chain(tmp_path, settings=settings)
+    for i in range(2):
+        state.record_fix("storage-hang", "nfsd", T0 + i * 600)
+    assert verdict(c, proposal(), T0 + 1800, "flapping")[0]
+    state.record_fix("storage-hang", "nfsd", T0 + 1200)
+    result = c.evaluate(proposal(), T0 + 1800)
+    assert not result.allowed and result.page is not None
+    assert "came back after 3 fixes in the last 6h (limit 3)" in result.page
+    assert verdict(c, proposal("page", "storage-hang nfsd"), T0 + 1800, "flapping")[0]
+    assert verdict(c, proposal(), T0 + 6 * 3600 + 1, "flapping")[0]  # window passed
+
+
+def test_maintenance_flag_and_disruptive_windows(tmp_path: Path) -> None:
+    sat_3am = SAT_3AM
+    settings = GuardSettings(disruptive_windows=(parse_window("Sat 02:00-05:00"),))
+    c, state = chain(tmp_path, settings=settings)
+    assert verdict(c, RESTART, sat_3am, "maintenance")[0]
+    allow, reason = verdict(c, RESTART, sat_3am + 3 * 3600, "maintenance")
+    assert not allow and "allowed only in Sat 02:00-05:00 (UTC)" in reason
+    assert verdict(c, proposal(), sat_3am + 3 * 3600, "maintenance")[0]  # not disruptive
+    state.set_maintenance(sat_3am, 7200, "switch firmware", by="alice")
+    allow, reason = verdict(c, proposal(), sat_3am + 60, "maintenance")
+    assert not allow and "switch firmware" in reason and "alice" in reason
+    assert verdict(c, proposal("page", "x"), sat_3am + 60, "maintenance")[0]
+    assert verdict(c, proposal(origin="operator"), sat_3am + 60, "maintenance")[0]
+    assert verdict(c, proposal(), sat_3am + 7200, "maintenance")[0]  # expired
+
+
+def test_approval_is_needed_then_consumed_on_execution(tmp_path: Path) -> None:
+    c, state = chain(tmp_path)
+    p = proposal(needs_approval=True)
+    allow, reason = verdict(c, p, T0, "approval")
+    assert not allow
+    assert "nodewarden approve restart-service --subject nfs-server.service" in reason
+    state.approve("restart-service", "nfs-server.service", T0, 3600, by="bob")
+    assert verdict(c, p, T0 + 10, "approval")[0]
+    assert not verdict(c, p, T0 + 3600, "approval")[0]  # expired
+    state.approve("restart-service", "nfs-server.service", T0 + 3600, 3600)
+    state.record_execution("restart-service", "nfs-server.service", T0 + 3700)
+    assert not verdict(c, p, T0 + 3800, "approval")[0]  # used up
+    assert verdict(c, proposal(), T0, "approval")[0]  # rung without needs_approval
+
+
+def test_every_verdict_is_reported_not_just_the_first_deny(tmp_path: Path) -> None:
+    c, state = chain(tmp_path, mode="observe")
+    state.set_maintenance(T0, 3600, "work")
+    result = c.evaluate(proposal("node-restart", "nas1", disruptive=True, trusted=False), T0)
+    assert {"mode", "trust", "maintenance"} <= set(result.denied_by)
+    assert [v.guard for v in result.verdicts] == [
+        "mode", "trust", "maintenance", "cooldown", "budget", "flapping", "approval"]
+    assert result.summary().startswith("denied node-restart nas1: mode: observe")
+
+
+def test_preconditions_ask_the_remediation(tmp_path: Path) -> None:
+    ctx = ActionContext(hostname="nas1", state_dir=tmp_path, agent_pid=os.getpid(),
+                        clock=FakeClock(T0))
+    c, _ = chain(tmp_path, ctx=ctx)
+    allow, reason = verdict(c, proposal("restart-service", "bad unit;rm"), T0, "preconditions")
+    assert not allow and reason.startswith("preconditions: ")
+    allow, reason = verdict(c, proposal("no-such-action", "x"), T0, "preconditions")
+    assert not allow and "no remediation module provides 'no-such-action'" in reason
+
+
+def test_guard_config_errors_carry_file_key_reason() -> None:
+    f = "/etc/nodewarden/agent.toml"
+    _, errors = config({"guards": {
+        "mode": {"reboot": "enforce", "page": "loud"},
+        "maintenance": {"disruptive_windows": ["Caturday 02:00-05:00", "Sat 05:00-05:00"]},
+        "budget": {"node-restart": {"window_s": 3600}},
+        "flapping": {"max_fixes": 0},
+    }}, f)
+    keys = {(e.file, e.key) for e in errors}
+    assert {(f, "guards.mode.reboot"), (f, "guards.mode.page"),
+            (f, "guards.maintenance.disruptive_windows[0]"),
+            (f, "guards.maintenance.disruptive_windows[1]"),
+            (f, "guards.budget.node-restart.max"), (f, "guards.flapping.max_fixes")} <= keys
+
+
+def test_guard_config_is_applied() -> None:
+    cfg, errors = config({"guards": {"budget": {"node-restart": {"max": 1, "window_s": 3600}},
+                                     "cooldown": {"default_s": 30, "page": 5}}})
+    assert errors == []
+    assert cfg.guards.budgets["node-restart"] == (1, 3600.0)
+    assert (cfg.guards.cooldown_s, cfg.guards.cooldowns["page"]) == (30.0, 5.0)
+
+
+@pytest.mark.parametrize(("text", "inside", "outside"), [
+    ("Sat 02:00-05:00", [SAT_3AM], [SAT_3AM + 3 * 3600, SAT_3AM + 86400]),
+    ("daily 23:00-01:00", [SAT_3AM - 4 * 3600 + 1800, SAT_3AM - 3 * 3600 + 1800], [SAT_3AM]),
+    ("Sun 23:00-01:00", [SAT_3AM + 2 * 86400 - 3 * 3600 + 1800],  # Mon 00:30
+     [SAT_3AM + 86400 - 3 * 3600 + 1800]),  # Sun 00:30
+    ("Mon-Fri 09:00-17:00", [SAT_3AM - 86400 + 6 * 3600], [SAT_3AM + 6 * 3600]),
+])
+def test_windows(text: str, inside: list[float], outside: list[float]) -> None:
+    w = parse_window(text)
+    assert all(w.contains(t) for t in inside)
+    assert not any(w.contains(t) for t in outside)

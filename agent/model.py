@@ -58,6 +58,10 @@ class MetricSample:
     blocked_tasks: tuple[str, ...] = ()
     #: why a name in `unavailable` is unavailable (e.g. "statvfs timed out after 2 s")
     reasons: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    #: evidence that goes with one metric, by metric name: which process drives a hot
+    #: unit (`unit.provision.service.cpu_pct` -> "top process pid 812 (provision.sh), 97%
+    #: of a core"); a threshold rule on that metric adds it to the finding's evidence
+    details: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 DeviceAction = Literal["add", "remove", "change", "present"]

@@ -7,6 +7,9 @@ Prints, never passes or fails on time:
   * the slow parts, amortised per second at their cadence: filesystem use (our CPU plus
     the persistent statvfs helper's, read from /proc) and the mail-queue command (our
     CPU plus the reaped child's);
+  * the per-unit CPU scan (unit.<unit>.cpu_pct) on a real cgroup v2 tree the bench builds
+    under this host's cgroup2 mount (60 services and a session scope, one of them burning
+    CPU so the top-process lookup runs too), amortised at its 5 s cadence; removed after;
   * RSS of a fresh interpreter that imported every agent.sources module and the
     detection matcher/catalog, checking that paramiko was not imported; and the RSS of
     the statvfs helper process (a separate process, reported separately).
@@ -32,9 +35,15 @@ from pathlib import Path
 from agent.clock import FakeClock
 from agent.config import MetricsSettings
 from agent.sources import procfs
+from agent.sources.cgroups import UnitCpu
 from agent.sources.fsusage import FsUsage
 from agent.sources.mailq import MailQueue
-from agent.sources.metrics import FS_INTERVAL_S, MAILQ_INTERVAL_S, MetricsSampler
+from agent.sources.metrics import (
+    FS_INTERVAL_S,
+    MAILQ_INTERVAL_S,
+    UNIT_CPU_INTERVAL_S,
+    MetricsSampler,
+)
 
 CPU_BUDGET_US = 1000.0
 RSS_BUDGET_MIB = 25.0
@@ -154,6 +163,56 @@ def bench_mailq(n: int = 10) -> tuple[float, str]:
     return spent / n * 1e6, note
 
 
+def _cgroup2_mount() -> Path | None:
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "cgroup2":
+            return Path(fields[1])
+    return None
+
+
+def bench_units(n_units: int = 60, scans: int = 30) -> tuple[float, int, str]:
+    """µs per unit scan on a real cgroup v2 tree, the units it reported, and a note."""
+    mount = _cgroup2_mount()
+    if mount is None:
+        return 0.0, 0, "skipped: no cgroup2 mount"
+    root = mount / f"nodewarden-bench-{os.getpid()}"
+    made: list[Path] = []
+    burner: subprocess.Popen[bytes] | None = None
+    try:
+        for rel in ["", "system.slice", "user.slice", "user.slice/user-0.slice",
+                    "user.slice/user-0.slice/session-1.scope",
+                    *(f"system.slice/u{i:02d}.service" for i in range(n_units))]:
+            (root / rel).mkdir()
+            made.append(root / rel)
+        burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        (root / "system.slice/u00.service/cgroup.procs").write_text(str(burner.pid))
+        units = UnitCpu(str(root), "/proc")
+        units.scan(time.monotonic())
+        times = []
+        reported = 0
+        for _ in range(scans):
+            time.sleep(0.1)  # real time must pass for the burner to show as hot
+            t0 = time.process_time()
+            reading = units.scan(time.monotonic())
+            times.append((time.process_time() - t0) * 1e6)
+            reported = len(reading.values)
+        hot = "with" if reading.top else "WITHOUT"
+        return statistics.median(times), reported, (
+            f"{n_units} services + 1 scope on {mount}, {hot} the top-process lookup")
+    except OSError as exc:
+        return 0.0, 0, f"skipped: cannot build a cgroup tree under {mount}: {exc}"
+    finally:
+        if burner is not None:
+            burner.kill()
+            burner.wait()
+        for path in reversed(made):
+            try:
+                path.rmdir()
+            except OSError as exc:
+                print(f"warning: could not remove {path}: {exc}", file=sys.stderr)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=200)
@@ -164,9 +223,11 @@ def main() -> int:
     dstate_us, nproc = bench_dstate()
     fs_us, helper_rss = bench_fs()
     mq_us, mq_note = bench_mailq()
+    unit_us, unit_n, unit_note = bench_units()
     fs_per_s = fs_us / FS_INTERVAL_S
     mq_per_s = mq_us / MAILQ_INTERVAL_S
-    total = mean + fs_per_s + mq_per_s
+    unit_per_s = unit_us / UNIT_CPU_INTERVAL_S
+    total = mean + fs_per_s + mq_per_s + unit_per_s
 
     root = Path(__file__).resolve().parents[1]
     rss = json.loads(subprocess.run(
@@ -190,6 +251,8 @@ def main() -> int:
           f"{FS_INTERVAL_S:g} s = {fs_per_s:5.1f} µs/s")
     print(f"  mail queue          {mq_us:7.1f} µs per run incl. child ({mq_note}), every "
           f"{MAILQ_INTERVAL_S:g} s = {mq_per_s:5.1f} µs/s")
+    print(f"  unit CPU scan       {unit_us:7.1f} µs per scan ({unit_note}; {unit_n} "
+          f"reported), every {UNIT_CPU_INTERVAL_S:g} s = {unit_per_s:5.1f} µs/s")
     print(f"  all-in per second   {total:7.1f} µs   budget {CPU_BUDGET_US:.0f} µs   "
           f"{'OK' if total < CPU_BUDGET_US else 'OVER BUDGET'}")
     print(f"RSS after importing {len(rss['modules'])} modules (agent.sources.*, matcher, "

@@ -179,6 +179,9 @@ class Detectors:
         st = self._th.setdefault((rule.name, metric), _Threshold())
         t = sample.t
         text = f"{metric}={value:g} at {t:.0f} ({rule.op} {rule.level:g})"
+        detail = sample.details.get(metric)
+        if detail:
+            text += f"; {detail}"
         if st.live is None:
             if not compare(rule.op, value, rule.level):
                 st.pending_since = None

@@ -10,6 +10,8 @@ threshold   metric OP level, held for `for_s`; resolves when `metric OP clear` (
             subject template: {match} (what `*` matched), {metric}, {blocked_task}
             (the first D-state task of the sample), {top_task} (the sample's
             `top_tasks[0]` when the sampler provides it), default "host".
+            Evidence: each value, plus the sample's `details[metric]` when the sampler
+            gives one (`unit.*.cpu_pct`: the unit's busiest PID and command).
 signature   `count` matches within `window_s`, per subject, of signatures whose id
             matches `signatures` and problem matches `problems` (globs) from `sources`
             (globs: kmsg, log:mail...). `problem` defaults to the matched problem.

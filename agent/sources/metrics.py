@@ -6,9 +6,10 @@ with its unit, source and meaning; docs/metrics.md is generated from the declara
 
 Cost: `sample()` reads eight small /proc files with raw syscalls and parses them with
 plain string operations (~0.1 ms of CPU). The slower parts run on their own cadence:
-the D-state task scan (one read per process) every `dstate_interval_s`, filesystem use
-(a helper process, a hung NFS mount must not hang the agent) and the mail queue (a
-command) in worker threads whose latest value is cached.
+the D-state task scan (one read per process) every `dstate_interval_s`, the per-unit CPU
+scan (one read per systemd unit, agent/sources/cgroups.py) every `unit_cpu_interval_s`,
+filesystem use (a helper process, a hung NFS mount must not hang the agent) and the mail
+queue (a command) in worker threads whose latest value is cached.
 
 Rates and percentages of CPU time come from deltas, so the sampler takes a priming read
 when it is constructed: the first `sample()` already has rates over the time since then.
@@ -26,12 +27,14 @@ from agent.clock import Clock
 from agent.config import MetricsSettings
 from agent.model import MetricSample
 from agent.sources import procfs
+from agent.sources.cgroups import UnitCpu, UnitReading, details_of, metric_name
 from agent.sources.fsusage import FsReading, FsUsage
 from agent.sources.mailq import MailQueue, QueueReading
 from agent.sources.periodic import Periodic
 
 #: default cadences of the slow parts (seconds)
 DSTATE_INTERVAL_S = 5.0
+UNIT_CPU_INTERVAL_S = 5.0
 FS_INTERVAL_S = 10.0
 MAILQ_INTERVAL_S = 30.0
 
@@ -158,6 +161,16 @@ METRICS: tuple[MetricSpec, ...] = (
                "(postqueue -j JSON lines, mailq text or a bare number); run every "
                f"{MAILQ_INTERVAL_S:g} s with metrics.mailq_timeout_s",
                "no command configured, it failed, timed out or printed an unknown format"),
+    MetricSpec("unit.<unit>.cpu_pct", "% of one CPU",
+               "cgroup v2 <unit>/cpu.stat usage_usec, else v1 <unit>/cpuacct.usage",
+               "CPU used by one systemd unit's cgroup (a *.service or *.scope in a slice: "
+               "system.slice, user.slice/user-N.slice, machine.slice) since the previous "
+               f"scan, every {UNIT_CPU_INTERVAL_S:g} s; 200 = two cores busy. Only the 10 "
+               "busiest units at or above 1 %, plus for 10 min any unit reported before "
+               "(0 once it is gone), so a rule sees it come down. For a unit at or above "
+               "50 %, MetricSample.details names the process that used the most CPU",
+               "no systemd cgroup tree (a host or container without systemd as PID 1); "
+               "absent on the first scan and for units below the floor"),
     MetricSpec("probe.<name>.ok", "0/1", "probes (agent/sources/probes.py)",
                "1 when the probe named <name> in [probes.<name>] succeeded"),
     MetricSpec("probe.<name>.latency_ms", "ms", "probes (agent/sources/probes.py)",
@@ -207,6 +220,8 @@ class MetricsSampler:
         mailq_interval_s: float = MAILQ_INTERVAL_S,
         fs_usage: FsUsage | None = None,
         mail_queue: MailQueue | None = None,
+        unit_cpu_interval_s: float = UNIT_CPU_INTERVAL_S,
+        unit_cpu: UnitCpu | None = None,
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -241,8 +256,14 @@ class MetricsSampler:
         ) + 1
         self._mailq_max_age = 3 * mailq_interval_s + settings.mailq_timeout_s + 1
 
+        self._unit_cpu = unit_cpu or UnitCpu(str(sys_root / "fs/cgroup"), proc)
+        self._unit_interval_s = unit_cpu_interval_s
+        self._unit_at: float | None = None
+        self._units = UnitReading()
+
         self._prev = self._read_counters({}, {}, set())
         self._scan_dstate_if_due()
+        self._scan_units_if_due()
         if background:
             if settings.filesystems:
                 self._fs.start()
@@ -259,6 +280,7 @@ class MetricsSampler:
         self._rates(self._prev, current, values)
         self._prev = current
         blocked = self._dstate_values(values, reasons, unavailable)
+        details = self._unit_values(values, reasons, unavailable)
         self._slow_values(values, reasons, unavailable)
         return MetricSample(
             t=self._clock.now(),
@@ -266,6 +288,7 @@ class MetricsSampler:
             unavailable=frozenset(unavailable),
             blocked_tasks=blocked,
             reasons=MappingProxyType(reasons),
+            details=details,
         )
 
     def refresh_slow(self) -> None:
@@ -450,6 +473,27 @@ class MetricsSampler:
             return ()
         values["procs_dstate"] = float(self._dstate[0])
         return self._dstate[1]
+
+    # ----------------------------------------------------------------------------- units
+    def _scan_units_if_due(self) -> None:
+        now = self._clock.monotonic()
+        if self._unit_at is not None and now - self._unit_at < self._unit_interval_s:
+            return
+        self._unit_at = now
+        self._units = self._unit_cpu.scan(now)
+
+    def _unit_values(
+        self, values: dict[str, float], reasons: dict[str, str], unavailable: set[str]
+    ) -> Mapping[str, str]:
+        """The last unit scan's values (kept between scans, like the D-state scan)."""
+        self._scan_units_if_due()
+        reading = self._units
+        if reading.error:
+            _mark(("unit.<unit>.cpu_pct",), reading.error, reasons, unavailable)
+            return MappingProxyType({})
+        for unit, pct in reading.values.items():
+            values[metric_name(unit)] = pct
+        return details_of(reading)
 
     # ----------------------------------------------------------------------------- cached
     def _slow_values(

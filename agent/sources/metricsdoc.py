@@ -14,9 +14,10 @@ INTRO = """\
 # Metrics
 
 `nodewarden sample` prints these names, and threshold rules and incident replays refer
-to them. Names are flat and stable; `<dev>`, `<mountpoint>` and `<name>` stand for a
-block device (`vda`, `nvme0n1`, `dm-3`), a configured mount point (`/`, `/var/mail`:
-the name is then `fs./var/mail.used_pct`) and a configured probe.
+to them. Names are flat and stable; `<dev>`, `<mountpoint>`, `<name>` and `<unit>` stand
+for a block device (`vda`, `nvme0n1`, `dm-3`), a configured mount point (`/`,
+`/var/mail`: the name is then `fs./var/mail.used_pct`), a configured probe and a systemd
+unit (`unit.provision.service.cpu_pct`, `unit.session-4.scope.cpu_pct`).
 
 *This page is generated from the declarations in `agent/sources/metrics.py`
 (`python -m agent.sources.metricsdoc > docs/metrics.md`); edit those, not this page.*
@@ -37,6 +38,21 @@ the name is then `fs./var/mail.used_pct`) and a configured probe.
   (`MetricSample.blocked_tasks`, `blocked_tasks` in `--json`) are from the last scan.
   Only each process's main thread is looked at (kernel threads such as `nfsd`, `jbd2`
   and `kworker` are processes of their own).
+- **Units.** `unit.<unit>.cpu_pct` comes from the cgroup systemd keeps for each unit
+  (agent/sources/cgroups.py): `cpu.stat` `usage_usec` on cgroup v2 — pure v2 at
+  `/sys/fs/cgroup`, or the `unified` mount of a hybrid host, where the kernel keeps
+  `usage_usec` even without the cpu controller — else `cpuacct.usage` of the v1 cpuacct
+  hierarchy. Units are the `*.service` and `*.scope` cgroups in the slices
+  (`system.slice`, its sub-slices such as `system-getty.slice`, `user.slice/user-N.slice`
+  with `session-N.scope` and `user@N.service`, `machine.slice`); a unit's sub-cgroups
+  count towards it, `init.scope` is never reported. The scan (one small read per unit)
+  runs every 5 s and the samples in between carry its values. To keep a sample small, only
+  the 10 busiest units at or above 1 % of a CPU are reported, plus, for 10 minutes, every
+  unit reported before (at 0 once its cgroup is gone): a threshold rule sees a runaway
+  unit come down, or stop, and resolves. For a unit at or above 50 %, the scan reads the
+  unit's `cgroup.procs` and each process's `/proc/PID/stat`, and `MetricSample.details`
+  names the process that used the most CPU since the previous scan (PID and command
+  line); a threshold rule on the metric adds that sentence to the finding's evidence.
 - **Slow sources.** Filesystem use (statvfs in a helper process, with a timeout per
   mount: a hung NFS mount cannot hang the agent; a helper that timed out is killed and
   that mount is skipped until the killed helper has exited) and the mail queue (a

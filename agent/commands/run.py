@@ -1,0 +1,69 @@
+"""`nodewarden run`: the agent daemon (docs/running.md)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from agent.config import Config, ConfigError, read_config
+
+HELP = (
+    "Run the agent in the foreground: follow the kernel log, log files, metrics, devices "
+    "and probes, decide, and act through the guard chain (the shipped mode is dry-run: "
+    "nothing is executed). Built for systemd Type=notify with a watchdog; SIGHUP reloads "
+    "the configuration (a bad one is refused and the old one kept), SIGTERM stops. "
+    "Refuses to start, exit 2, when the configuration or a signature has any error."
+)
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE",
+        help="configuration file (default: $NODEWARDEN_CONFIG or /etc/nodewarden/agent.toml; "
+        "built-in defaults, dry-run, when absent)",
+    )
+    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info",
+                        help="log to stderr at this level and above (default: info)")
+
+
+def load(config_file: str | None) -> tuple[Config, list[ConfigError]]:
+    """The configuration and every error `check` would report (run, SIGHUP: the same path)."""
+    from agent.commands.check import collect_errors
+
+    config, errors = read_config(config_file)
+    if errors:
+        return config, errors
+    return config, collect_errors(config_file, None)
+
+
+def main(args: argparse.Namespace) -> int:
+    from agent.cli import EXIT_USAGE
+
+    logging.basicConfig(
+        stream=sys.stderr, level=args.log_level.upper(),
+        format="%(levelname)s %(name)s: %(message)s",  # journald adds the time
+    )
+    config, errors = load(args.config)
+    if errors:
+        for err in errors:
+            print(f"nodewarden run: {err}", file=sys.stderr)
+        print(f"nodewarden run: refusing to start: {len(errors)} error(s) "
+              "(nodewarden check lists them)", file=sys.stderr)
+        return EXIT_USAGE
+
+    from agent.clock import SystemClock
+    from agent.daemon import Daemon
+    from agent.watchdog import notifier_from_env, watchdog_interval
+
+    daemon = Daemon(
+        config,
+        reload_config=lambda: load(args.config),
+        clock=SystemClock(),
+        notifier=notifier_from_env(os.environ),
+        watchdog_interval_s=watchdog_interval(os.environ, os.getpid()),
+    )
+    return daemon.run()

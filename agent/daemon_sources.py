@@ -1,0 +1,164 @@
+"""The daemon's sources, built from the configuration and rebuilt piecewise on reload.
+
+Each source keeps its own state (the kmsg position, a log file's offset, the previous
+metrics sample for rates), so a reload rebuilds only the sources whose settings changed:
+reloading to change a probe does not re-read the kernel ring or lose a log offset.
+Imports of the source modules are lazy: `nodewarden --help` does not pay for pyudev.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent.clock import Clock
+from agent.config import Config, KmsgSettings, LogSourceSettings, MetricsSettings, ProbeSettings
+
+if TYPE_CHECKING:
+    from agent.sources.kmsg import KmsgFollower
+    from agent.sources.logfile import LogFileFollower
+    from agent.sources.metrics import MetricsSampler
+    from agent.sources.probes import ProbeScheduler
+
+log = logging.getLogger(__name__)
+
+KMSG_POSITION_FILE = "kmsg-position.json"
+
+
+@dataclass
+class Sources:
+    """Every live source; `None` / empty for those the configuration turns off."""
+
+    clock: Clock
+    state_dir: Path
+    kmsg: KmsgFollower | None = None
+    kmsg_settings: KmsgSettings | None = None
+    logs: dict[str, LogFileFollower] = field(default_factory=dict)
+    log_settings: dict[str, LogSourceSettings] = field(default_factory=dict)
+    sampler: MetricsSampler | None = None
+    metrics_settings: MetricsSettings | None = None
+    udev: Any = None
+    udev_enabled: bool = False
+    probes: ProbeScheduler | None = None
+    probe_settings: tuple[ProbeSettings, ...] = ()
+
+    def apply(self, config: Config) -> list[str]:
+        """Bring the sources in line with `config`; returns a sentence per change."""
+        changes: list[str] = []
+        self._apply_kmsg(config.kmsg, changes)
+        self._apply_logs(config.logs, changes)
+        self._apply_metrics(config.metrics, changes)
+        self._apply_udev(config.udev.enabled, changes)
+        self._apply_probes(config.probes, changes)
+        return changes
+
+    # ------------------------------------------------------------------ kmsg
+    def _apply_kmsg(self, settings: KmsgSettings, changes: list[str]) -> None:
+        if settings == self.kmsg_settings and (self.kmsg is not None) == settings.enabled:
+            return
+        if self.kmsg is not None:
+            self.kmsg.close(save=True)
+            self.kmsg = None
+        self.kmsg_settings = settings
+        if settings.enabled:
+            from agent.sources.kmsg import KmsgFollower
+
+            self.kmsg = KmsgFollower(
+                self.state_dir / KMSG_POSITION_FILE, self.clock, device_path=settings.path
+            )
+            how = (
+                f"resuming after seq {self.kmsg.last_seq}" if self.kmsg.resumed
+                else "reading the whole ring (no position for this boot)"
+            )
+            changes.append(f"kmsg: following {settings.path}, {how}")
+        else:
+            changes.append("kmsg: off")
+
+    # ------------------------------------------------------------------ log files
+    def _apply_logs(self, wanted: tuple[LogSourceSettings, ...], changes: list[str]) -> None:
+        from agent.sources.logfile import LogFileFollower
+
+        by_name = {s.name: s for s in wanted}
+        for name in list(self.logs):
+            if by_name.get(name) != self.log_settings.get(name):
+                self.logs.pop(name).close()
+                self.log_settings.pop(name)
+                if name not in by_name:
+                    changes.append(f"log:{name}: no longer followed")
+        for name, s in by_name.items():
+            if name in self.logs:
+                continue
+            self.logs[name] = LogFileFollower(name, s.path, s.max_line_bytes, self.clock)
+            self.log_settings[name] = s
+            changes.append(f"log:{name}: following {s.path}")
+
+    # ------------------------------------------------------------------ metrics
+    def _apply_metrics(self, settings: MetricsSettings, changes: list[str]) -> None:
+        if settings == self.metrics_settings and self.sampler is not None:
+            return
+        from agent.sources.metrics import MetricsSampler
+
+        if self.sampler is not None:
+            self.sampler.close()
+        self.sampler = MetricsSampler(settings, self.clock)
+        self.metrics_settings = settings
+        changes.append("metrics: sampler (re)built")
+
+    # ------------------------------------------------------------------ udev
+    def _apply_udev(self, enabled: bool, changes: list[str]) -> None:
+        if enabled == self.udev_enabled and (self.udev is not None) == enabled:
+            return
+        self._close_udev()
+        self.udev_enabled = enabled
+        if enabled:
+            from agent.sources.udev import UdevMonitor
+
+            self.udev = UdevMonitor(self.clock)
+            changes.append("udev: watching block devices")
+        else:
+            changes.append("udev: off")
+
+    def _close_udev(self) -> None:
+        if self.udev is not None:
+            close = getattr(self.udev, "close", None)
+            if close is not None:
+                close()
+            self.udev = None
+
+    # ------------------------------------------------------------------ probes
+    def _apply_probes(self, wanted: tuple[ProbeSettings, ...], changes: list[str]) -> None:
+        if wanted == self.probe_settings and (self.probes is not None) == bool(wanted):
+            return
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+        self.probe_settings = wanted
+        if wanted:
+            from agent.sources.probes import ProbeScheduler
+
+            self.probes = ProbeScheduler(wanted, self.clock)
+            changes.append(f"probes: {', '.join(p.name for p in wanted)}")
+        else:
+            changes.append("probes: none")
+
+    # ------------------------------------------------------------------ end
+    def save(self) -> None:
+        if self.kmsg is not None:
+            self.kmsg.save()
+
+    def close(self) -> None:
+        if self.kmsg is not None:
+            self.kmsg.close(save=True)
+            self.kmsg = None
+        for follower in self.logs.values():
+            follower.close()
+        self.logs.clear()
+        self._close_udev()
+        if self.probes is not None:
+            self.probes.close()
+            self.probes = None
+        if self.sampler is not None:
+            self.sampler.close()
+            self.sampler = None

@@ -1,0 +1,222 @@
+"""A real `nodewarden run` process for integration tests: config, state dir, notify socket.
+
+The test binds its own sd_notify socket and passes it as `NOTIFY_SOCKET`, so it waits
+for the agent's real `READY=1` (and reads its STATUS= lines) instead of sleeping. Every
+wait has a deadline; nothing here sleeps a fixed time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+DEADLINE_S = 20.0
+
+
+def nodewarden_bin() -> str:
+    """The installed console script (a missing install fails the test, it does not skip)."""
+    path = shutil.which("nodewarden")
+    assert path is not None, "console script `nodewarden` not on PATH: pip install -e ."
+    return path
+
+
+def token() -> str:
+    """A unique word for this test's kernel lines (the ring holds earlier runs' lines)."""
+    return "nwt" + uuid.uuid4().hex[:12]
+
+
+def write_kmsg(text: str) -> None:
+    """One line to /dev/kmsg from userspace: it arrives with facility 1 (`<11>` = user.err).
+
+    The newline matters: without it the kernel keeps the record open for a continuation
+    and readers see it only when the next record is written.
+
+    A fresh open per line: the kernel's write rate limit is kept per open file.
+    """
+    fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, f"<11>nwtest: {text}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def hung_task_line(task: str) -> str:
+    return f"INFO: task {task}:4242 blocked for more than 120 seconds."
+
+
+def dovecot_auth_failure(address: str) -> str:
+    return (
+        "Nov 25 13:00:00 mx1 dovecot: imap-login: Disconnected (auth failed, 1 attempts "
+        f"in 2 secs): user=<canary>, method=PLAIN, rip={address}, lip=10.0.0.1, TLS"
+    )
+
+
+#: the shipped mail policy: 20 failed logins from one address within 60 s is a flood
+AUTH_FLOOD_COUNT = 20
+
+
+def auth_flood(address: str) -> str:
+    """Enough dovecot failures from one address for the mail role's auth-flood rule."""
+    return "".join(dovecot_auth_failure(address) + "\n" for _ in range(AUTH_FLOOD_COUNT))
+
+
+def write_config(
+    path: Path, state_dir: Path, mail_log: Path, extra: str = "", role: str = "mail"
+) -> None:
+    path.write_text(
+        f"""
+[agent]
+state_dir = "{state_dir}"
+role = "{role}"
+sample_interval_s = 0.5
+
+[kmsg]
+enabled = true
+
+[logs.mail]
+path = "{mail_log}"
+
+[udev]
+enabled = false
+{extra}
+""",
+        encoding="utf-8",
+    )
+
+
+class Agent:
+    """One `nodewarden run --config F` subprocess and what it leaves behind."""
+
+    def __init__(
+        self, workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0
+    ) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.state_dir = state_dir
+        self.audit_path = state_dir / "audit.jsonl"
+        self.stderr_path = workdir / f"agent-{uuid.uuid4().hex[:6]}.log"
+        self.notify_path = workdir / f"notify-{uuid.uuid4().hex[:6]}"
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(self.notify_path))
+        self.messages: list[str] = []
+        env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONUNBUFFERED="1")
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        if watchdog_usec:
+            env["WATCHDOG_USEC"] = str(watchdog_usec)
+        env.pop("NODEWARDEN_CONFIG", None)
+        with self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [nodewarden_bin(), "run", "--config", str(config)],
+                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
+            )
+
+    # ------------------------------------------------------------------ notify socket
+    def wait_notify(self, pred: Callable[[str], bool], deadline_s: float = DEADLINE_S) -> str:
+        """The first sd_notify message (already received or new) that satisfies `pred`."""
+        for msg in self.messages:
+            if pred(msg):
+                return msg
+        end = time.monotonic() + deadline_s
+        while (left := end - time.monotonic()) > 0:
+            ready, _, _ = select.select([self._sock], [], [], min(left, 0.5))
+            if ready:
+                msg = self._sock.recv(4096).decode()
+                self.messages.append(msg)
+                if pred(msg):
+                    return msg
+            elif self.proc.poll() is not None:
+                break
+        raise AssertionError(f"no such notify message; got {self.messages}\n{self.log()}")
+
+    def drain_notify(self) -> None:
+        """Collect every message already sent (e.g. STOPPING=1 after the process ended)."""
+        while select.select([self._sock], [], [], 0)[0]:
+            self.messages.append(self._sock.recv(4096).decode())
+
+    def wait_ready(self) -> None:
+        self.wait_notify(lambda m: "READY=1" in m.split("\n"))
+
+    # ------------------------------------------------------------------ audit log, stderr
+    def audit(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        out = []
+        for line in self.audit_path.read_text(encoding="utf-8").splitlines():
+            out.append(json.loads(line))
+        return out
+
+    def wait_audit(
+        self, pred: Callable[[dict[str, Any]], bool], deadline_s: float = DEADLINE_S
+    ) -> dict[str, Any]:
+        end = time.monotonic() + deadline_s
+        while True:
+            for rec in self.audit():
+                if pred(rec):
+                    return rec
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise AssertionError(f"no such audit record\n{self.log()}")
+            time.sleep(0.05)  # polling a file with a deadline, not waiting for time to pass
+
+    def log(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, text: str, deadline_s: float = DEADLINE_S) -> str:
+        end = time.monotonic() + deadline_s
+        while text not in (out := self.log()):
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not in the agent's log:\n{out}")
+            time.sleep(0.05)
+        return out
+
+    # ------------------------------------------------------------------ signals, end
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout_s: float = DEADLINE_S) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        finally:
+            self.drain_notify()
+
+    def close(self) -> None:
+        """Always: no process and no socket left behind."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.notify_path.unlink()
+
+
+@contextlib.contextmanager
+def running_agent(
+    workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0
+) -> Iterator[Agent]:
+    agent = Agent(workdir, config, state_dir, watchdog_usec=watchdog_usec)
+    try:
+        agent.wait_ready()
+        yield agent
+    finally:
+        agent.close()
+
+
+def findings(records: list[dict[str, Any]], subject: str) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("kind") == "finding" and r.get("subject") == subject]

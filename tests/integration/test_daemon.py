@@ -1,0 +1,180 @@
+"""`nodewarden run` as a real process: real /dev/kmsg, a real followed log file, real
+signals, its real sd_notify messages (to a socket the test binds) and its audit log."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.integration._agent import (
+    auth_flood,
+    findings,
+    hung_task_line,
+    running_agent,
+    token,
+    write_config,
+    write_kmsg,
+)
+
+pytestmark = pytest.mark.realparts
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(config file, state dir, followed mail log) under a temp dir."""
+    state = tmp_path / "state"
+    mail = tmp_path / "mail.log"
+    mail.write_text("")
+    config = tmp_path / "agent.toml"
+    write_config(config, state, mail)
+    return config, state, mail
+
+
+def test_runs_with_built_in_defaults_and_a_temp_state_dir(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstate_dir = "{state}"\n')
+    with running_agent(tmp_path, config, state, watchdog_usec=1_000_000) as agent:
+        status = agent.wait_notify(lambda m: "READY=1" in m)
+        assert "STATUS=no action: " in status
+        assert "findings firing; load1 " in status or "finding firing; load1 " in status
+        # the loop keeps turning: it pings the watchdog (every 0.5 s) again and again
+        def three_pings(_: str) -> bool:
+            return sum(m == "WATCHDOG=1" for m in agent.messages) >= 3
+
+        agent.wait_notify(three_pings)
+        assert agent.proc.poll() is None
+        assert (state.stat().st_mode & 0o777) == 0o700
+        log = agent.log()
+        assert "started in dry-run mode" in log
+        assert agent.stop() == 0
+    assert "STOPPING=1" in agent.messages
+
+
+def test_userspace_kernel_line_is_an_untrusted_finding_and_nothing_runs(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, state, _ = setup
+    task = token()
+    with running_agent(tmp_path, config, state) as agent:
+        write_kmsg(hung_task_line(task))
+        rec = agent.wait_audit(lambda r: r.get("kind") == "finding" and r.get("subject") == task)
+        assert rec["problem"] == "hung-task"
+        assert rec["trusted"] is False
+        assert rec["host"]
+        # a second line: by the time it is recorded, the loop has decided on the first
+        later = token()
+        write_kmsg(hung_task_line(later))
+        agent.wait_audit(lambda r: r.get("subject") == later)
+        assert agent.stop() == 0
+    records = agent.audit()
+    assert not [r for r in records if r.get("kind") == "outcome" and r.get("executed")]
+    mine = [r for r in records if task in json.dumps(r) and r["kind"] in ("plan", "outcome")]
+    assert mine == []
+    assert not [r for r in records if r.get("kind") == "verdict" and r.get("allow")
+                and r.get("problem") == "hung-task" and r.get("subject") == task]
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, state, mail = setup
+    with running_agent(tmp_path, config, state) as agent:
+        good = config.read_text()
+        config.write_text(good.replace("[kmsg]\n", '[kmsg]\ncolour = "blue"\n').replace(
+            "sample_interval_s = 0.5", 'sample_interval_s = "fast"'))
+        agent.signal(signal.SIGHUP)
+        log = agent.wait_log("reload refused: 2 error(s)")
+        assert f"{config}: kmsg.colour: unknown key" in log
+        assert f"{config}: agent.sample_interval_s: must be a number" in log
+        assert agent.proc.poll() is None
+        # the old configuration still runs: a kernel line is still seen
+        task = token()
+        write_kmsg(hung_task_line(task))
+        agent.wait_audit(lambda r: r.get("kind") == "finding" and r.get("subject") == task)
+        note = agent.wait_audit(lambda r: r.get("kind") == "note"
+                                and "reload refused" in str(r.get("text")))
+        assert any("kmsg.colour" in e for e in note["errors"])
+
+        # a valid configuration follows another mail log: the new one is read
+        mail2 = tmp_path / "mail2.log"
+        mail2.write_text("")
+        write_config(config, state, mail2)
+        agent.signal(signal.SIGHUP)
+        agent.wait_log(f"log:mail: following {mail2}")
+        addr = "192.0.2.77"
+        with mail.open("a") as f:  # the old file is no longer followed
+            f.write(auth_flood("192.0.2.78"))
+        with mail2.open("a") as f:
+            f.write(auth_flood(addr))
+        rec = agent.wait_audit(lambda r: r.get("kind") == "finding" and r.get("subject") == addr)
+        assert rec["problem"] == "auth-flood"
+        assert agent.stop() == 0
+    assert not findings(agent.audit(), "192.0.2.78")
+
+
+def test_sigterm_saves_the_kmsg_position_and_a_restart_does_not_repeat_a_record(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, state, _ = setup
+    task = token()
+    with running_agent(tmp_path, config, state) as agent:
+        write_kmsg(hung_task_line(task))
+        agent.wait_audit(lambda r: r.get("kind") == "finding" and r.get("subject") == task)
+        assert agent.stop() == 0
+    assert "SIGTERM: stopping" in agent.log()
+    position = json.loads((state / "kmsg-position.json").read_text())
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert position["boot_id"] == boot_id
+    assert len(findings(agent.audit(), task)) == 1
+
+    marker = token()
+    with running_agent(tmp_path, config, state) as again:
+        assert "resuming after seq" in again.log()
+        write_kmsg(hung_task_line(marker))
+        again.wait_audit(lambda r: r.get("subject") == marker)
+        assert again.stop() == 0
+    assert len(findings(again.audit(), task)) == 1  # not reported a second time
+    after = json.loads((state / "kmsg-position.json").read_text())
+    assert after["seq"] > position["seq"]
+
+
+def test_a_line_appended_to_the_mail_log_is_matched(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    config, state, mail = setup
+    addr = "198.51.100.23"
+    with running_agent(tmp_path, config, state) as agent:
+        with mail.open("a") as f:
+            f.write("Nov 25 13:00:00 mx1 postfix/qmgr[11]: 4F2A: removed\n")  # no match
+            f.write(auth_flood(addr))
+        rec = agent.wait_audit(lambda r: r.get("kind") == "finding" and r.get("subject") == addr)
+        assert rec["problem"] == "auth-flood"  # the mail role's rule over auth-failure lines
+        assert rec["count"] >= 20
+        assert rec.get("trusted", True) is True  # log files are not spoofable kernel lines
+        assert agent.stop() == 0
+    assert "finding auth-flood 198.51.100.23" in agent.log()
+
+
+def test_a_node_restart_intent_from_the_previous_boot_is_reconciled_at_start(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    """Safety state first (STYLE.md 9): the agent records that it rebooted on purpose."""
+    from agent.execute.intent import read_intents, write_intent
+
+    config, state, _ = setup
+    intent = write_intent(state, "node-restart", "host", "hung nfsd; restart the node",
+                          now=1_700_000_000.0, boot_id="0" * 32)
+    with running_agent(tmp_path, config, state) as agent:
+        rec = agent.wait_audit(lambda r: r.get("kind") == "outcome"
+                               and r.get("intent") == intent.id)
+        assert rec["action"] == "node-restart"
+        assert rec["ok"] is True
+        assert "rebooted" in rec["detail"]
+        assert agent.stop() == 0
+    (done,) = read_intents(state)
+    assert not done.pending
+    assert done.outcome == "rebooted"

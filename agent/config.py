@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.actions_settings import ActionSettings, parse_actions
 from agent.detect.rules import Rule, default_rules, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
 from agent.policy.ladder import Ladder, default_ladders, parse_policy
@@ -260,6 +261,8 @@ class Config:
     ladders: tuple[Ladder, ...] = field(default_factory=lambda: default_ladders("generic"))
     #: `[guards.*]` (docs/guards.md)
     guards: GuardSettings = field(default_factory=GuardSettings)
+    #: `[actions]`: per-action settings and protected units (agent/actions_settings.py)
+    actions: ActionSettings = field(default_factory=ActionSettings)
 
 
 DEFAULT_PORTS = {
@@ -380,6 +383,7 @@ def parse_config(
         rules=parse_rules(top, agent.role),
         ladders=parse_policy(top, agent.role),
         guards=parse_guards(top),
+        actions=parse_actions(top),
     )
     top.finish()
     return config, errors

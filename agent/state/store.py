@@ -124,6 +124,35 @@ class SafetyState:
         self._load_maintenance(now)
         self._load_ladders(now)
 
+    # ------------------------------------------------------------------ other writers
+    def _stamp(self, name: str) -> tuple[int, int, int] | None:
+        try:
+            st = self._path(name).stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def refresh(self, now: float) -> list[str]:
+        """Re-read the files another process changed since the last look (the operator's
+        `maintenance`, `approve` and `remediate --execute` write the same directory while
+        the daemon runs). Every write is an atomic rename, so a changed file has a new
+        (inode, mtime, size). Returns the names re-read. The first call only records."""
+        stamps = getattr(self, "_stamps", None)
+        current = {n: self._stamp(n) for n in (HISTORY, APPROVALS, MAINTENANCE)}
+        self._stamps = current
+        if stamps is None:
+            return []
+        changed = [n for n in current if current[n] != stamps.get(n)]
+        if APPROVALS in changed:
+            self._approvals = []
+            self._load_approvals(now)
+        if MAINTENANCE in changed:
+            self._maintenance = None
+            self._load_maintenance(now)
+        if HISTORY in changed and current[HISTORY] is not None:
+            self._load_history(now)
+        return changed
+
     # ------------------------------------------------------------------ loading
     def _path(self, name: str) -> Path:
         return self.directory / name

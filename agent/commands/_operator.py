@@ -1,0 +1,67 @@
+"""Shared by the operator commands (status, remediate, maintenance, approve): loading the
+configuration and the safety state the same way, durations as people type them."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import sys
+from pathlib import Path
+
+from agent.config import Config, ConfigInvalid, load_config
+from agent.state import SafetyState
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class UsageError(Exception):
+    """Bad input on the command line (exit 2)."""
+
+
+def duration(text: str, what: str = "--for") -> float:
+    """'90s', '15m', '2h', '1d' or plain seconds; UsageError otherwise."""
+    m = _DURATION.match(text)
+    if m is None:
+        raise UsageError(f"{what} {text!r} is not a duration like 90s, 15m, 2h or 1d")
+    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    if seconds <= 0:
+        raise UsageError(f"{what} must be longer than 0")
+    return seconds
+
+
+def operator_name() -> str:
+    """Who is at the shell (sudo keeps the real name in SUDO_USER)."""
+    for var in ("SUDO_USER", "LOGNAME", "USER"):
+        if os.environ.get(var):
+            return os.environ[var]
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def load(command: str, config_file: str | None) -> Config | None:
+    """load_config, or None after printing every error (file: key: reason)."""
+    try:
+        return load_config(config_file)
+    except ConfigInvalid as exc:
+        for err in exc.errors:
+            print(f"nodewarden {command}: {err}", file=sys.stderr)
+        print(f"nodewarden {command}: refusing a configuration with {len(exc.errors)} "
+              "error(s)", file=sys.stderr)
+        return None
+
+
+def open_state(command: str, state_dir: Path, now: float) -> SafetyState | None:
+    """The safety state the daemon uses, or None after printing why it cannot be opened."""
+    try:
+        state = SafetyState(state_dir, now=now)
+    except OSError as exc:
+        print(f"nodewarden {command}: cannot open the state directory {state_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return None
+    for problem in state.problems:
+        print(f"nodewarden {command}: warning: {problem}", file=sys.stderr)
+    return state

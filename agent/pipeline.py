@@ -1,0 +1,424 @@
+"""The decision pipeline: observations in, timeline events and decisions out.
+
+    LogLine ──matcher──> SignatureMatch ─┐
+    MetricSample, ProbeResult, DeviceEvent ┴─> Detectors ──Finding──> Policy (ladders)
+        ──Proposal──> GuardChain ──allowed──> remediations.load(action).plan() ──> Decision
+
+The contract with the drivers (the daemon, `simulate`, `remediate`) is
+agent/pipeline_api.py: `observe(obs)`, `decide(now)`, `complete(decision, outcome)`.
+This module only decides; a driver carries a Decision out with an Executor and hands the
+Outcome back. Events carry absolute wall-clock `t`; `simulate` re-bases them.
+
+Order inside `decide(now)`:
+1. re-read safety state another process changed (maintenance, approvals, history);
+2. `Detectors.tick(now)` (quiet signature findings resolve);
+3. `Policy.step(active findings, now)` gives the rungs due now;
+4. every proposal goes through the guard chain: one "verdict" event per guard;
+5. allowed: the remediation plans it (a plan it refuses is a "plan" verdict, deny); a
+   "plan" event; when the mode executes, the execution is recorded first (write-ahead:
+   budgets and cooldowns count it even if the process dies while it runs; if it cannot
+   be recorded it does not run);
+6. denied: the policy is told which guards denied (hold or climb); a guard that says
+   "page a person" (flapping, a broken history) adds one page proposal per episode.
+
+`complete()` emits the "outcome" event, tells the policy what ran (a failed run climbs at
+once), and releases a lease taken for it (not for a node restart that went ahead: the
+agent releases that one after the boot, with the intent record).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from agent.clock import Clock
+from agent.config import Config
+from agent.detect.findings import Detectors
+from agent.detect.matcher import Matcher
+from agent.guards import GuardChain, Lease, LeaseClient, NoCoordinator, build_chain
+from agent.guards.costly import PreconditionGuard
+from agent.model import (
+    DeviceEvent,
+    Finding,
+    LogLine,
+    MetricSample,
+    Observation,
+    Outcome,
+    Plan,
+    ProbeResult,
+    Proposal,
+    Verdict,
+)
+from agent.pipeline_api import Decision, Event, EventKind
+from agent.policy.engine import Policy
+from agent.state import SafetyState, StateError
+from remediations import ActionContext, InvalidParams, ReadOnlyRunner, UnknownAction, build_plan
+
+
+def finding_event(f: Finding, t: float) -> Event:
+    kind: EventKind = "finding" if f.state == "firing" else "resolved"
+    return Event(t, kind, MappingProxyType({
+        "problem": f.problem, "subject": f.subject, "state": f.state,
+        "trusted": f.trusted, "severity": f.severity, "rule": f.rule, "count": f.count,
+        "first_seen": f.first_seen, "evidence": list(f.evidence),
+    }))
+
+
+def verdict_event(p: Proposal, v: Verdict, t: float) -> Event:
+    return Event(t, "verdict", MappingProxyType({
+        "action": p.action, "subject": p.subject, "problem": p.problem,
+        "finding_subject": p.finding_subject, "rung": p.rung, "origin": p.origin,
+        "guard": v.guard, "allow": v.allow, "reason": v.reason,
+    }))
+
+
+def plan_event(p: Proposal, plan: Plan, execute: bool, t: float) -> Event:
+    return Event(t, "plan", MappingProxyType({
+        "action": plan.action, "subject": plan.subject, "problem": p.problem,
+        "finding_subject": p.finding_subject, "rung": p.rung, "origin": p.origin,
+        "execute": execute, "summary": plan.summary, "reason": p.reason,
+        "steps": [list(s.argv) for s in plan.steps],
+        "verify": [list(s.argv) for s in plan.verify],
+    }))
+
+
+def outcome_event(d: Decision, o: Outcome, t: float) -> Event:
+    return Event(t, "outcome", MappingProxyType({
+        "action": o.action, "subject": o.subject, "problem": d.proposal.problem,
+        "finding_subject": d.proposal.finding_subject, "ok": o.ok, "executed": o.executed,
+        "detail": o.detail,
+        "results": [{"argv": list(r.argv), "exit_code": r.exit_code, "ran": r.ran,
+                     "timed_out": r.timed_out} for r in o.results],
+    }))
+
+
+def note_event(text: str, t: float, **extra: Any) -> Event:
+    return Event(t, "note", MappingProxyType({"text": text, **extra}))
+
+
+#: `nodewarden status` reads the last cycle here (in the state directory)
+CYCLE_FILE = "cycle.json"
+#: the status file is rewritten at most this often while the findings stay the same
+STATUS_EVERY_S = 5.0
+
+#: policy steps per decide() (a ladder longer than this climbs over several cycles)
+MAX_STEPS = 8
+
+
+def with_page_defaults(p: Proposal) -> Proposal:
+    """A page rung names the problem and says why, unless the ladder gave its own params."""
+    if p.action != "page":
+        return p
+    params = {"problem": p.problem, "message": p.reason or f"{p.problem} {p.subject}"}
+    params.update(p.params)
+    return dataclasses.replace(p, params=MappingProxyType(params))
+
+
+class ActionPreconditions:
+    """The preconditions guard with each action's own `[actions.NAME]` settings."""
+
+    name = "preconditions"
+
+    def __init__(self, contexts: ActionContexts) -> None:
+        self.contexts = contexts
+
+    def check(self, proposal: Proposal, now: float) -> Verdict:
+        return PreconditionGuard(self.contexts.for_action(proposal.action)).check(proposal, now)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionContexts:
+    """One ActionContext per action: the same host facts, that action's settings."""
+
+    base: ActionContext
+    per_action: Mapping[str, Mapping[str, object]]
+
+    def for_action(self, action: str) -> ActionContext:
+        settings = self.per_action.get(action, MappingProxyType({}))
+        return dataclasses.replace(self.base, settings=settings)
+
+
+def action_contexts(
+    config: Config, clock: Clock, runner: ReadOnlyRunner | None = None,
+    agent_pid: int | None = None,
+) -> ActionContexts:
+    base = ActionContext(
+        hostname=config.agent.hostname, state_dir=config.agent.state_dir,
+        agent_pid=os.getpid() if agent_pid is None else agent_pid, clock=clock,
+        runner=runner, protected_units=config.actions.protected_units,
+    )
+    return ActionContexts(base, config.actions.per_action)
+
+
+def guard_chain(
+    config: Config, state: SafetyState, contexts: ActionContexts, *,
+    lease_client: LeaseClient, check_preconditions: bool, mode: str | None = None,
+) -> GuardChain:
+    """build_chain's standard chain, with per-action settings for the preconditions."""
+    chain = build_chain(config.guards, mode=mode or config.agent.mode, state=state,
+                        lease_client=lease_client)
+    costly = [ActionPreconditions(contexts)] if check_preconditions else []
+    return GuardChain(chain.mode, chain.guards, costly=costly, lease=chain.lease,
+                      page_guards=chain.page_guards)
+
+
+class DecisionPipeline:
+    """Detectors, policy, guards and planning for one agent (agent/pipeline_api.py)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        matcher: Matcher,
+        state: SafetyState,
+        clock: Clock,
+        contexts: ActionContexts,
+        lease_client: LeaseClient | None = None,
+        check_preconditions: bool = True,
+        status_file: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.status_file = status_file
+        self._status_written: tuple[float, Any] | None = None
+        self.matcher = matcher
+        self.state = state
+        self.clock = clock
+        self.contexts = contexts
+        self.detectors = Detectors(config.rules)
+        self.policy = Policy(config.ladders, hostname=config.agent.hostname, state=state)
+        self.chain = guard_chain(config, state, contexts,
+                                 lease_client=lease_client or NoCoordinator(),
+                                 check_preconditions=check_preconditions)
+        self._leases: dict[tuple[str, str, str, str], Lease] = {}
+        #: (problem, finding subject) already paged because a guard said so, this episode
+        self._paged: set[tuple[str, str]] = set()
+        self._sentence = "no action: nothing observed yet"
+        self.state.refresh(clock.now())  # records what is on disk now
+
+    # ------------------------------------------------------------------ observe
+    def observe(self, obs: Observation) -> Sequence[Event]:
+        """Detection for one observation: "finding" / "resolved" events."""
+        if isinstance(obs, LogLine):
+            changes: list[Finding] = []
+            for m in self.matcher.match(obs):
+                changes += self.detectors.on_match(m)
+            t = obs.t
+        elif isinstance(obs, MetricSample):
+            changes, t = self.detectors.on_metrics(obs), obs.t
+        elif isinstance(obs, ProbeResult):
+            changes, t = self.detectors.on_probe(obs), obs.t
+        elif isinstance(obs, DeviceEvent):
+            changes, t = self.detectors.on_device(obs), obs.t
+        else:  # pragma: no cover - the Observation union is closed
+            return ()
+        return self._changes(changes, t)
+
+    def _changes(self, changes: Sequence[Finding], t: float) -> list[Event]:
+        out = []
+        for f in changes:
+            if f.state == "resolved":
+                self._paged.discard(f.key)
+            out.append(finding_event(f, t))
+        return out
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, now: float) -> tuple[Sequence[Event], Sequence[Decision]]:
+        events: list[Event] = []
+        self.state.refresh(now)
+        events += self._changes(self.detectors.tick(now), now)
+        decisions: list[Decision] = []
+        acted: list[str] = []
+        # A rung denied for good (lease, budget, mode...) makes the next rung due now: step
+        # again, so a ladder climbs to its page in the same cycle, not one cycle later.
+        for _ in range(MAX_STEPS):
+            queue = list(self.policy.step(self.detectors.active(), now))
+            if not queue:
+                break
+            while queue:
+                proposal = queue.pop(0)
+                decision, page = self._consider(proposal, now, events)
+                if decision is not None:
+                    decisions.append(decision)
+                    acted.append(f"{decision.plan.action} {decision.plan.subject} "
+                                 f"({'execute' if decision.execute else 'dry-run'})")
+                if page is not None:
+                    queue.append(page)
+        for warning in self.policy.warnings:
+            events.append(note_event(warning, now))
+        self.policy.warnings.clear()
+        self._sentence = self._summarize(acted, events)
+        self._write_status(now)
+        return events, decisions
+
+    def _consider(
+        self, proposal: Proposal, now: float, events: list[Event]
+    ) -> tuple[Decision | None, Proposal | None]:
+        proposal = with_page_defaults(proposal)
+        result = self.chain.evaluate(proposal, now)
+        verdicts = list(result.verdicts)
+        events += [verdict_event(proposal, v, now) for v in verdicts]
+        if not result.allowed:
+            self.policy.record(proposal, now, "denied", denied_by=result.denied_by)
+            return None, self._page_for(proposal, result.page)
+        try:
+            plan = build_plan(proposal.action, proposal.subject, proposal.params,
+                              self.contexts.for_action(proposal.action))
+        except (InvalidParams, UnknownAction, ImportError) as exc:
+            verdict = Verdict("plan", False, f"plan: {proposal.action} refuses: {exc}"[:400])
+            events.append(verdict_event(proposal, verdict, now))
+            self._release(result.lease)
+            self.policy.record(proposal, now, "denied", denied_by=("plan",))
+            return None, None
+        verdicts.append(Verdict("plan", True, f"plan: {plan.summary}"))
+        if result.execute:
+            try:  # write-ahead: counted before it runs, or it does not run
+                self.state.record_execution(
+                    proposal.action, proposal.subject, now, problem=proposal.problem,
+                    finding_subject=proposal.finding_subject, origin=proposal.origin)
+            except StateError as exc:
+                verdict = Verdict("budget", False, f"budget: cannot record the execution, so "
+                                                   f"it does not run: {exc}")
+                events.append(verdict_event(proposal, verdict, now))
+                self._release(result.lease)
+                self.policy.record(proposal, now, "denied", denied_by=("budget",))
+                return None, None
+        events.append(plan_event(proposal, plan, result.execute, now))
+        decision = Decision(proposal, tuple(verdicts), plan, result.execute)
+        if result.lease is not None:
+            self._leases[self._key(decision)] = result.lease
+        return decision, None
+
+    def _page_for(self, proposal: Proposal, why: str | None) -> Proposal | None:
+        """A guard said "page a person": one page per episode of the finding."""
+        key = (proposal.problem, proposal.finding_subject)
+        if why is None or proposal.action == "page" or key in self._paged:
+            return None
+        self._paged.add(key)
+        subject = f"{proposal.problem} {proposal.finding_subject} on {self.config.agent.hostname}"
+        return Proposal(
+            action="page", subject=subject, problem=proposal.problem,
+            params=MappingProxyType({"problem": proposal.problem, "message": why[:400]}),
+            rung=-1, trusted=True, finding_subject=proposal.finding_subject,
+            reason=f"a guard asks for a person: {why}",
+        )
+
+    # ------------------------------------------------------------------ complete
+    def complete(self, decision: Decision, outcome: Outcome) -> Sequence[Event]:
+        now = self.clock.now()
+        if outcome.executed:
+            self.policy.record(decision.proposal, now, "executed" if outcome.ok else "failed")
+        else:
+            self.policy.record(decision.proposal, now, "planned")
+        lease = self._leases.pop(self._key(decision), None)
+        keep = decision.plan.action == "node-restart" and outcome.executed and outcome.ok
+        if lease is not None and not keep:
+            self._release(lease)
+        events = [outcome_event(decision, outcome, now)]
+        for warning in self.policy.warnings:
+            events.append(note_event(warning, now))
+        self.policy.warnings.clear()
+        return events
+
+    def _release(self, lease: Lease | None) -> None:
+        if lease is not None and self.chain.lease is not None:
+            client = getattr(self.chain.lease, "client", None)
+            if client is not None:
+                client.release(lease)
+
+    @staticmethod
+    def _key(d: Decision) -> tuple[str, str, str, str]:
+        return (d.plan.action, d.plan.subject, d.proposal.problem, d.proposal.finding_subject)
+
+    # ------------------------------------------------------------------ status
+    def active(self) -> list[Finding]:
+        return self.detectors.active()
+
+    def sentence(self) -> str:
+        """The last cycle's one-line summary (STYLE.md 3)."""
+        return self._sentence
+
+    def _write_status(self, now: float) -> None:
+        """`nodewarden status` (another process) reads the sentence and the findings here.
+
+        Written when the findings change, else at most every STATUS_EVERY_S; not fsync'd
+        (it is a view, rebuilt every cycle, not safety state)."""
+        if self.status_file is None:
+            return
+        findings = [{
+            "problem": f.problem, "subject": f.subject, "severity": f.severity,
+            "trusted": f.trusted, "first_seen": f.first_seen, "count": f.count,
+            "rule": f.rule, "evidence": list(f.evidence[-1:]),
+        } for f in self.detectors.active()]
+        keys = [(f["problem"], f["subject"], f["trusted"]) for f in findings]
+        last = self._status_written
+        if last is not None and last[1] == keys and now - last[0] < STATUS_EVERY_S:
+            return
+        body = {"t": now, "sentence": self._sentence, "mode": self.config.agent.mode,
+                "role": self.config.agent.role, "host": self.config.agent.hostname,
+                "findings": findings}
+        tmp = self.status_file.with_name(f".{self.status_file.name}.tmp")
+        try:
+            tmp.write_text(json.dumps(body, default=str) + "\n", encoding="utf-8")
+            tmp.replace(self.status_file)
+        except OSError:
+            return  # status is a convenience; the audit log has the truth
+        self._status_written = (now, keys)
+
+    def _summarize(self, acted: list[str], events: list[Event]) -> str:
+        firing = self.detectors.active()
+        n = f"{len(firing)} finding{'' if len(firing) == 1 else 's'} firing"
+        if acted:
+            return f"acting: {', '.join(acted)}; {n}"
+        denied = [e for e in events if e.kind == "verdict" and not e.fields.get("allow")]
+        if denied:
+            f = denied[0].fields
+            return f"no action: {f['action']} {f['subject']} denied: {f['reason']}; {n}"
+        if self.policy.notes:
+            return f"no action: {self.policy.notes[0]}; {n}"
+        return f"no action: {n}"
+
+
+def build_pipeline(
+    config: Config,
+    clock: Clock,
+    *,
+    lease_client: LeaseClient | None = None,
+    runner: ReadOnlyRunner | None = None,
+    state_dir: Path | None = None,
+    check_preconditions: bool = True,
+    matcher: Matcher | None = None,
+    write_status: bool = True,
+) -> DecisionPipeline:
+    """The pipeline the daemon runs: the catalog from config, state in the state dir.
+
+    Raises ConfigInvalid when the signature catalog has errors (the daemon refuses them
+    before it gets here). `runner` runs the preconditions' read-only checks (default: the
+    subprocess runner).
+    """
+    if matcher is None:
+        from agent.config import ConfigInvalid
+        from agent.detect.catalog import load_catalog
+
+        catalog, errors = load_catalog(config.agent.signatures_dir)
+        if errors:
+            raise ConfigInvalid(errors)
+        matcher = Matcher(catalog)
+    if runner is None and check_preconditions:
+        from agent.execute import SubprocessRunner
+
+        runner = SubprocessRunner(clock)
+    directory = state_dir or config.agent.state_dir
+    state = SafetyState(directory, now=clock.now())
+    contexts = action_contexts(config, clock, runner)
+    if state_dir is not None:
+        contexts = dataclasses.replace(
+            contexts, base=dataclasses.replace(contexts.base, state_dir=state_dir))
+    return DecisionPipeline(config, matcher=matcher, state=state, clock=clock,
+                            contexts=contexts, lease_client=lease_client,
+                            check_preconditions=check_preconditions,
+                            status_file=directory / CYCLE_FILE if write_status else None)

@@ -1,0 +1,255 @@
+"""The decision pipeline (agent/pipeline.py): composition of matcher, detectors, policy,
+guards and planning, driven the way the daemon drives it (observe, decide, complete)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.clock import FakeClock
+from agent.config import Config, parse_config
+from agent.detect.catalog import load_catalog
+from agent.detect.matcher import Matcher
+from agent.execute import Executor, RecordingRunner
+from agent.model import LogLine, MetricSample, Outcome, StepResult
+from agent.pipeline import CYCLE_FILE, DecisionPipeline, build_pipeline
+from agent.pipeline_api import Decision, Event
+from agent.state import SafetyState
+
+T0 = 1_790_000_000.0
+HUNG = "INFO: task nfsd:1234 blocked for more than 120 seconds."
+
+
+@functools.cache
+def matcher() -> Matcher:
+    """The built-in catalog, compiled once for the module (it takes a few 100 ms)."""
+    catalog, errors = load_catalog(None)
+    assert errors == []
+    return Matcher(catalog)
+
+
+def make(tmp_path: Path, raw: dict[str, Any] | None = None, *,
+         start: float = T0) -> tuple[DecisionPipeline, FakeClock, Config]:
+    raw = dict(raw or {})
+    agent = {"hostname": "nas-a1", "state_dir": str(tmp_path / "state"),
+             "signatures_dir": str(tmp_path / "no-signatures"), **raw.pop("agent", {})}
+    config, errors = parse_config({"agent": agent, **raw}, "test.toml")
+    assert errors == []
+    clock = FakeClock(start)
+    return (build_pipeline(config, clock, check_preconditions=False, matcher=matcher()),
+            clock, config)
+
+
+def kline(text: str, t: float, facility: int = 0) -> LogLine:
+    return LogLine(source="kmsg", text=text, t=t, facility=facility)
+
+
+def run(pipeline: DecisionPipeline, clock: FakeClock, seconds: int,
+        runner: Any = None) -> list[Event]:
+    """Decide once a second for `seconds`, carrying decisions out with `runner`."""
+    events: list[Event] = []
+    for _ in range(seconds):
+        got, decisions = pipeline.decide(clock.now())
+        events += got
+        for d in decisions:
+            outcome = Executor(runner or RecordingRunner(), clock).run(d.plan)
+            events += pipeline.complete(d, outcome)
+        clock.advance(1)
+    return events
+
+
+class OkRunner:
+    """Stands in for the subprocess runner: every step 'ran' and exited as it should."""
+
+    executes = True
+
+    def __init__(self) -> None:
+        self.argv: list[tuple[str, ...]] = []
+
+    def run(self, step: Any) -> StepResult:
+        self.argv.append(step.argv)
+        return StepResult(step.argv, step.ok_exit[0], 0.0)
+
+
+def of(events: list[Event], kind: str, **match: Any) -> list[Event]:
+    return [e for e in events if e.kind == kind
+            and all(e.fields.get(k) == v for k, v in match.items())]
+
+
+def test_kernel_hung_task_line_becomes_a_finding_and_a_dry_run_plan(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage"}})
+    found = p.observe(kline(HUNG, clock.now()))
+    assert [(e.kind, e.fields["problem"], e.fields["subject"], e.fields["trusted"])
+            for e in found] == [("finding", "hung-task", "nfsd", True)]
+    events, decisions = p.decide(clock.now())
+    assert [d.plan.action for d in decisions] == ["restart-service"]
+    (d,) = decisions
+    assert d.execute is False  # shipped mode: dry-run
+    assert d.plan.steps[0].argv == ("systemctl", "restart", "--", "nfs-server.service")
+    plan = of(list(events), "plan")[0]
+    assert plan.fields["execute"] is False and plan.fields["problem"] == "hung-task"
+    guards = [e.fields["guard"] for e in of(list(events), "verdict")]
+    assert guards == ["mode", "trust", "maintenance", "cooldown", "budget", "flapping",
+                      "approval", "lease"]
+    # dry-run: the recording runner, nothing executed; nothing counted for budgets
+    out = p.complete(d, Executor(RecordingRunner(), clock).run(d.plan))
+    assert out[0].kind == "outcome" and out[0].fields["executed"] is False
+    assert p.state.executions() == []
+
+
+def test_userspace_kmsg_line_is_reported_untrusted_and_never_planned(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    found = p.observe(kline(HUNG, clock.now(), facility=1))
+    assert found[0].fields["trusted"] is False
+    events = run(p, clock, 1200)
+    assert not of(events, "plan")
+    denials = of(events, "verdict", allow=False)
+    assert [e.fields["guard"] for e in denials] == ["trust"]
+    assert p.state.executions() == []
+
+
+def test_enforce_records_the_execution_before_handing_the_plan_over(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    p.observe(kline(HUNG, clock.now()))
+    _, decisions = p.decide(clock.now())
+    (d,) = decisions
+    assert d.execute is True
+    # write-ahead: counted (budget, cooldown) before anything ran
+    assert [(e.action, e.subject) for e in p.state.executions()] == [
+        ("restart-service", "nfs-server.service")]
+    assert SafetyState(tmp_path / "state", now=clock.now()).executions()  # on disk
+
+
+def test_node_restart_is_denied_without_a_coordinator_and_the_ladder_pages(
+    tmp_path: Path
+) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage"}})
+    p.observe(kline(HUNG, clock.now()))
+    for _ in range(200):
+        p.observe(MetricSample(clock.now(), {"load1_per_cpu": 9.0, "procs_blocked": 20},
+                               blocked_tasks=("nfsd",)))
+        clock.advance(1)
+    events = run(p, clock, 400)
+    lease = of(events, "verdict", action="node-restart", guard="lease")
+    assert len(lease) == 1 and lease[0].fields["allow"] is False
+    assert "no coordinator" in lease[0].fields["reason"]
+    page = of(events, "plan", action="page", problem="storage-hang")
+    assert page and page[0].t == lease[0].t  # climbed in the same cycle
+
+
+def test_observe_mode_denies_by_mode_and_plans_nothing(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "observe"}})
+    p.observe(kline(HUNG, clock.now()))
+    events, decisions = p.decide(clock.now())
+    assert decisions == []
+    denied = of(list(events), "verdict", allow=False)
+    # every rung is denied by the mode, the page included: observe reports, never acts
+    assert [(e.fields["action"], e.fields["guard"]) for e in denied] == [
+        ("restart-service", "mode"), ("page", "mode")]
+    assert p.sentence().startswith("no action: restart-service nfs-server.service denied")
+
+
+def test_a_plan_the_remediation_refuses_is_a_plan_denial_and_the_ladder_climbs(
+    tmp_path: Path
+) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "mail"}})
+    p.observe(kline("TCP: request_sock_TCP: Possible SYN flooding on port 25. "
+                    "Sending cookies.", clock.now()))
+    events, decisions = p.decide(clock.now())
+    refused = of(list(events), "verdict", guard="plan")
+    assert refused and refused[0].fields["allow"] is False
+    assert "'25' is not an IP address" in refused[0].fields["reason"]
+    assert [d.plan.action for d in decisions] == ["page"]
+    assert decisions[0].plan.steps[0].argv[-1].startswith("PAGE host=nas-a1 problem=syn-flood")
+
+
+def test_maintenance_set_by_another_process_is_seen_at_the_next_cycle(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    operator = SafetyState(tmp_path / "state", now=clock.now())  # `nodewarden maintenance`
+    operator.set_maintenance(clock.now(), 7200, "kernel upgrade", by="alice")
+    p.observe(kline(HUNG, clock.now()))
+    events, decisions = p.decide(clock.now())
+    assert decisions == []
+    (deny,) = of(list(events), "verdict", allow=False)
+    assert deny.fields["guard"] == "maintenance" and "kernel upgrade" in deny.fields["reason"]
+    operator.clear_maintenance()
+    clock.advance(400)  # the held rung is retried after retry_s
+    events, decisions = p.decide(clock.now())
+    assert [d.plan.action for d in decisions] == ["restart-service"]
+
+
+def test_approval_from_another_process_lets_the_rung_run_and_is_consumed(tmp_path: Path) -> None:
+    raw = {"agent": {"role": "storage", "mode": "enforce"}, "policy": {"hung-task": {
+        "subjects": ["nfsd*"], "rungs": [
+            {"action": "restart-service", "subject": "nfs-server.service",
+             "needs_approval": True}]}}}
+    p, clock, _ = make(tmp_path, raw)
+    p.observe(kline(HUNG, clock.now()))
+    events, decisions = p.decide(clock.now())
+    assert decisions == []
+    assert of(list(events), "verdict", guard="approval", allow=False)
+    operator = SafetyState(tmp_path / "state", now=clock.now())  # `nodewarden approve`
+    operator.approve("restart-service", "nfs-server.service", clock.now(), 3600, by="bob")
+    clock.advance(301)
+    events, decisions = p.decide(clock.now())
+    assert [d.plan.action for d in decisions] == ["restart-service"]
+    assert SafetyState(tmp_path / "state", now=clock.now()).approvals(clock.now()) == []
+
+
+def test_complete_after_a_failed_run_climbs_at_once(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    p.observe(kline(HUNG, clock.now()))
+    _, (d,) = p.decide(clock.now())
+    failed = Outcome(d.plan.action, d.plan.subject, ok=False, executed=True,
+                     detail="step 1 failed")
+    out = p.complete(d, failed)
+    assert out[0].fields["ok"] is False
+    clock.advance(1)
+    _, decisions = p.decide(clock.now())
+    assert [x.plan.action for x in decisions] == ["page"]  # not 300 s later
+
+
+def test_flapping_guard_pages_once_per_episode(tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
+    for when in (1000.0, 2000.0, 3000.0):  # three earlier "successful" fixes
+        p.state.record_fix("oom-kill", "dovecot", clock.now() - when, "restart-service")
+    p.observe(kline("Out of memory: Killed process 812 (dovecot) total-vm:1024kB, "
+                    "anon-rss:512kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:8kB "
+                    "oom_score_adj:0", clock.now()))
+    events = run(p, clock, 5, OkRunner())
+    flap = of(events, "verdict", guard="flapping", allow=False)
+    assert [e.fields["action"] for e in flap] == ["restart-service"]
+    pages = of(events, "plan", action="page")
+    assert len(pages) == 1 and "page a person" in pages[0].fields["reason"]
+
+
+def test_the_status_file_holds_the_sentence_and_the_findings(tmp_path: Path) -> None:
+    config, errors = parse_config({"agent": {
+        "role": "storage", "hostname": "nas-a1", "state_dir": str(tmp_path / "state"),
+        "signatures_dir": str(tmp_path / "none")}}, "t.toml")
+    assert errors == []
+    clock = FakeClock(T0)
+    p = build_pipeline(config, clock, check_preconditions=False, matcher=matcher())
+    p.observe(kline(HUNG, clock.now()))
+    p.decide(clock.now())
+    body = json.loads((tmp_path / "state" / CYCLE_FILE).read_text())
+    assert body["sentence"].startswith("acting: restart-service nfs-server.service (dry-run)")
+    assert [(f["problem"], f["subject"]) for f in body["findings"]] == [("hung-task", "nfsd")]
+
+
+@pytest.mark.parametrize("mode", ["dry-run", "enforce"])
+def test_decision_carries_every_verdict_and_the_plan_it_allowed(
+    tmp_path: Path, mode: str
+) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": mode}})
+    p.observe(kline(HUNG, clock.now()))
+    _, decisions = p.decide(clock.now())
+    (d,) = decisions
+    assert isinstance(d, Decision)
+    assert d.execute is (mode == "enforce")
+    assert all(v.allow for v in d.verdicts)
+    assert d.verdicts[-1].guard == "plan"

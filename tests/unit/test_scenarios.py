@@ -1,0 +1,246 @@
+"""Incident replays: each shipped scenario through `simulate`, with its asserted timeline.
+
+The scenarios live in tests/scenarios/ (docs/simulate.md says what each shows). Each test
+is named after its incident and asserts the key points of the timeline: which finding,
+which plan, which guard said no and why, and when.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main as cli_main
+from agent.pipeline_api import Event
+from agent.simulate import ScenarioError, parse_scenario, simulate_file
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+
+
+def replay(name: str, mode: str | None = None) -> list[Event]:
+    (path,) = SCENARIOS.glob(f"{name}*.jsonl")
+    # an explicit configuration file: the machine's /etc is never read
+    return simulate_file(path, config_file=str(SCENARIOS / "isolated.toml"), mode=mode)
+
+
+def kinds(events: Sequence[Event], kind: str, **match: Any) -> list[Event]:
+    return [e for e in events if e.kind == kind
+            and all(e.fields.get(k) == v for k, v in match.items())]
+
+
+def key_points(events: Sequence[Event]) -> list[tuple[str, str, object]]:
+    """(kind, problem or action, allow) for findings, plans, outcomes and denials."""
+    out: list[tuple[str, str, object]] = []
+    for e in events:
+        f = e.fields
+        if e.kind in ("finding", "resolved"):
+            out.append((e.kind, f"{f['problem']} {f['subject']}", f["trusted"]))
+        elif e.kind == "plan":
+            out.append(("plan", f"{f['action']} {f['subject']}", f["execute"]))
+        elif e.kind == "verdict" and not f["allow"]:
+            out.append(("deny", f"{f['action']} {f['subject']}", f["guard"]))
+    return out
+
+
+# --------------------------------------------------------------------------- incidents
+def test_000_storage_kernel_bug_restarts_nfs_then_node_denied_no_coordinator_then_pages(
+) -> None:
+    timeline = replay("000")
+    plans = kinds(timeline, "plan")
+    # the fault starts at t=30 (load, D-state nfsd); the first action is within a minute
+    first = plans[0]
+    assert (first.fields["action"], first.fields["subject"]) == (
+        "restart-service", "nfs-server.service")
+    assert 30 <= first.t <= 90
+    assert first.fields["steps"] == [["systemctl", "restart", "--", "nfs-server.service"]]
+    assert first.fields["execute"] is False  # shipped mode: dry-run, the plan is shown
+    # storage-hang (load + D state + hung-task line) climbs: node-restart needs a lease
+    hang = kinds(timeline, "finding", problem="storage-hang")
+    assert [e.fields["subject"] for e in hang] == ["nfsd", "nfsd"]  # two occurrences
+    denied = kinds(timeline, "verdict", action="node-restart", allow=False)
+    assert [e.fields["guard"] for e in denied] == ["lease", "lease"]
+    assert all("no coordinator" in e.fields["reason"] for e in denied)
+    assert not kinds(timeline, "plan", action="node-restart")
+    # ... and at once the next rung: a page naming storage-hang
+    for deny in denied:
+        pages = [e for e in kinds(timeline, "plan", action="page")
+                 if e.t == deny.t and e.fields["problem"] == "storage-hang"]
+        assert len(pages) == 1
+    # the second occurrence, 23 h later, is handled the same way from the first rung
+    second = [p for p in plans if p.t >= 84120]
+    assert [(p.fields["action"], p.fields["problem"]) for p in second][:2] == [
+        ("restart-service", "hung-task"), ("restart-service", "storage-hang")]
+    assert second[0].t - 84120 <= 60
+    assert denied[1].t > 84120
+    assert {e.fields["executed"] for e in kinds(timeline, "outcome")} == {False}
+
+
+def test_001_auth_flood_blocks_the_flooding_addresses_not_the_user_who_mistyped() -> None:
+    timeline = replay("001")
+    blocks = kinds(timeline, "plan", action="block-addresses")
+    assert sorted(e.fields["subject"] for e in blocks) == [
+        "192.0.2.44", "198.51.100.7", "203.0.113.5"]
+    assert all(e.t <= 60 for e in blocks)  # the flood starts at t=10
+    for e in blocks:
+        addr = e.fields["subject"]
+        assert any(addr in step for step in e.fields["steps"][1])  # nft add element ... ADDR
+    assert "198.51.100.200" not in json.dumps([e.to_json() for e in timeline
+                                                if e.kind == "plan"])
+    # the SYN flood names a port, not addresses: block-addresses refuses, a person is paged
+    syn = kinds(timeline, "verdict", action="block-addresses", subject="443", allow=False)
+    assert [e.fields["guard"] for e in syn] == ["plan"]
+    assert kinds(timeline, "plan", action="page", problem="syn-flood")
+    # webmail stops answering: restart it, failover needs a lease (none), page
+    assert key_points(kinds(timeline, "plan", problem="webmail-down")) == [
+        ("plan", "restart-service webmail", False),
+        ("plan", "page webmail-down webmail on mx1", False)]
+
+
+def test_002_rspamd_processing_loop_restarts_rspamd_then_pages() -> None:
+    timeline = replay("002")
+    points = [p for p in key_points(timeline) if p[0] in ("finding", "plan")]
+    assert points[:3] == [
+        ("finding", "spamfilter-loop rspamd", True),
+        ("plan", "restart-service rspamd.service", False),
+        ("plan", "page spamfilter-loop rspamd on mx2", False),
+    ]
+    restart = kinds(timeline, "plan", action="restart-service")[0]
+    assert restart.t <= 60  # ten errors in two minutes, the first at t=10
+    page = kinds(timeline, "plan", action="page", problem="spamfilter-loop")[0]
+    assert page.t - restart.t == pytest.approx(300)  # the restart's verify_s
+    assert kinds(timeline, "finding", problem="mailq-high")
+    assert kinds(timeline, "plan", action="page", problem="mailq-high")
+
+
+def test_003_provisioning_script_runaway_is_throttled_then_stopped() -> None:
+    timeline = replay("003")
+    plans = [(e.fields["action"], e.fields["subject"], e.t) for e in kinds(timeline, "plan")]
+    assert [p[:2] for p in plans] == [
+        ("throttle-unit", "provision.service"), ("stop-process", "provision.service"),
+        ("page", "runaway-unit provision.service on prov1")]
+    assert plans[0][2] == pytest.approx(60 + 300)  # sustained 5 min from t=60
+    assert plans[1][2] - plans[0][2] == pytest.approx(300)  # throttle's verify_s
+    # enforce in a replay: reported as executed and successful, nothing ran
+    outcomes = kinds(timeline, "outcome")
+    assert all(e.fields["executed"] and e.fields["ok"] for e in outcomes)
+    assert all(e.fields["detail"].startswith("simulated (nothing ran)") for e in outcomes)
+    assert kinds(timeline, "resolved", problem="runaway-unit")
+
+
+def test_004_degraded_cloud_hardware_pages_through_the_configured_command() -> None:
+    timeline = replay("004")
+    steal = kinds(timeline, "finding", problem="cpu-steal-high")
+    assert len(steal) == 1 and steal[0].t <= 120  # steal from t=30, sustained 60 s
+    page = kinds(timeline, "plan", action="page", problem="cpu-steal-high")[0]
+    assert page.t == steal[0].t
+    assert page.fields["execute"] is True  # [guards.mode] page = "enforce"
+    assert page.fields["steps"][1][:2] == ["/usr/local/bin/page-oncall", "cpu-steal-high"]
+    outcome = kinds(timeline, "outcome", action="page", problem="cpu-steal-high")[0]
+    assert outcome.fields["ok"] and outcome.fields["executed"]
+    assert [r["argv"][0] for r in outcome.fields["results"]] == [
+        "logger", "/usr/local/bin/page-oncall"]
+    # the protocol probes fail too; their ladders end in pages with outcomes as well
+    for problem in ("imap-down", "pop3-down", "smtp-down"):
+        assert kinds(timeline, "outcome", action="page", problem=problem, ok=True)
+
+
+def test_flapping_fix_that_does_not_stick_is_stopped_and_paged() -> None:
+    timeline = replay("flapping")
+    throttles = kinds(timeline, "plan", action="throttle-unit")
+    assert len(throttles) == 3  # three "successful" fixes
+    flap = kinds(timeline, "verdict", guard="flapping", allow=False)
+    assert flap and flap[0].fields["action"] == "throttle-unit"
+    assert "came back after 3 fixes" in flap[0].fields["reason"]
+    assert flap[0].t > throttles[-1].t
+    page = kinds(timeline, "plan", action="page")
+    assert page and page[0].t == flap[0].t
+    assert "page a person" in page[0].fields["reason"]
+
+
+def test_spoofed_kernel_line_is_reported_never_acted_on() -> None:
+    timeline = replay("spoofed")  # enforce mode: it would act if it trusted the line
+    findings = kinds(timeline, "finding", problem="hung-task")
+    assert findings and all(e.fields["trusted"] is False for e in findings)
+    assert not kinds(timeline, "plan")
+    assert not kinds(timeline, "outcome")
+    denials = kinds(timeline, "verdict", allow=False)
+    assert denials and {e.fields["guard"] for e in denials} == {"trust"}
+    assert len(kinds(timeline, "verdict", guard="trust")) == 1  # held, never proposed again
+
+
+def test_every_shipped_scenario_has_a_test() -> None:
+    names = sorted(p.name.split("_")[0] for p in SCENARIOS.glob("*.jsonl"))
+    assert names == ["000", "001", "002", "003", "004", "flapping", "spoofed"]
+
+
+# --------------------------------------------------------------------------- modes, CLI
+def test_observe_mode_plans_nothing_and_reports_every_finding() -> None:
+    timeline = replay("000", mode="observe")
+    assert not kinds(timeline, "plan")
+    assert kinds(timeline, "finding", problem="storage-hang")
+    assert {e.fields["guard"] for e in kinds(timeline, "verdict", allow=False)} == {"mode"}
+
+
+def test_simulate_json_lines_carry_t_kind_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    path = next(SCENARIOS.glob("spoofed*.jsonl"))
+    code = cli_main(["simulate", str(path), "--json", "--config", str(SCENARIOS / "isolated.toml")])
+    assert code == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[0]["t"] == 20 and lines[0]["kind"] == "finding"
+    assert lines[0]["problem"] == "hung-task" and lines[0]["subject"] == "nfsd"
+    verdict = next(x for x in lines if x["kind"] == "verdict")
+    assert {"action", "guard", "allow", "reason"} <= set(verdict)
+
+
+@pytest.mark.parametrize(("text", "line", "reason"), [
+    ('{"t": 0, "kmsg": "x"}\n{"t": 1, "kmsg": 5}', 2, "kmsg must be"),
+    ('{"t": 0, "kmsg": "x"}\nnot json', 2, "not valid JSON"),
+    ('{"t": 5, "kmsg": "x"}\n{"t": 1, "kmsg": "y"}', 2, "goes back in time"),
+    ('{"t": 0, "kmsg": "x", "log": "y"}', 1, "exactly one of"),
+    ('{"kmsg": "x"}', 1, 'needs "t"'),
+    ('{"t": 0, "log": "x"}', 1, 'needs "source"'),
+    ('{"t": 0, "probe": "imap"}', 1, '"ok"'),
+    ('{"t": 0, "udev": "eject", "device": "sdb"}', 1, "add, remove or change"),
+    ('{"t": 0, "metrics": {"load1": "high"}}', 1, "must be a number"),
+    ('{"t": 0, "kmsg": "x", "facility": 99}', 1, "facility"),
+    ('{"t": 0, "kmsg": "x"}\n{"host": {"role": "mail"}}', 2, "first line"),
+    ('{"host": {"role": "filer"}}', 1, "role must be one of"),
+    ('{"t": 0, "kmsg": "x", "colour": 1}', 1, "unknown key"),
+    ("[1, 2]", 1, "JSON object"),
+])
+def test_malformed_scenario_lines_are_refused_with_their_line(
+    text: str, line: int, reason: str
+) -> None:
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario(text, "s.jsonl")
+    assert info.value.line == line
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"s.jsonl:{line}: ")
+
+
+def test_simulate_cli_exits_2_on_a_bad_line_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"t": 0, "metrics": {"load1_per_cpu": 1}}\n{"t": 1, "metrics": '
+                   '{"load_per_cpu": 9}}\n')
+    code = cli_main(["simulate", str(bad), "--config", str(SCENARIOS / "isolated.toml")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{bad}:2: unknown metric 'load_per_cpu'" in err
+    assert "Traceback" not in err
+
+
+def test_simulate_cli_refuses_a_bad_host_config_with_key_and_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"host": {"config": {"guards": {"cooldown": {"default_s": "long"}}}}}\n'
+                   '{"t": 0, "kmsg": "x"}\n')
+    code = cli_main(["simulate", str(bad), "--config", str(SCENARIOS / "isolated.toml")])
+    assert code == 2
+    assert "guards.cooldown.default_s: must be a number" in capsys.readouterr().err

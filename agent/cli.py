@@ -60,7 +60,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, CommandModule]]:
             if exc.name != f"agent.commands.{name}":
                 raise
             continue  # not built yet
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # argparse %-formats `help` (not `description`): a bare "%" in HELP must survive
+        p = sub.add_parser(name, help=module.HELP.replace("%", "%%"), description=module.HELP)
         module.add_arguments(p)
         modules[name] = module
     return parser, modules

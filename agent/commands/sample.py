@@ -19,7 +19,7 @@ RATE_WINDOW_S = 1.0
 
 HELP = (
     "Print one metrics sample, the block-device inventory and the result of every "
-    "configured probe. Takes about one second: rates (CPU %%, TCP, disks) are deltas "
+    "configured probe. Takes about one second: rates (CPU %, TCP, disks) are deltas "
     "between a priming read and a sample taken one second later. Metric names are the "
     "stable ones of docs/metrics.md."
 )

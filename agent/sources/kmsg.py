@@ -308,7 +308,10 @@ class KmsgFollower:
             seq = line.seq
             assert seq is not None  # parse_record always sets it
             if seq <= self._skip_through:
-                continue  # delivered before this follower started
+                # Delivered before this follower started. An overrun that lands here
+                # overwrote only records already delivered: nothing was lost.
+                self._overrun_pending = False
+                continue
             self._count_gap(seq)
             self._last_seq = seq
             out.append(line)

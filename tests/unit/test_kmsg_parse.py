@@ -209,6 +209,18 @@ def test_resume_counts_records_overwritten_while_down(tmp_path: Path, boot_id: P
     assert f.lost == 4  # 6, 7, 8, 9
 
 
+def test_resume_overrun_among_delivered_records_loses_nothing(
+    tmp_path: Path, boot_id: Path
+) -> None:
+    """A busy ring overwrote its oldest records while the follower skipped past them."""
+    save_position(tmp_path / "kmsg.json",
+                  KmsgPosition("11111111-2222-3333-4444-555555555555", 5))
+    dev = ScriptedKmsg([rec(1), BrokenPipeError(32, "overwritten"), rec(4), rec(5), rec(6)])
+    f = follower(tmp_path, boot_id, dev)
+    assert [ln.seq for ln in f.read_available()] == [6]
+    assert (f.overruns, f.lost) == (1, 0)
+
+
 def test_other_boot_reads_the_whole_ring(tmp_path: Path, boot_id: Path) -> None:
     save_position(tmp_path / "kmsg.json", KmsgPosition("an-earlier-boot", 500))
     dev = ScriptedKmsg([rec(0), rec(1)])

@@ -12,13 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+from agent.state.files import StateError, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,9 @@ def intents_dir(state_dir: Path) -> Path:
     return state_dir / "intents"
 
 
-def _write_atomic(path: Path, data: str) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save(state_dir: Path, intent: Intent) -> Intent:
-    _write_atomic(intents_dir(state_dir) / f"{intent.id}.json",
-                  json.dumps(asdict(intent), sort_keys=True) + "\n")
+    intents_dir(state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_json_atomic(intents_dir(state_dir) / f"{intent.id}.json", asdict(intent))
     return intent
 
 
@@ -134,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             intent = write_intent(args.state_dir, args.action, args.subject, args.reason,
                                   now=time.time(), boot_id=current_boot_id())
-        except OSError as exc:
+        except (OSError, StateError) as exc:
             print(f"cannot write intent: {exc}", file=sys.stderr)
             return 1
         print(intent.id)

@@ -27,6 +27,7 @@ from typing import Protocol
 
 from agent.clock import Clock
 from agent.model import EMPTY, LogLine
+from agent.state.files import StateError, write_json_atomic
 
 DEFAULT_DEVICE = Path("/dev/kmsg")
 DEFAULT_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
@@ -193,21 +194,8 @@ def load_position(path: Path) -> KmsgPosition | None:
 
 
 def save_position(path: Path, pos: KmsgPosition) -> None:
-    """Write atomically and durably: tmp file, fsync, rename, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    data = json.dumps({"boot_id": pos.boot_id, "seq": pos.seq}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write atomically and durably (agent.state.files); StateError if it cannot."""
+    write_json_atomic(path, {"boot_id": pos.boot_id, "seq": pos.seq})
 
 
 # --------------------------------------------------------------------------- follower
@@ -258,6 +246,7 @@ class KmsgFollower:
         self._overrun_pending = False
         self.lost = 0
         self.overruns = 0
+        self.save_errors = 0
         self.bad_records = 0
         self.read_errors = 0
         self.last_error = ""
@@ -337,7 +326,15 @@ class KmsgFollower:
         """Persist the position of every record handed out so far (cheap when unchanged)."""
         if self._last_seq is None or self._last_seq == self._saved_seq:
             return
-        save_position(self._state_path, KmsgPosition(self.boot_id, self._last_seq))
+        try:
+            save_position(self._state_path, KmsgPosition(self.boot_id, self._last_seq))
+        except StateError as exc:
+            # A full disk must not stop the kernel log: the old position stays on disk,
+            # so at worst records are delivered twice after a restart (at least once).
+            self.save_errors += 1
+            self.last_error = str(exc)
+            self._last_save = self._clock.monotonic()
+            return
         self._saved_seq = self._last_seq
         self._last_save = self._clock.monotonic()
 

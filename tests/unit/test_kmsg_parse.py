@@ -304,3 +304,19 @@ def test_read_error_ends_the_batch_without_crashing(tmp_path: Path, boot_id: Pat
     assert [ln.seq for ln in f.read_available()] == [0]
     assert f.stats().read_errors == 1 and "Invalid argument" in f.last_error
     assert [ln.seq for ln in f.read_available()] == [1]
+
+
+def test_position_that_cannot_be_written_is_counted_and_reading_goes_on(
+    tmp_path: Path, boot_id: Path
+) -> None:
+    """A full or broken state disk must not stop the kernel log (at least once)."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the state directory should be")
+    dev = ScriptedKmsg([rec(0), rec(1)])
+    f = KmsgFollower(blocker / "kmsg.json", FakeClock(), boot_id_path=boot_id,
+                     opener=lambda _p: dev, save_interval_s=0.0)
+    assert [ln.seq for ln in f.read_available()] == [0, 1]
+    dev.items.append(rec(2))
+    assert [ln.seq for ln in f.read_available()] == [2]
+    assert f.save_errors == 1
+    assert "cannot write" in f.last_error

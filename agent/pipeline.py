@@ -251,8 +251,9 @@ class DecisionPipeline:
         for warning in self.policy.warnings:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()
-        self._sentence = self._summarize(acted, events)
-        self._write_status(now)
+        firing = self.detectors.active()
+        self._sentence = self._summarize(acted, events, firing)
+        self._write_status(now, firing)
         return events, decisions
 
     def _consider(
@@ -342,22 +343,26 @@ class DecisionPipeline:
         """The last cycle's one-line summary (STYLE.md 3)."""
         return self._sentence
 
-    def _write_status(self, now: float) -> None:
+    def idle(self) -> bool:
+        """Nothing is firing: a decide() now would propose nothing (cheap to ask)."""
+        return not self.detectors.any_firing()
+
+    def _write_status(self, now: float, firing: Sequence[Finding]) -> None:
         """`nodewarden status` (another process) reads the sentence and the findings here.
 
         Written when the findings change, else at most every STATUS_EVERY_S; not fsync'd
         (it is a view, rebuilt every cycle, not safety state)."""
         if self.status_file is None:
             return
+        keys = [(f.problem, f.subject, f.trusted) for f in firing]
+        last = self._status_written
+        if last is not None and last[1] == keys and now - last[0] < STATUS_EVERY_S:
+            return
         findings = [{
             "problem": f.problem, "subject": f.subject, "severity": f.severity,
             "trusted": f.trusted, "first_seen": f.first_seen, "count": f.count,
             "rule": f.rule, "evidence": list(f.evidence[-1:]),
-        } for f in self.detectors.active()]
-        keys = [(f["problem"], f["subject"], f["trusted"]) for f in findings]
-        last = self._status_written
-        if last is not None and last[1] == keys and now - last[0] < STATUS_EVERY_S:
-            return
+        } for f in firing]
         body = {"t": now, "sentence": self._sentence, "mode": self.config.agent.mode,
                 "role": self.config.agent.role, "host": self.config.agent.hostname,
                 "findings": findings}
@@ -369,8 +374,9 @@ class DecisionPipeline:
             return  # status is a convenience; the audit log has the truth
         self._status_written = (now, keys)
 
-    def _summarize(self, acted: list[str], events: list[Event]) -> str:
-        firing = self.detectors.active()
+    def _summarize(
+        self, acted: list[str], events: list[Event], firing: Sequence[Finding]
+    ) -> str:
         n = f"{len(firing)} finding{'' if len(firing) == 1 else 's'} firing"
         if acted:
             return f"acting: {', '.join(acted)}; {n}"

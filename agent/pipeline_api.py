@@ -63,3 +63,6 @@ class Pipeline(Protocol):
         an allowed one also a plan event and a Decision; a denied one no Decision."""
 
     def complete(self, decision: Decision, outcome: Outcome) -> Sequence[Event]: ...
+
+    def idle(self) -> bool:
+        """Nothing is firing, so decide() would propose nothing (the driver may wait)."""

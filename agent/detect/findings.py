@@ -127,7 +127,11 @@ class Detectors:
         self.rules = tuple(rules)
         self.evidence_limit = evidence_limit
         self._threshold = [r for r in self.rules if isinstance(r, ThresholdRule)]
-        self._patterns = {r.name: _metric_pattern(r.metric) for r in self._threshold}
+        # A literal metric is a dict lookup; only wildcard metrics ("unit.*.cpu_pct") scan
+        # the sample's names (this runs every second on the hot path).
+        self._literal = [r for r in self._threshold if "*" not in r.metric]
+        self._wildcard = [(r, _metric_pattern(r.metric)) for r in self._threshold
+                          if "*" in r.metric]
         self._signature = [r for r in self.rules if isinstance(r, SignatureRule)]
         self._probe = [r for r in self.rules if isinstance(r, ProbeRule)]
         self._device = [r for r in self.rules if isinstance(r, DeviceRule)]
@@ -156,6 +160,15 @@ class Detectors:
                 out.setdefault(live.rule, []).append(live)
         return out
 
+    def any_firing(self) -> bool:
+        """True when any finding is firing (no snapshots built: the idle check)."""
+        return (
+            any(s.live is not None for s in self._th.values())
+            or any(w.live is not None for w in self._sig.values())
+            or any(p.live is not None for p in self._pr.values())
+            or bool(self._dev) or bool(self._all)
+        )
+
     def active(self) -> list[Finding]:
         """Every firing finding, sorted by (problem, subject)."""
         lives = [x for group in self._firing_by_rule().values() for x in group]
@@ -164,14 +177,17 @@ class Detectors:
     # ------------------------------------------------------------------ thresholds
     def on_metrics(self, sample: MetricSample) -> list[Finding]:
         changes: list[Finding] = []
-        for rule in self._threshold:
-            pattern = self._patterns[rule.name]
-            for metric, value in sample.values.items():
+        values = sample.values
+        for rule in self._literal:
+            value = values.get(rule.metric)
+            if value is not None:
+                changes += self._threshold_step(rule, rule.metric, "", float(value), sample)
+        for rule, pattern in self._wildcard:
+            for metric, value in values.items():
                 m = pattern.match(metric)
-                if m is None:
-                    continue
-                changes += self._threshold_step(rule, metric, m.group(1) if m.groups() else "",
-                                                float(value), sample)
+                if m is not None:
+                    changes += self._threshold_step(rule, metric, m.group(1), float(value),
+                                                    sample)
         return changes + self._eval_all_of(sample.t)
 
     def _threshold_step(self, rule: ThresholdRule, metric: str, match: str, value: float,

@@ -34,6 +34,9 @@ from agent.sources.periodic import Periodic
 
 #: default cadences of the slow parts (seconds)
 DSTATE_INTERVAL_S = 5.0
+#: ... and while the host looks quiet (no I/O waiters, load1 < 1, no D-state task at the
+#: last scan): each scan reads every /proc/PID/stat, the largest part of idle CPU
+DSTATE_QUIET_INTERVAL_S = 30.0
 UNIT_CPU_INTERVAL_S = 5.0
 FS_INTERVAL_S = 10.0
 MAILQ_INTERVAL_S = 30.0
@@ -115,8 +118,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "D-state waits that are not I/O waits, e.g. on a lock, are not counted)"),
     MetricSpec("procs_dstate", "tasks", "/proc/[pid]/stat",
                f"processes in D state (uninterruptible sleep) at the last scan, every "
-               f"{DSTATE_INTERVAL_S:g} s by default; their names are "
-               "MetricSample.blocked_tasks",
+               f"{DSTATE_INTERVAL_S:g} s by default, every {DSTATE_QUIET_INTERVAL_S:g} s "
+               "while the host is quiet (procs_blocked 0, load1 < 1, none at the last "
+               "scan); their names are MetricSample.blocked_tasks",
                "/proc cannot be listed"),
     MetricSpec("tcp_listen_overflows_per_s", "1/s", "/proc/net/netstat",
                "TcpExt ListenOverflows: connections dropped because a listen queue "
@@ -262,7 +266,7 @@ class MetricsSampler:
         self._units = UnitReading()
 
         self._prev = self._read_counters({}, {}, set())
-        self._scan_dstate_if_due()
+        self._scan_dstate_if_due(quiet=False)
         self._scan_units_if_due()
         if background:
             if settings.filesystems:
@@ -452,9 +456,11 @@ class MetricsSampler:
         return selection
 
     # ----------------------------------------------------------------------------- D state
-    def _scan_dstate_if_due(self) -> None:
+    def _scan_dstate_if_due(self, quiet: bool) -> None:
         now = self._clock.monotonic()
-        if self._dstate_at is not None and now - self._dstate_at < self._dstate_interval_s:
+        interval = max(self._dstate_interval_s, DSTATE_QUIET_INTERVAL_S) if quiet else (
+            self._dstate_interval_s)
+        if self._dstate_at is not None and now - self._dstate_at < interval:
             return
         self._dstate_at = now
         try:
@@ -467,7 +473,11 @@ class MetricsSampler:
     def _dstate_values(
         self, values: dict[str, float], reasons: dict[str, str], unavailable: set[str]
     ) -> tuple[str, ...]:
-        self._scan_dstate_if_due()
+        quiet = (
+            values.get("procs_blocked", 1.0) == 0 and values.get("load1", 1.0) < 1.0
+            and (self._dstate is None or self._dstate[0] == 0)
+        )
+        self._scan_dstate_if_due(quiet)
         if self._dstate is None:
             _mark(("procs_dstate",), self._dstate_error, reasons, unavailable)
             return ()

@@ -105,8 +105,11 @@ def parse_stat(text: str) -> StatInfo:
 
 
 # --------------------------------------------------------------------------- /proc/net/netstat
-def parse_tcpext(text: str) -> dict[str, int]:
-    """The TcpExt header/value line pair of /proc/net/netstat as {counter: value}."""
+def parse_tcpext(text: str, wanted: tuple[str, ...] = TCPEXT_COUNTERS) -> dict[str, int]:
+    """The `wanted` counters of the TcpExt header/value line pair of /proc/net/netstat.
+
+    Only the wanted ones are converted: the line has ~120 counters and this runs every
+    second (absent ones, on older kernels, are simply missing)."""
     i = text.find("TcpExt:")
     if i < 0:
         raise ValueError("no TcpExt lines")
@@ -116,7 +119,7 @@ def parse_tcpext(text: str) -> dict[str, int]:
     values = text[j + 1 : k if k >= 0 else len(text)].split()
     if len(names) != len(values) or values[:1] != ["TcpExt:"]:
         raise ValueError("TcpExt header and value lines do not pair up")
-    return {n: int(v) for n, v in zip(names[1:], values[1:], strict=True)}
+    return {n: int(values[names.index(n)]) for n in wanted if n in names}
 
 
 # --------------------------------------------------------------------------- /proc/pressure/*

@@ -122,6 +122,41 @@ def test_dstate_scan_runs_on_its_own_cadence(tmp_path: Path, clock: FakeClock) -
     assert sampler.sample().blocked_tasks == ("jbd2/dm-0-8", "nfsd")
 
 
+def quiet_copy(tmp: Path, name: str) -> Path:
+    """A copy of a captured /proc whose host looks quiet: no I/O waiters, load1 0.10."""
+    import shutil
+
+    dest = tmp / f"{name}-quiet"
+    shutil.copytree(FIXTURES / name, dest, symlinks=True)
+    stat = dest / "stat"
+    stat.write_text("".join(
+        "procs_blocked 0\n" if line.startswith("procs_blocked") else line
+        for line in stat.read_text().splitlines(keepends=True)))
+    (dest / "loadavg").write_text("0.10 0.10 0.10 1/250 4200\n")
+    return dest
+
+
+def test_dstate_scan_slows_down_while_the_host_is_quiet(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Each scan reads every /proc/PID/stat: on a quiet host every 30 s, not every 5 s."""
+    link = tmp_path / "proc"
+    link.symlink_to(quiet_copy(tmp_path, "proc_t0"))
+    sampler = MetricsSampler(
+        NO_SLOW, clock, link, SYS, background=False, dstate_interval_s=5.0
+    )
+    link.unlink()
+    link.symlink_to(quiet_copy(tmp_path, "proc_t1"))  # D-state tasks, yet a quiet host
+    clock.advance(6.0)
+    assert sampler.sample().blocked_tasks == ()  # quiet: not rescanned after 6 s
+    clock.advance(24.0)
+    assert sampler.sample().blocked_tasks == ("jbd2/dm-0-8", "nfsd")  # 30 s: rescanned
+    link.unlink()
+    link.symlink_to(tmp_path / "proc_t0-quiet")  # the last scan found some: every 5 s
+    clock.advance(5.0)
+    assert sampler.sample().values["procs_dstate"] == 0.0
+
+
 def test_partitions_loop_and_ram_devices_skipped(tmp_path: Path, clock: FakeClock) -> None:
     names = {n.split(".")[1] for n in two_samples(tmp_path, clock).sample().values
              if n.startswith("disk.")}

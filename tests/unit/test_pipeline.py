@@ -253,3 +253,12 @@ def test_decision_carries_every_verdict_and_the_plan_it_allowed(
     assert d.execute is (mode == "enforce")
     assert all(v.allow for v in d.verdicts)
     assert d.verdicts[-1].guard == "plan"
+
+
+def test_idle_only_while_nothing_fires(tmp_path: Path) -> None:
+    """The daemon decides every 10 s instead of every second while the pipeline is idle."""
+    pipeline, clock, _ = make(tmp_path, {"agent": {"role": "storage"}})
+    assert pipeline.idle()
+    pipeline.observe(kline(HUNG, clock.now()))
+    assert not pipeline.idle()
+    assert [f.problem for f in pipeline.active()] == ["hung-task"]

@@ -11,10 +11,10 @@ import contextlib
 import json
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -25,10 +25,16 @@ DEADLINE_S = 20.0
 
 
 def nodewarden_bin() -> str:
-    """The installed console script (a missing install fails the test, it does not skip)."""
-    path = shutil.which("nodewarden")
-    assert path is not None, "console script `nodewarden` not on PATH: pip install -e ."
-    return path
+    """The console script installed beside this interpreter (`pip install -e .`).
+
+    Not the first `nodewarden` on PATH: that may be another install (the README's
+    /usr/local/bin link into /opt/nodewarden) of another version. A missing install fails
+    the test, it does not skip."""
+    path = Path(sys.executable).parent / "nodewarden"
+    if not path.exists():  # pyenv: the scripts sit beside the real interpreter
+        path = Path(os.path.realpath(sys.executable)).parent / "nodewarden"
+    assert path.exists(), f"console script {path} missing: pip install -e ."
+    return str(path)
 
 
 def token() -> str:

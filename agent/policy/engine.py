@@ -238,14 +238,32 @@ class Policy:
             pos.executed = True
             pos.due_at = now  # it did not work: climb at the next step
         elif outcome == "denied":
+            recent = self._recent_run(proposal, ladder, now) if set(denied_by) == {
+                "cooldown"} else None
             if not proposal.trusted:
                 pos.held = True
+            elif recent is not None and ladder is not None:
+                # Another ladder ran this very action moments ago (a hung nfsd restarted
+                # nfs-server before the storage hang was recognised): that run counts as
+                # this rung, so the ladder waits out its verify time, then climbs.
+                pos.executed = True
+                pos.last_rung_at = recent
+                pos.due_at = recent + ladder.rungs[proposal.rung].verify_s
             elif set(denied_by) and set(denied_by) <= HOLDING_GUARDS and ladder is not None:
                 pos.next_rung = proposal.rung
                 pos.due_at = now + ladder.retry_s
             else:
                 pos.due_at = now
         self._save()
+
+    def _recent_run(self, proposal: Proposal, ladder: Ladder | None, now: float) -> float | None:
+        """When the same action on the same subject ran within this rung's verify time."""
+        if self.state is None or ladder is None or proposal.rung >= len(ladder.rungs):
+            return None
+        verify_s = ladder.rungs[proposal.rung].verify_s
+        runs = self.state.executions(action=proposal.action, subject=proposal.subject,
+                                     since=now - verify_s)
+        return max((e.t for e in runs), default=None)
 
     # ------------------------------------------------------------------ status
     def positions(self) -> list[LadderPosition]:

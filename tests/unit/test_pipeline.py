@@ -141,6 +141,32 @@ def test_node_restart_is_denied_without_a_coordinator_and_the_ladder_pages(
     assert page and page[0].t == lease[0].t  # climbed in the same cycle
 
 
+def test_incident_000_a_restart_another_ladder_just_ran_counts_for_storage_hang(
+    tmp_path: Path
+) -> None:
+    """hung-task restarted nfs-server; when storage-hang is recognised 2 min later its own
+    restart rung is in cooldown: that run counts, and the ladder climbs 300 s after it,
+    not after the cooldown ran out (incident 000: the node restart was the fix)."""
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    t0 = clock.now()
+    p.observe(kline(HUNG, clock.now()))
+    events = run(p, clock, 1, OkRunner())
+    assert [e.fields["problem"] for e in of(events, "plan")] == ["hung-task"]
+    for _ in range(200):  # load and D-state tasks: storage-hang after load-high's 120 s
+        p.observe(MetricSample(clock.now(), {"load1_per_cpu": 9.0, "procs_blocked": 20},
+                               blocked_tasks=("nfsd",)))
+        events += run(p, clock, 1, OkRunner())
+    cooldown = of(events, "verdict", action="restart-service", problem="storage-hang",
+                  guard="cooldown")
+    assert cooldown and cooldown[0].fields["allow"] is False
+    events += run(p, clock, 200, OkRunner())
+    node = of(events, "verdict", action="node-restart", guard="lease")
+    assert node, "storage-hang never climbed to node-restart"
+    assert node[0].t == pytest.approx(t0 + 300, abs=2)  # restart at t0 + verify_s 300
+    restarts = of(events, "plan", action="restart-service")
+    assert len(restarts) == 1  # nfs-server was not restarted a second time
+
+
 def test_observe_mode_denies_by_mode_and_plans_nothing(tmp_path: Path) -> None:
     p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "observe"}})
     p.observe(kline(HUNG, clock.now()))

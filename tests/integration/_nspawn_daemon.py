@@ -46,8 +46,11 @@ class Container:
         self.console_log = workdir / "nspawn-console.log"
         with self.console_log.open("wb") as out:
             self.proc = subprocess.Popen(
+                # --private-network and basic.target: the host's own dovecot, postfix,
+                # sshd... must not start inside on the host's network (its ports)
                 [nspawn, "-D", "/", "--volatile=yes", "--boot", "--register=no",
-                 "--keep-unit", *_binds(), "--", "systemd.firstboot=off"],
+                 "--keep-unit", "--private-network", *_binds(), "--",
+                 "systemd.firstboot=off", "systemd.unit=basic.target"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             )
         self.pid = self._init_pid()

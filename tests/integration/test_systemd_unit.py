@@ -64,8 +64,12 @@ def test_watchdog_restarts_a_hung_agent_in_a_real_systemd(tmp_path: Path) -> Non
     unit = UNIT.read_text().replace("/usr/local/bin/nodewarden", str(console_script()))
     with booted_container(tmp_path) as c:
         c.write("/etc/systemd/system/nodewarden.service", unit)
-        c.write("/etc/systemd/system/nodewarden.service.d/test.conf",
-                "[Service]\nWatchdogSec=3s\nRestartSec=1s\n")
+        dropin = "[Service]\nWatchdogSec=3s\nRestartSec=1s\n"
+        if any(str(p).startswith(("/tmp/", "/var/tmp/")) for p in (REPO, console_script())):
+            # the checkout (CI clones anywhere) must be visible to the service: the unit's
+            # PrivateTmp=yes would hide a checkout under /tmp
+            dropin += "PrivateTmp=no\n"
+        c.write("/etc/systemd/system/nodewarden.service.d/test.conf", dropin)
         # /dev/kmsg of a container is not the kernel ring: this test is about systemd
         c.write("/etc/nodewarden/agent.toml",
                 '[agent]\nstate_dir = "/var/lib/nw-test"\nsample_interval_s = 0.5\n'

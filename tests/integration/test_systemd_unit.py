@@ -64,7 +64,8 @@ def test_watchdog_restarts_a_hung_agent_in_a_real_systemd(tmp_path: Path) -> Non
     unit = UNIT.read_text().replace("/usr/local/bin/nodewarden", str(console_script()))
     with booted_container(tmp_path) as c:
         c.write("/etc/systemd/system/nodewarden.service", unit)
-        dropin = "[Service]\nWatchdogSec=3s\nRestartSec=1s\n"
+        # this checkout's code, whichever checkout `pip install -e` last pointed at
+        dropin = f"[Service]\nWatchdogSec=3s\nRestartSec=1s\nEnvironment=PYTHONPATH={REPO}\n"
         if any(str(p).startswith(("/tmp/", "/var/tmp/")) for p in (REPO, console_script())):
             # the checkout (CI clones anywhere) must be visible to the service: the unit's
             # PrivateTmp=yes would hide a checkout under /tmp

@@ -111,6 +111,15 @@ def _metric_pattern(metric: str) -> re.Pattern[str]:
     return re.compile("^" + re.escape(metric).replace(r"\*", "(.+?)") + "$")
 
 
+def _match_values(metric: str, m: re.Match[str] | None) -> dict[str, str]:
+    """{match} (first `*` to last) and {match1}.. (each `*`) of a wildcard metric."""
+    if m is None or not m.lastindex:
+        return {"match": ""}
+    out = {f"match{i}": m.group(i) for i in range(1, m.lastindex + 1)}
+    out["match"] = metric[m.start(1) : m.end(m.lastindex)]
+    return out
+
+
 def _first_task(sample: MetricSample, name: str) -> str:
     tasks = getattr(sample, name, ())
     if isinstance(tasks, Mapping):
@@ -181,17 +190,17 @@ class Detectors:
         for rule in self._literal:
             value = values.get(rule.metric)
             if value is not None:
-                changes += self._threshold_step(rule, rule.metric, "", float(value), sample)
+                changes += self._threshold_step(rule, rule.metric, None, float(value),
+                                                sample)
         for rule, pattern in self._wildcard:
             for metric, value in values.items():
                 m = pattern.match(metric)
                 if m is not None:
-                    changes += self._threshold_step(rule, metric, m.group(1), float(value),
-                                                    sample)
+                    changes += self._threshold_step(rule, metric, m, float(value), sample)
         return changes + self._eval_all_of(sample.t)
 
-    def _threshold_step(self, rule: ThresholdRule, metric: str, match: str, value: float,
-                        sample: MetricSample) -> list[Finding]:
+    def _threshold_step(self, rule: ThresholdRule, metric: str, match: re.Match[str] | None,
+                        value: float, sample: MetricSample) -> list[Finding]:
         st = self._th.setdefault((rule.name, metric), _Threshold())
         t = sample.t
         text = f"{metric}={value:g} at {t:.0f} ({rule.op} {rule.level:g})"
@@ -207,7 +216,7 @@ class Detectors:
             if t - st.pending_since < rule.for_s:
                 return []
             subject = render(rule.subject, {
-                "match": match, "metric": metric,
+                **_match_values(metric, match), "metric": metric,
                 "blocked_task": _first_task(sample, "blocked_tasks"),
                 "top_task": _first_task(sample, "top_tasks"),
             })

@@ -6,8 +6,11 @@ the default whole; `enabled = false` removes it. Kinds:
 
 threshold   metric OP level, held for `for_s`; resolves when `metric OP clear` (the clear
             level, default = level) has been false for `clear_for_s`. `metric` may hold
-            one `*` (`disk.*.await_ms`): each matching metric is watched on its own.
-            subject template: {match} (what `*` matched), {metric}, {blocked_task}
+            up to three `*` (`disk.*.await_ms`, `tcp_synrecv.*.*`): each matching metric
+            is watched on its own; each `*` matches as little as it can, so in
+            `tcp_synrecv.*.*` the first is the port and the second the whole address.
+            subject template: {match} (what the `*`s matched, from the first to the
+            last), {match1} {match2} {match3} (what each `*` matched), {metric}, {blocked_task}
             (the first D-state task of the sample), {top_task} (the sample's
             `top_tasks[0]` when the sampler provides it), default "host".
             Evidence: each value, plus the sample's `details[metric]` when the sampler
@@ -41,6 +44,8 @@ if TYPE_CHECKING:
 
 RULE_KINDS = ("threshold", "signature", "probe", "device", "all_of")
 OPS = (">", ">=", "<", "<=")
+#: wildcards in a threshold rule's metric ({match1}..{match3} in its subject)
+MAX_METRIC_STARS = 3
 SEVERITIES: tuple[str, ...] = get_args(Severity)
 Op = Literal[">", ">=", "<", "<="]
 
@@ -138,7 +143,8 @@ def problem_of(rule: Rule) -> str:
 
 # --------------------------------------------------------------------------- parsing
 _SUBJECT_NAMES: dict[str, frozenset[str] | None] = {
-    "threshold": frozenset({"match", "metric", "blocked_task", "top_task"}),
+    "threshold": frozenset({"match", "match1", "match2", "match3", "metric",
+                            "blocked_task", "top_task"}),
     "signature": None,  # named groups are open-ended
     "probe": frozenset({"probe"}),
     "device": frozenset({"device"}),
@@ -171,8 +177,8 @@ def parse_rule(name: str, s: Section) -> Rule | None:
     rule: Rule | None
     if kind == "threshold":
         metric = s.text("metric", "")
-        if metric.count("*") > 1:
-            s.error("metric", "may hold at most one '*'")
+        if metric.count("*") > MAX_METRIC_STARS:
+            s.error("metric", f"may hold at most {MAX_METRIC_STARS} '*'")
         op = s.choice("op", OPS, ">")
         level = s.number("level", 0.0)
         rule = ThresholdRule(

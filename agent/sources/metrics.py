@@ -9,7 +9,9 @@ plain string operations (~0.1 ms of CPU). The slower parts run on their own cade
 the D-state task scan (one read per process) every `dstate_interval_s`, the per-unit CPU
 scan (one read per systemd unit, agent/sources/cgroups.py) every `unit_cpu_interval_s`,
 filesystem use (a helper process, a hung NFS mount must not hang the agent) and the mail
-queue (a command) in worker threads whose latest value is cached.
+queue (a command) in worker threads whose latest value is cached. The half-open
+connection tables (/proc/net/tcp and tcp6, possibly megabytes) are read only under SYN
+pressure, and at most SYNRECV_MAX_BYTES of them.
 
 Rates and percentages of CPU time come from deltas, so the sampler takes a priming read
 when it is constructed: the first `sample()` already has rates over the time since then.
@@ -40,6 +42,18 @@ DSTATE_QUIET_INTERVAL_S = 30.0
 UNIT_CPU_INTERVAL_S = 5.0
 FS_INTERVAL_S = 10.0
 MAILQ_INTERVAL_S = 30.0
+
+#: half-open (SYN_RECV) connections per listening port and remote address: the top
+#: SYNRECV_TOP_N addresses per port with at least SYNRECV_MIN entries each, read from at
+#: most SYNRECV_MAX_BYTES of /proc/net/tcp and tcp6 together, only under SYN pressure;
+#: an address reported before stays listed (its current count, 0 when gone) for
+#: SYNRECV_LINGER_S, scanning on meanwhile, so a rule sees its count come down
+SYNRECV_TOP_N = 10
+SYNRECV_MIN = 2
+SYNRECV_MAX_BYTES = 4 << 20
+SYNRECV_LINGER_S = 300.0
+#: during a flood the half-open tables are read at most this often (cost: docs/metrics.md)
+SYNRECV_INTERVAL_S = 5.0
 
 #: device name prefixes left out of disk.* unless named in metrics.disks
 SKIPPED_DISK_PREFIXES = ("loop", "ram", "zram")
@@ -137,6 +151,25 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("tcp_reqq_full_drop_per_s", "1/s", "/proc/net/netstat",
                "TcpExt TCPReqQFullDrop: SYN queue full and cookies off, SYN dropped",
                _RATE_NOTE),
+    MetricSpec("tcp_synrecv.<port>.<address>", "connections",
+               "/proc/net/tcp, /proc/net/tcp6 (state 03, SYN_RECV)",
+               "half-open connections to local port <port> from remote <address> (a "
+               "SYN flood's sources: `tcp_synrecv.443.203.0.113.5`; IPv4-mapped IPv6 "
+               "addresses as IPv4, IPv6 as `tcp_synrecv.443.2001:db8::7`). Read only "
+               "while the same sample shows SYN pressure (tcp_syncookies_sent_per_s, "
+               "tcp_listen_overflows_per_s or tcp_listen_drops_per_s above 0) and for "
+               f"{SYNRECV_LINGER_S:g} s after an address was last reported; only the "
+               f"{SYNRECV_TOP_N} addresses with the most entries per port, at least "
+               f"{SYNRECV_MIN} each, plus (at their current count, 0 once gone) those "
+               f"reported in the last {SYNRECV_LINGER_S:g} s. At most "
+               f"{SYNRECV_MAX_BYTES >> 20} MiB of the two files are read per scan, at most "
+               f"every {SYNRECV_INTERVAL_S:g} s (between scans, the last values; about "
+               "28,000 sockets); when they are longer the counts cover that part only and "
+               "MetricSample.details says so. While SYN cookies are sent the kernel keeps "
+               "no entry for a cookie answered SYN, so the counts show the sources that "
+               "filled the SYN queue (at most its backlog), not the whole flood",
+               "absent without SYN pressure (nothing read); listed unavailable when "
+               "neither file can be read"),
     *_psi_specs(),
     MetricSpec("mem_available_pct", "%", "/proc/meminfo",
                "MemAvailable / MemTotal: memory available without swapping",
@@ -191,6 +224,11 @@ _TCP_RATES = (
     ("TCPReqQFullDrop", "tcp_reqq_full_drop_per_s"),
 )
 
+#: any of these above 0 in a sample is SYN pressure: then the half-open scan runs
+_SYN_PRESSURE = ("tcp_syncookies_sent_per_s", "tcp_listen_overflows_per_s",
+                 "tcp_listen_drops_per_s")
+_SYNRECV_FAMILY = "tcp_synrecv.<port>.<address>"
+
 
 # --------------------------------------------------------------------------- counters
 @dataclass(frozen=True, slots=True)
@@ -226,6 +264,7 @@ class MetricsSampler:
         mail_queue: MailQueue | None = None,
         unit_cpu_interval_s: float = UNIT_CPU_INTERVAL_S,
         unit_cpu: UnitCpu | None = None,
+        synrecv_max_bytes: int = SYNRECV_MAX_BYTES,
     ) -> None:
         self.settings = settings
         self._clock = clock
@@ -265,6 +304,11 @@ class MetricsSampler:
         self._unit_at: float | None = None
         self._units = UnitReading()
 
+        self._tcp_paths = (f"{proc}/net/tcp", f"{proc}/net/tcp6")
+        self._synrecv_seen: dict[tuple[int, str], float] = {}
+        self._synrecv_last: tuple[float, dict[str, float], dict[str, str]] | None = None
+        self._synrecv_max_bytes = synrecv_max_bytes
+
         self._prev = self._read_counters({}, {}, set())
         self._scan_dstate_if_due(quiet=False)
         self._scan_units_if_due()
@@ -285,6 +329,9 @@ class MetricsSampler:
         self._prev = current
         blocked = self._dstate_values(values, reasons, unavailable)
         details = self._unit_values(values, reasons, unavailable)
+        synrecv_notes = self._synrecv_values(values, reasons, unavailable)
+        if synrecv_notes:
+            details = MappingProxyType({**details, **synrecv_notes})
         self._slow_values(values, reasons, unavailable)
         return MetricSample(
             t=self._clock.now(),
@@ -504,6 +551,63 @@ class MetricsSampler:
         for unit, pct in reading.values.items():
             values[metric_name(unit)] = pct
         return details_of(reading)
+
+    # ----------------------------------------------------------------------------- SYN_RECV
+    def _synrecv_values(
+        self, values: dict[str, float], reasons: dict[str, str], unavailable: set[str]
+    ) -> dict[str, str]:
+        """tcp_synrecv.<port>.<address>; the details note a scan cut at the read bound.
+
+        Costs one dict lookup per pressure counter while there is no SYN pressure and no
+        address lingers: the tables are read only during (and just after) a flood.
+        """
+        seen = self._synrecv_seen
+        if not seen and not any(values.get(n, 0.0) > 0 for n in _SYN_PRESSURE):
+            return {}
+        now = self._clock.monotonic()
+        cached = self._synrecv_last
+        if cached is not None and now - cached[0] < SYNRECV_INTERVAL_S:
+            # a flood's table can be megabytes (1-15 ms to read): every few seconds is
+            # enough for a rule that wants it sustained; between scans, the last values
+            values.update(cached[1])
+            return dict(cached[2])
+        counts: dict[tuple[int, str], int] = {}
+        budget, truncated, read_any = self._synrecv_max_bytes, False, False
+        errors: list[str] = []
+        for path in self._tcp_paths:
+            if budget <= 0:
+                truncated = True
+                break
+            try:
+                text, cut = procfs.read_bounded(path, budget)
+            except FileNotFoundError:
+                continue  # no tcp6 on a host without IPv6
+            except OSError as exc:
+                errors.append(f"{path}: {exc}")
+                continue
+            read_any = True
+            budget -= len(text)
+            truncated = truncated or cut
+            procfs.count_synrecv(text, counts)
+        if not read_any:
+            _mark((_SYNRECV_FAMILY,), "; ".join(errors) or "no /proc/net/tcp or tcp6",
+                  reasons, unavailable)
+        top = procfs.top_per_port(counts, SYNRECV_TOP_N, SYNRECV_MIN)
+        for key in top:
+            seen[key] = now
+        notes: dict[str, str] = {}
+        for key, last in list(seen.items()):
+            if now - last > SYNRECV_LINGER_S:
+                del seen[key]
+                continue
+            name = f"tcp_synrecv.{key[0]}.{key[1]}"
+            values[name] = float(counts.get(key, 0))
+            if truncated:
+                notes[name] = (f"counted in the first {self._synrecv_max_bytes} bytes of "
+                               "/proc/net/tcp and tcp6 only (more sockets than that)")
+        found = {n: v for n, v in values.items() if n.startswith("tcp_synrecv.")}
+        self._synrecv_last = (now, found, notes) if read_any else None
+        return notes
 
     # ----------------------------------------------------------------------------- cached
     def _slow_values(

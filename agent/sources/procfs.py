@@ -7,7 +7,9 @@ per-second hot path, and a storage host can have hundreds of disks and processes
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import sys
 from dataclasses import dataclass
 
 #: the /proc/net/netstat TcpExt counters the sampler turns into rates
@@ -225,3 +227,82 @@ def scan_dstate(proc_root: str) -> list[str]:
         if data[end + 2 : end + 3] == b"D":
             names.append(task_name_and_state(data)[0])
     return names
+
+
+# --------------------------------------------------------------------------- /proc/net/tcp{,6}
+#: the `st` column of a half-open connection (a request socket awaiting the client's ACK)
+TCP_SYN_RECV = "03"
+
+
+def read_bounded(path: str, max_bytes: int) -> tuple[str, bool]:
+    """At most `max_bytes` of a file (cut at the last whole line) and whether it was cut.
+
+    /proc/net/tcp holds one ~150-byte line per socket; on a busy server it is megabytes,
+    and the kernel generates it per read() call, so a reader must be able to stop.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        parts: list[bytes] = []
+        size = 0
+        while size < max_bytes:
+            chunk = os.read(fd, min(65536, max_bytes - size))
+            if not chunk:
+                return b"".join(parts).decode("ascii", "replace"), False
+            parts.append(chunk)
+            size += len(chunk)
+        truncated = bool(os.read(fd, 1))
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
+    if truncated:
+        data = data[: data.rfind(b"\n") + 1]
+    return data.decode("ascii", "replace"), truncated
+
+
+def _hex_address(text: str) -> str:
+    """A /proc/net/tcp{,6} address: 32-bit words in host byte order, printed as hex.
+
+    IPv4-mapped IPv6 addresses (`::ffff:203.0.113.5`, a dual-stack listener's IPv4
+    clients) come back as IPv4, the form block-addresses and the auth logs use.
+    """
+    raw = b"".join(int(text[i : i + 8], 16).to_bytes(4, sys.byteorder)
+                   for i in range(0, len(text), 8))
+    if len(raw) == 4:
+        return str(ipaddress.IPv4Address(raw))
+    addr = ipaddress.IPv6Address(raw)
+    mapped = addr.ipv4_mapped
+    return str(mapped) if mapped is not None else str(addr)
+
+
+def count_synrecv(text: str, counts: dict[tuple[int, str], int]) -> None:
+    """Add the SYN_RECV entries of one /proc/net/tcp or tcp6 text to `counts`, keyed by
+    (local port, remote address). Lines of other states cost one substring test."""
+    for line in text.splitlines():
+        if " 03 " not in line:  # st is the only zero-padded field between spaces
+            continue
+        f = line.split(None, 4)
+        if len(f) < 4 or f[3] != TCP_SYN_RECV:
+            continue
+        try:
+            port = int(f[1].rpartition(":")[2], 16)
+            addr = _hex_address(f[2].rpartition(":")[0])
+        except ValueError:
+            continue
+        key = (port, addr)
+        counts[key] = counts.get(key, 0) + 1
+
+
+def top_per_port(
+    counts: dict[tuple[int, str], int], top_n: int, minimum: int
+) -> dict[tuple[int, str], int]:
+    """The `top_n` addresses with the most entries per port, each with at least `minimum`."""
+    by_port: dict[int, list[tuple[int, str]]] = {}
+    for (port, addr), n in counts.items():
+        if n >= minimum:
+            by_port.setdefault(port, []).append((n, addr))
+    out: dict[tuple[int, str], int] = {}
+    for port, entries in by_port.items():
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        for n, addr in entries[:top_n]:
+            out[(port, addr)] = n
+    return out

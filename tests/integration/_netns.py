@@ -53,11 +53,16 @@ class NetnsPair:
     client_addrs: tuple[str, str]
 
 
+#: every namespace pair the tests make lives in this /16 (never on the host's network);
+#: kernel lines our tests provoke on purpose there (a SYN flood) name these addresses
+TEST_NET_PREFIX = "10.231."
+
+
 @contextmanager
 def netns_pair(prefix: str = "nwt") -> Iterator[NetnsPair]:
     tag = f"{prefix}{os.getpid() % 100000}"
     server, client = f"{tag}s", f"{tag}c"
-    net = f"10.231.{os.getpid() % 250}"
+    net = f"{TEST_NET_PREFIX}{os.getpid() % 250}"
     made: list[str] = []
     try:
         for ns in (server, client):

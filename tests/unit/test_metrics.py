@@ -80,6 +80,10 @@ EXPECTED_T1 = {
     # sda: idle; dm-0: idle
     "disk.sda.iops": 0.0, "disk.sda.await_ms": 0.0, "disk.sda.util_pct": 0.0,
     "disk.dm-0.iops": 0.0, "disk.dm-0.await_ms": 0.0, "disk.dm-0.util_pct": 0.0,
+    # SYN pressure (cookies sent): net/tcp's half-open entries per port and address, at
+    # least 2 each (192.0.2.9 has 1); net/tcp6 is empty
+    "tcp_synrecv.443.203.0.113.5": 3.0, "tcp_synrecv.443.198.51.100.7": 2.0,
+    "tcp_synrecv.25.203.0.113.5": 2.0,
 }
 
 
@@ -442,6 +446,8 @@ def test_every_value_the_sampler_produces_is_declared(tmp_path: Path, clock: Fak
         family = name
         if name.startswith("disk."):
             family = "disk.<dev>." + name.rsplit(".", 1)[1]
+        elif name.startswith("tcp_synrecv."):
+            family = "tcp_synrecv.<port>.<address>"
         assert family in declared, name
 
 

@@ -155,6 +155,7 @@ def test_user_ladder_replaces_default_and_empty_rungs_remove_it() -> None:
     ("mail", "nfs-not-responding", ["page"]),
     ("mail", "auth-flood", ["block-addresses", "page"]),
     ("mail", "syn-flood", ["block-addresses", "page"]),
+    ("mail", "syn-flood-source", ["block-addresses", "page"]),
     ("mail", "imap-down", ["restart-service", "failover-service", "page"]),
     ("generic", "oom-kill", ["restart-service", "page"]),
     ("generic", "runaway-unit", ["throttle-unit", "stop-process", "page"]),
@@ -169,6 +170,17 @@ def test_shipped_ladders_answer_the_incidents(role: str, problem: str,
     assert errors == []
     ladders = {ladder.problem: ladder for ladder in cfg.ladders}
     assert [r.action for r in ladders[problem].rungs] == actions
+
+
+def test_mail_syn_flood_source_blocks_the_address_for_an_hour_then_pages() -> None:
+    cfg, _ = config({"agent": {"role": "mail", "hostname": "mx1"}})
+    policy = Policy(cfg.ladders, hostname="mx1")
+    [p] = policy.step([finding("syn-flood-source", "203.0.113.5")], T0)
+    assert (p.action, p.subject, dict(p.params)) == (
+        "block-addresses", "203.0.113.5", {"timeout": "1h"})
+    policy.record(p, T0, "executed")
+    [q] = policy.step([finding("syn-flood-source", "203.0.113.5")], T0 + 300)
+    assert (q.action, q.subject) == ("page", "syn-flood-source 203.0.113.5 on mx1")
 
 
 def test_storage_node_restart_rung_needs_a_lease() -> None:

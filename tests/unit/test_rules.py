@@ -41,6 +41,10 @@ def test_shipped_defaults_parse_cleanly(role: str) -> None:
     ({"x": {"kind": "all_of", "of": ["load-high", "ghost"]}}, "rules.x.of", "'ghost'"),
     ({"x": {"kind": "all_of", "of": ["load-high", "blocked-high"], "subject_from": "kernel"}},
      "rules.x.subject_from", "is not one of"),
+    ({"x": {"kind": "threshold", "metric": "a.*.*.*.*", "level": 1}},
+     "rules.x.metric", "at most 3 '*'"),
+    ({"x": {"kind": "threshold", "metric": "a.*.*", "level": 1, "subject": "{match4}"}},
+     "rules.x.subject", "unknown placeholder {match4}"),
     ({"x": {"kind": "threshold", "metric": "load1", "level": 1, "sustain": 5}},
      "rules.x.sustain", "unknown key"),
 ])
@@ -119,6 +123,36 @@ def test_glob_metric_gives_one_finding_per_disk() -> None:
                                       "disk.sdc.await_ms": 2000}))
     assert sorted(f.subject for f in got) == ["sdb", "sdc"]
     assert all(f.problem == "await" and f.evidence for f in got)
+
+
+def test_several_wildcards_pick_each_part_the_first_matching_as_little_as_it_can() -> None:
+    rule = ThresholdRule("src", "tcp_synrecv.*.*", ">=", 20.0, for_s=10,
+                         subject="{match2} port {match1} ({match})")
+    det = Detectors([rule])
+    values: dict[str, float] = {
+        "tcp_synrecv.443.203.0.113.5": 180, "tcp_synrecv.25.2001:db8::7": 40,
+        "tcp_synrecv.443.198.51.100.7": 3, "tcp_listen_overflows_per_s": 900}
+    assert det.on_metrics(metrics(T0, values)) == []  # not sustained yet
+    got = det.on_metrics(metrics(T0 + 10, values))
+    assert sorted(f.subject for f in got) == [
+        "2001:db8::7 port 25 (25.2001:db8::7)", "203.0.113.5 port 443 (443.203.0.113.5)"]
+    assert all(f.evidence[0].startswith("tcp_synrecv.") for f in got)
+
+
+def test_mail_role_syn_flood_source_rule_subject_is_the_address() -> None:
+    cfg, errors = config({"agent": {"role": "mail"}})
+    assert errors == []
+    det = Detectors(cfg.rules)
+    values: dict[str, float] = {"tcp_synrecv.443.203.0.113.5": 25,
+                                "tcp_synrecv.443.198.51.100.7": 19}
+    det.on_metrics(metrics(T0, values))
+    got = det.on_metrics(metrics(T0 + 10, values))
+    assert [(f.problem, f.subject, f.state) for f in got] == [
+        ("syn-flood-source", "203.0.113.5", "firing")]
+    # drained below the clear level for a minute: resolved
+    det.on_metrics(metrics(T0 + 20, {"tcp_synrecv.443.203.0.113.5": 4}))
+    got = det.on_metrics(metrics(T0 + 80, {"tcp_synrecv.443.203.0.113.5": 0}))
+    assert [(f.subject, f.state) for f in got] == [("203.0.113.5", "resolved")]
 
 
 def test_blocked_task_subject_comes_from_the_sample() -> None:

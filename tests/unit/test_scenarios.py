@@ -81,7 +81,7 @@ def test_000_storage_kernel_bug_restarts_nfs_then_node_denied_no_coordinator_the
 
 def test_001_auth_flood_blocks_the_flooding_addresses_not_the_user_who_mistyped() -> None:
     timeline = replay("001")
-    blocks = kinds(timeline, "plan", action="block-addresses")
+    blocks = kinds(timeline, "plan", action="block-addresses", problem="auth-flood")
     assert sorted(e.fields["subject"] for e in blocks) == [
         "192.0.2.44", "198.51.100.7", "203.0.113.5"]
     assert all(e.t <= 60 for e in blocks)  # the flood starts at t=10
@@ -90,10 +90,28 @@ def test_001_auth_flood_blocks_the_flooding_addresses_not_the_user_who_mistyped(
         assert any(addr in step for step in e.fields["steps"][1])  # nft add element ... ADDR
     assert "198.51.100.200" not in json.dumps([e.to_json() for e in timeline
                                                 if e.kind == "plan"])
-    # the SYN flood names a port, not addresses: block-addresses refuses, a person is paged
+    # the SYN flood's kernel line names a port, not addresses: block-addresses refuses
+    # that subject, and a person is paged
     syn = kinds(timeline, "verdict", action="block-addresses", subject="443", allow=False)
     assert [e.fields["guard"] for e in syn] == ["plan"]
     assert kinds(timeline, "plan", action="page", problem="syn-flood")
+    # ... and its top sources (half-open connections per address, from t=60) are blocked
+    # for an hour after 10 s sustained; one with 3 half-open connections is not
+    syn_blocks = kinds(timeline, "plan", action="block-addresses", problem="syn-flood-source")
+    assert sorted(e.fields["subject"] for e in syn_blocks) == [
+        "198.51.100.99", "2001:db8::66", "203.0.113.77"]
+    assert all(e.t == pytest.approx(70) for e in syn_blocks)
+    for e in syn_blocks:
+        add = e.fields["steps"][1]
+        assert add[:6] == ["nft", "add", "element", "inet", "nodewarden",
+                           "blocked6" if ":" in e.fields["subject"] else "blocked4"]
+        assert add[6:10] == ["{", e.fields["subject"], "timeout", "3600s"]
+    assert "192.0.2.150" not in json.dumps([e.to_json() for e in timeline])
+    # the half-open connections drain at t=140: resolved, no page for the sources
+    resolved = kinds(timeline, "resolved", problem="syn-flood-source")
+    assert sorted(e.fields["subject"] for e in resolved) == [
+        "198.51.100.99", "2001:db8::66", "203.0.113.77"]
+    assert not kinds(timeline, "plan", action="page", problem="syn-flood-source")
     # webmail stops answering: restart it, failover needs a lease (none), page
     assert key_points(kinds(timeline, "plan", problem="webmail-down")) == [
         ("plan", "restart-service webmail", False),

@@ -182,7 +182,10 @@ def test_observe_mode_denies_by_mode_and_plans_nothing(tmp_path: Path) -> None:
 def test_a_plan_the_remediation_refuses_is_a_plan_denial_and_the_ladder_climbs(
     tmp_path: Path
 ) -> None:
-    p, clock, _ = make(tmp_path, {"agent": {"role": "mail"}})
+    # a site ladder that tries to block the port the kernel line names
+    ladder = {"rungs": [{"action": "block-addresses", "subject": "{subject}", "verify_s": 300},
+                        {"action": "page", "subject": "{problem} {subject} on {host}"}]}
+    p, clock, _ = make(tmp_path, {"agent": {"role": "mail"}, "policy": {"syn-flood": ladder}})
     p.observe(kline("TCP: request_sock_TCP: Possible SYN flooding on port 25. "
                     "Sending cookies.", clock.now()))
     events, decisions = p.decide(clock.now())

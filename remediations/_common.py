@@ -42,6 +42,22 @@ def unit_name(text: str) -> str:
     return text
 
 
+#: units no remediation may stop or throttle, whatever the configuration says: the agent,
+#: the way in (sshd, getty), and the system's own plumbing
+BUILTIN_PROTECTED = ("init.scope", "systemd-*", "dbus*", "ssh*", "sshd*", "nodewarden*",
+                     "*getty*", "user-runtime-dir@*")
+
+
+def refuse_protected(unit: str, ctx: ActionContext, extra: Sequence[str] = ()) -> None:
+    """InvalidParams when `unit` matches the built-in list, `protected_units` or `extra`."""
+    import fnmatch
+
+    globs = (*BUILTIN_PROTECTED, *ctx.protected_units, *extra)
+    hit = next((g for g in globs if fnmatch.fnmatchcase(unit, g)), None)
+    if hit is not None:
+        raise InvalidParams(f"{unit} is a protected unit (matches {hit!r})")
+
+
 def duration_s(text: str, what: str, lo: int = 1, hi: int = 7 * 86400) -> int:
     """'90', '90s', '15m', '1h', '2d' → seconds, within [lo, hi]."""
     m = _DURATION_RE.match(text.strip())

@@ -48,7 +48,6 @@ a unit that is not running (ActiveState inactive: nothing to stop).
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -60,6 +59,7 @@ from remediations._common import (
     duration_s,
     helper,
     reasons_of,
+    refuse_protected,
     setting_list,
     unit_name,
 )
@@ -82,8 +82,6 @@ EXAMPLE = Example(subject="provision.py")
 MAX_NAME = 15  # TASK_COMM_LEN - 1
 #: units never stopped with `unit`: PID 1, systemd's own services, the bus, remote and
 #: console logins, and the agent
-BUILTIN_PROTECTED = ("init.scope", "systemd-*", "dbus*", "ssh*", "sshd*", "nodewarden*",
-                     "*getty*", "user-runtime-dir@*")
 UNIT_KINDS = (".service", ".scope")
 #: `timeout` exits 124 when the grace ran out; systemctl kill exits 1 on a unit that is gone
 TIMEOUT_EXPIRED = 124
@@ -110,10 +108,7 @@ def _unit(text: str, ctx: ActionContext) -> str:
     if not unit.endswith(UNIT_KINDS):
         raise InvalidParams(f"unit {unit} is not a .service or .scope (only those are "
                             f"stopped as a runaway)")
-    globs = (*BUILTIN_PROTECTED, *ctx.protected_units, *setting_list(ctx, "protect"))
-    hit = next((g for g in globs if fnmatch.fnmatchcase(unit, g)), None)
-    if hit is not None:
-        raise InvalidParams(f"{unit} is a protected unit (matches {hit!r})")
+    refuse_protected(unit, ctx, setting_list(ctx, "protect"))
     return unit
 
 

@@ -16,7 +16,9 @@ UNIT`; CPUQuota=20% shows as 200ms per second), through the helper
 values (an empty value resets a property); a `systemctl daemon-reload` does not.
 
 ## Safety
-Units listed in `protected_units` (the agent's own unit, sshd, journald...) are refused.
+Units in `protected_units` and the built-in list (`init.scope`, `systemd-*`, `dbus*`,
+`ssh*`, the agent's own unit, gettys) are refused: throttling sshd would lock the
+operator out of the host being rescued.
 CPUQuota is 1-10000 % (100 % = one CPU), IOWeight 1-10000 (default 100).
 """
 
@@ -27,7 +29,14 @@ from collections.abc import Mapping
 
 from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
-from remediations._common import SYSTEMCTL, helper, integer, reasons_of, unit_name
+from remediations._common import (
+    SYSTEMCTL,
+    helper,
+    integer,
+    reasons_of,
+    refuse_protected,
+    unit_name,
+)
 
 NAME = "throttle-unit"
 SUMMARY = "Limit a unit's CPU and IO at runtime (systemd CPUQuota= and IOWeight=)."
@@ -46,8 +55,7 @@ _PERCENT = re.compile(r"^(\d{1,5})%?$")
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
     unit = unit_name(params.get("unit") or subject)
-    if unit in ctx.protected_units:
-        raise InvalidParams(f"{unit} is a protected unit")
+    refuse_protected(unit, ctx)
     m = _PERCENT.match(params.get("cpu_quota", "20%"))
     if not m:
         raise InvalidParams(f"cpu_quota {params.get('cpu_quota')!r} is not a percentage")

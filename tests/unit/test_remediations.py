@@ -222,6 +222,8 @@ BAD: list[tuple[str, str, dict[str, str], dict[str, object], str]] = [
     ("restart-service", "x", {"timeout": "0s"}, {}, "must be between"),
     ("reload-service", "x", {"fallback": "always"}, {}, "must be 'none' or 'restart'"),
     ("throttle-unit", "ssh.service", {}, {}, "protected unit"),
+    ("throttle-unit", "systemd-journald.service", {}, {}, "protected unit"),
+    ("throttle-unit", "dbus.service", {}, {}, "protected unit"),
     ("throttle-unit", "x", {"cpu_quota": "lots"}, {}, "not a percentage"),
     ("throttle-unit", "x", {"cpu_quota": "0%"}, {}, "between 1 and 10000"),
     ("throttle-unit", "x", {"io_weight": "0"}, {}, "between 1 and 10000"),

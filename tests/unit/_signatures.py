@@ -68,3 +68,22 @@ def builtin() -> Catalog:
     catalog, errors = load_catalog(None)
     assert errors == [], errors
     return catalog
+
+
+#: a valid site signature (user file); tests break it one field at a time
+GOOD = """
+[[signature]]
+id = "site.nas-gone"
+problem = "nfs-not-responding"
+regex = 'nasd: export (?P<export>\\S+) vanished'
+source = "kmsg"
+severity = "error"
+subject = "export"
+description = "A site-specific storage message."
+reference = "site runbook 12"
+examples = [
+  { line = "nasd: export /srv/mail vanished", subject = "/srv/mail" },
+  { line = "nasd: export /srv/x vanished", subject = "/srv/x" },
+]
+counter_examples = ["nasd: export /srv/mail mounted"]
+"""

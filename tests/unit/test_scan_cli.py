@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit._signatures import REPO
+from tests.unit._signatures import GOOD, REPO
 
 ENGINES = ["hyperscan", "portable"]
 
@@ -174,22 +174,7 @@ def test_bad_user_signature_refused(tmp_path: Path) -> None:
 def test_user_signature_is_used(tmp_path: Path) -> None:
     d = tmp_path / "sigs"
     d.mkdir()
-    (d / "site.toml").write_text("""
-[[signature]]
-id = "site.nas-gone"
-problem = "nfs-not-responding"
-regex = 'nasd: export (?P<export>\\S+) vanished'
-source = "kmsg"
-severity = "error"
-subject = "export"
-description = "site"
-reference = "runbook"
-examples = [
-  { line = "nasd: export /srv/a vanished", subject = "/srv/a" },
-  { line = "nasd: export /srv/b vanished", subject = "/srv/b" },
-]
-counter_examples = ["nasd: export /srv/a ok"]
-""")
+    (d / "site.toml").write_text(GOOD)
     r = run_scan("-", "--json", "--signatures-dir", str(d),
                  stdin=b"[ 1.0] nasd: export /srv/mail vanished\n")
     assert r.returncode == 0, r.stderr

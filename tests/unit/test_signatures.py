@@ -19,26 +19,10 @@ from agent.detect.catalog import (
     parse_signature_file,
     required_literals,
 )
-from tests.unit._signatures import REPO, builtin
+from tests.unit._signatures import GOOD, REPO, builtin
 
 ALL_IDS = [s.id for s in builtin().signatures]
 
-GOOD = """
-[[signature]]
-id = "site.nas-gone"
-problem = "nfs-not-responding"
-regex = 'nasd: export (?P<export>\\S+) vanished'
-source = "kmsg"
-severity = "error"
-subject = "export"
-description = "A site-specific storage message."
-reference = "site runbook 12"
-examples = [
-  { line = "nasd: export /srv/mail vanished", subject = "/srv/mail" },
-  { line = "nasd: export /srv/x vanished", subject = "/srv/x" },
-]
-counter_examples = ["nasd: export /srv/mail mounted"]
-"""
 
 
 def test_shipped_catalog_loads_without_errors() -> None:

@@ -109,6 +109,10 @@ class Daemon:
             while not self._stopping:
                 self.turn()
         finally:
+            # a stop signal that arrived mid-turn ended the loop before the turn's
+            # _handle_signals(): say why we stop all the same (a pending HUP is moot)
+            self._signals = [s for s in self._signals if s != signal.SIGHUP]
+            self._handle_signals()
             self.stop()
         return 0
 

@@ -235,8 +235,9 @@ class DecisionPipeline:
         acted: list[str] = []
         # A rung denied for good (lease, budget, mode...) makes the next rung due now: step
         # again, so a ladder climbs to its page in the same cycle, not one cycle later.
+        firing = self.detectors.active()  # findings do not change while we decide
         for _ in range(MAX_STEPS):
-            queue = list(self.policy.step(self.detectors.active(), now))
+            queue = list(self.policy.step(firing, now))
             if not queue:
                 break
             while queue:
@@ -251,7 +252,6 @@ class DecisionPipeline:
         for warning in self.policy.warnings:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()
-        firing = self.detectors.active()
         self._sentence = self._summarize(acted, events, firing)
         self._write_status(now, firing)
         return events, decisions

@@ -75,8 +75,21 @@ class _Live:
     trusted: bool = True
     count: int = 0
     evidence: deque[str] = field(default_factory=lambda: deque(maxlen=EVIDENCE_LIMIT))
+    _snap: tuple[tuple[object, ...], Finding] | None = field(default=None, repr=False,
+                                                            compare=False)
 
     def snapshot(self, state: str = "firing") -> Finding:
+        """The finding as a frozen value; rebuilt only when the live state changed
+        (decide() asks for every firing finding every cycle)."""
+        key = (state, self.count, self.last_seen, self.trusted, self.severity,
+               len(self.evidence), self.evidence[-1] if self.evidence else None)
+        if self._snap is not None and self._snap[0] == key:
+            return self._snap[1]
+        finding = self._build(state)
+        self._snap = (key, finding)
+        return finding
+
+    def _build(self, state: str) -> Finding:
         return Finding(
             problem=self.problem, subject=self.subject, state=state,  # type: ignore[arg-type]
             first_seen=self.first_seen, last_seen=self.last_seen, count=self.count,

@@ -28,6 +28,7 @@ so that after a node restart the ladder continues (at page), not from the top.
 from __future__ import annotations
 
 import fnmatch
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from types import MappingProxyType
@@ -75,6 +76,12 @@ class LadderPosition:
     summary: str
 
 
+@functools.lru_cache(maxsize=4096)
+def _subject_in(subject: str, globs: tuple[str, ...]) -> bool:
+    """Whether a ladder's subject globs take this subject (asked every cycle per finding)."""
+    return any(fnmatch.fnmatchcase(subject, g) for g in globs)
+
+
 class Policy:
     """Maps firing findings to proposals along their ladders. Pure apart from `state`."""
 
@@ -114,8 +121,7 @@ class Policy:
     # ------------------------------------------------------------------ deciding
     def ladder_for(self, finding: Finding) -> Ladder | None:
         ladder = self.ladders.get(finding.problem)
-        if ladder is None or not any(fnmatch.fnmatchcase(finding.subject, g)
-                                     for g in ladder.subjects):
+        if ladder is None or not _subject_in(finding.subject, ladder.subjects):
             return None
         return ladder
 

@@ -52,6 +52,8 @@ from agent.model import (
     Plan,
     ProbeResult,
     Proposal,
+    Step,
+    StepResult,
     Verdict,
 )
 from agent.pipeline_api import Decision, Event, EventKind
@@ -108,6 +110,23 @@ STATUS_EVERY_S = 5.0
 
 #: policy steps per decide() (a ladder longer than this climbs over several cycles)
 MAX_STEPS = 8
+
+
+#: the longest a read-only precondition check may take (decide() runs on the daemon's
+#: loop, which pings the watchdog every WatchdogSec/2 = 15 s)
+PRECONDITION_TIMEOUT_S = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CappedRunner:
+    """A read-only runner whose steps get at most `cap_s` each, whatever they ask for."""
+
+    runner: ReadOnlyRunner
+    cap_s: float
+
+    def run(self, step: Step) -> StepResult:
+        return self.runner.run(dataclasses.replace(step, timeout_s=min(step.timeout_s,
+                                                                         self.cap_s)))
 
 
 def with_page_defaults(p: Proposal) -> Proposal:
@@ -417,7 +436,9 @@ def build_pipeline(
     if runner is None and check_preconditions:
         from agent.execute import SubprocessRunner
 
-        runner = SubprocessRunner(clock)
+        # decide() runs on the daemon's loop: a hung check (a peer_check, an HAProxy
+        # socket) must not outlast a watchdog ping, so every check is capped
+        runner = CappedRunner(SubprocessRunner(clock), PRECONDITION_TIMEOUT_S)
     directory = state_dir or config.agent.state_dir
     state = SafetyState(directory, now=clock.now())
     contexts = action_contexts(config, clock, runner)

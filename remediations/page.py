@@ -28,6 +28,7 @@ paging command.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 from agent.model import Plan, Step
@@ -58,7 +59,7 @@ SEVERITIES = {"critical": "user.crit", "error": "user.err", "warning": "user.war
 def clean(text: str) -> str:
     """Printable, one line, at most 500 characters, never starting with '-'."""
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text[:500].lstrip("-").strip()
+    return re.sub(r"^[\s-]+", "", text[:500]).strip()  # "- -x" must not become "-x"
 
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
@@ -67,7 +68,7 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         raise InvalidParams(f"severity {severity!r} must be one of {', '.join(SEVERITIES)}")
     values = {
         "problem": clean(params.get("problem", "unknown")) or "unknown",
-        "subject": clean(subject) or "-none-",
+        "subject": clean(subject) or "none",
         "message": clean(params.get("message", "")) or "nodewarden needs a person",
         "hostname": ctx.hostname, "severity": severity,
     }

@@ -291,3 +291,22 @@ def test_idle_only_while_nothing_fires(tmp_path: Path) -> None:
     pipeline.observe(kline(HUNG, clock.now()))
     assert not pipeline.idle()
     assert [f.problem for f in pipeline.active()] == ["hung-task"]
+
+
+def test_precondition_checks_are_capped_below_the_watchdog() -> None:
+    """decide() runs on the loop: a site check asking for 30 s gets PRECONDITION_TIMEOUT_S."""
+    from agent.model import Step
+    from agent.pipeline import PRECONDITION_TIMEOUT_S, CappedRunner
+
+    seen: list[float] = []
+
+    class Recording:
+        def run(self, step: Step) -> StepResult:
+            seen.append(step.timeout_s)
+            return StepResult(step.argv, 0, 0.0)
+
+    runner = CappedRunner(Recording(), PRECONDITION_TIMEOUT_S)
+    runner.run(Step(("peer-check",), 30.0))
+    runner.run(Step(("systemctl", "show"), 1.0))
+    assert seen == [PRECONDITION_TIMEOUT_S, 1.0]
+    assert PRECONDITION_TIMEOUT_S < 15.0  # half of the unit's WatchdogSec=30s

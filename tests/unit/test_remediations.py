@@ -294,9 +294,20 @@ def test_fill_argv_fills_whole_tokens_only(template: list[str], values: dict[str
 
 @pytest.mark.parametrize(("raw", "cleaned"), [
     ("--rm -rf", "rm -rf"), ("a\nb\x00c", "a b c"), ("x" * 600, "x" * 500), ("  -  ", ""),
+    ("- -x", "x"), (" - - -y", "y"),
 ])
 def test_page_values_are_cleaned(raw: str, cleaned: str) -> None:
     assert clean(raw) == cleaned
+
+
+@pytest.mark.parametrize("text", ["", "- -x", "--", " -  -x"])
+def test_a_page_is_never_refused_for_its_text(text: str) -> None:
+    """The last rung of every ladder: whatever a finding's subject or message, it plans."""
+    c = ctx({"command": ["/usr/local/bin/page-oncall", "{subject}", "{message}"]})
+    plan = build_plan("page", text, {"message": text}, c)
+    sent = plan.steps[-1].argv
+    assert sent[0] == "/usr/local/bin/page-oncall"
+    assert not any(a.startswith("-") for a in sent[1:])
 
 
 # --------------------------------------------------------------------------- preconditions

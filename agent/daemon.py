@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import selectors
 import signal
 from collections.abc import Callable, Sequence
-from types import FrameType
-from typing import Any
+from types import FrameType, MappingProxyType
+from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
 from agent.config import Config, ConfigError
@@ -35,6 +36,9 @@ from agent.pipeline_api import Decision, Event, Pipeline
 from agent.report.audit import AUDIT_FILE, AuditLog
 from agent.watchdog import Notifier, WatchdogPinger, status_message
 from agent.workers import WakeupPipe, Worker
+
+if TYPE_CHECKING:
+    from agent.sources.logfile import LogFileFollower
 
 log = logging.getLogger("nodewarden")
 
@@ -190,7 +194,7 @@ class Daemon:
         self.audit.flush()
         self.turns += 1
 
-    def _guarded(self, work: Callable[[], None]) -> None:
+    def _guarded(self, work: Callable[[], object]) -> None:
         """A failing handler is logged and counted; it never stops the loop (safety 8)."""
         try:
             work()
@@ -268,14 +272,23 @@ class Daemon:
         assert self.sources is not None
         self._next_sample = now + self.config.agent.sample_interval_s
         src = self.sources
+        # each source on its own: a sampler that fails must not blind the mail log
         if src.sampler is not None:
-            sample = src.sampler.sample()
-            self._last_load1 = sample.values.get("load1", self._last_load1)
-            self._observe_all([sample])
+            self._guarded(self._sample_metrics)
         for follower in src.logs.values():
-            self._observe_all(follower.poll())
-        if src.probes is not None:
-            src.probes.tick(now)
+            self._guarded(functools.partial(self._poll_log, follower))
+        probes = src.probes
+        if probes is not None:
+            self._guarded(lambda: probes.tick(now))
+
+    def _poll_log(self, follower: LogFileFollower) -> None:
+        self._observe_all(follower.poll())
+
+    def _sample_metrics(self) -> None:
+        assert self.sources is not None and self.sources.sampler is not None
+        sample = self.sources.sampler.sample()
+        self._last_load1 = sample.values.get("load1", self._last_load1)
+        self._observe_all([sample])
 
     def _observe_all(self, observations: Sequence[Observation]) -> None:
         assert self.pipeline is not None
@@ -462,7 +475,13 @@ class Daemon:
         ("rebooted" when the boot id changed), before anything new is done."""
         from remediations.node_restart import reconcile_intents
 
-        return list(reconcile_intents(self.state_dir, self.clock))
+        try:
+            return list(reconcile_intents(self.state_dir, self.clock))
+        except Exception as exc:  # a full or broken /var must not crash-loop the agent
+            self.errors += 1
+            log.exception("cannot reconcile node-restart intents (left for the next start)")
+            return [Event(self.clock.now(), "note", MappingProxyType({
+                "text": f"node-restart intents not reconciled: {type(exc).__name__}: {exc}"}))]
 
 
 def _decision_part(config: Config) -> dict[str, Any]:

@@ -23,7 +23,7 @@ Order inside `decide(now)`:
 
 `complete()` emits the "outcome" event, tells the policy what ran (a failed run climbs at
 once), and releases a lease taken for it (not for a node restart that went ahead: the
-agent releases that one after the boot, with the intent record).
+lease runs out by itself, covering the time the node takes to come back).
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ mail host whose NFS server is not responding: the cause is the filer.
 3. `systemctl reboot`.
 After the boot the agent reads its pending intents before anything else
 (`reconcile_intents`): a new boot id means the restart happened on purpose and the
-outcome is recorded (and the lease released); the same boot id means it did not.
+outcome is recorded; the same boot id means it did not. The lease taken for the restart
+is not released by the agent after the boot: it runs out by itself (leases expire unless
+renewed), which also keeps the group from restarting a second filer while this one
+comes back.
 
 ## Verify
 After the boot: `python3 -m agent.execute.intent list --state-dir /var/lib/nodewarden`

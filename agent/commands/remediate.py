@@ -177,7 +177,10 @@ def _main(args: argparse.Namespace) -> int:
         }
         code = EXIT_OK if outcome.ok else EXIT_PROBLEM
     elif result.allowed:
-        Executor(RecordingRunner(), clock).run(plan)  # the dry-run runner: nothing runs
+        # the same executor with the recording runner: nothing runs, the outcome says so
+        outcome = Executor(RecordingRunner(), clock).run(plan)
+        report["outcome"] = {"ok": outcome.ok, "executed": outcome.executed,
+                             "detail": outcome.detail, "results": []}
     return _print(report, args.json, code)
 
 

@@ -67,7 +67,7 @@ def test_dry_run_runs_nothing_and_execute_runs_exactly_the_printed_plan(
     assert code == 0
     dry = json.loads(out)
     assert recorded(on_path) == []  # the stand-in was never called
-    assert dry["allowed"] is True and dry["outcome"] is None
+    assert dry["allowed"] is True and dry["outcome"]["executed"] is False
     printed = [s["argv"] for s in dry["plan"]["steps"] + dry["plan"]["verify"]]
     assert printed == [["systemctl", "restart", "--", "x.service"],
                        ["systemctl", "is-active", "--quiet", "--", "x.service"]]

@@ -290,6 +290,9 @@ def _parse_agent(s: Section) -> AgentSettings:
 def _parse_kmsg(s: Section) -> KmsgSettings:
     d = KmsgSettings()
     out = KmsgSettings(enabled=s.flag("enabled", d.enabled), path=Path(s.text("path", str(d.path))))
+    if out.enabled and s.has("path") and not out.path.exists():
+        s.error("path", f"{out.path} does not exist (kmsg.enabled = false runs without the "
+                        "kernel log)")
     s.finish()
     return out
 

@@ -451,14 +451,17 @@ class Daemon:
                         "still using %s", new.agent.state_dir, self.state_dir)
             new = dataclasses.replace(
                 new, agent=dataclasses.replace(new.agent, state_dir=old.agent.state_dir))
+        # Always rebuilt: signature files may have changed even when agent.toml did not.
+        # Built first: if it fails (a signature file changed since the check), nothing
+        # of the new configuration has been applied yet. Guard state (budgets, cooldowns,
+        # intents) lives in the state directory, so it survives; findings still firing
+        # are detected again from the next observations.
+        pipeline = self._pipeline_factory(new, self.clock)
         self.config = new
         self.host = new.agent.hostname
         changes = self.sources.apply(new)
         self._register_sources()
-        # Always rebuilt: signature files may have changed even when agent.toml did not.
-        # Guard state (budgets, cooldowns, intents) lives in the state directory, so it
-        # survives; findings still firing are detected again from the next observations.
-        self.pipeline = self._pipeline_factory(new, self.clock)
+        self.pipeline = pipeline
         self._firing.clear()
         what = "changed" if _decision_part(new) != _decision_part(old) else "unchanged"
         changes.append(f"pipeline rebuilt (mode {new.agent.mode}, policy settings {what})")

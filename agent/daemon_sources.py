@@ -65,9 +65,17 @@ class Sources:
         if settings.enabled:
             from agent.sources.kmsg import KmsgFollower
 
-            self.kmsg = KmsgFollower(
-                self.state_dir / KMSG_POSITION_FILE, self.clock, device_path=settings.path
-            )
+            try:
+                self.kmsg = KmsgFollower(
+                    self.state_dir / KMSG_POSITION_FILE, self.clock, device_path=settings.path
+                )
+            except OSError as exc:
+                # no kernel log (a container without /dev/kmsg): say so, keep every other
+                # source; the next reload tries again
+                self.kmsg_settings = None
+                changes.append(f"kmsg: UNAVAILABLE: cannot open {settings.path}: "
+                               f"{exc.strerror or exc}")
+                return
             how = (
                 f"resuming after seq {self.kmsg.last_seq}" if self.kmsg.resumed
                 else "reading the whole ring (no position for this boot)"

@@ -119,3 +119,11 @@ def test_section_reports_wrong_types_without_raising() -> None:
     section = Section({"n": "3"}, "f", "t", errors)
     assert section.integer("n", 7) == 7
     assert str(errors[0]) == "f: t.n: must be an integer, not str '3'"
+
+
+def test_a_kmsg_path_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, f'[kmsg]\npath = "{tmp_path}/no-kmsg"\n')
+    _, errors = read_config(path)
+    assert [(e.key, "does not exist" in e.reason) for e in errors] == [("kmsg.path", True)]
+    off = write(tmp_path, f'[kmsg]\nenabled = false\npath = "{tmp_path}/no-kmsg"\n')
+    assert read_config(off)[1] == []

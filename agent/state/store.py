@@ -25,6 +25,10 @@ same thing after a reboot.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,9 @@ from agent.state.files import StateError, read_json, write_json_atomic
 
 HISTORY = "history.json"
 HISTORY_FAULT = "history.fault.json"
+#: taken (flock) around every read-modify-write of the history: the daemon and an
+#: operator's `remediate --execute` append to the same file
+HISTORY_LOCK = "history.lock"
 APPROVALS = "approvals.json"
 MAINTENANCE = "maintenance.json"
 LADDERS = "ladders.json"
@@ -267,15 +274,39 @@ class SafetyState:
         StateError the action must not run, because it could not be counted.
         """
         entry = Execution(action, subject, now, problem, finding_subject, origin)
-        self._write_history([*self._executions, entry], self._fixes, now)
+        with self._history_locked(now):
+            self._write_history([*self._executions, entry], self._fixes, now)
         self.consume_approval(action, subject, now)
         return entry
 
     def record_fix(self, problem: str, subject: str, now: float, action: str = "") -> Fix:
         """A finding resolved after an action ran for it (the flapping guard counts these)."""
         entry = Fix(problem, subject, now, action)
-        self._write_history(self._executions, [*self._fixes, entry], now)
+        with self._history_locked(now):
+            self._write_history(self._executions, [*self._fixes, entry], now)
         return entry
+
+    @contextlib.contextmanager
+    def _history_locked(self, now: float) -> Iterator[None]:
+        """Hold the history lock, with what other processes appended read in first, so
+        no process writes back a stale copy (a lost entry would reopen a budget)."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self._path(HISTORY_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+        except OSError as exc:
+            raise StateError(f"cannot lock {self._path(HISTORY_LOCK)}: "
+                             f"{exc.strerror or exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            stamps: dict[str, Any] | None = getattr(self, "_stamps", None)
+            if stamps is None or self._stamp(HISTORY) != stamps.get(HISTORY):
+                self._load_history(now)
+            yield
+            if stamps is not None:
+                stamps[HISTORY] = self._stamp(HISTORY)  # our own write is not news
+        finally:
+            os.close(fd)
 
     def executions(
         self, *, action: str | None = None, subject: str | None = None, since: float = 0.0

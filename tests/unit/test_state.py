@@ -35,7 +35,22 @@ def test_round_trip_across_instances(tmp_path: Path) -> None:
     assert again.maintenance(T0 + 7200) is None
     assert again.ladders() == {"version": 1, "positions": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "approvals.json", "history.json", "ladders.json", "maintenance.json"]  # no tmp left
+        "approvals.json", "history.json", "history.lock", "ladders.json",
+        "maintenance.json"]  # no tmp left
+
+
+def test_two_processes_appending_lose_nothing(tmp_path: Path) -> None:
+    """The daemon and `remediate --execute` both append to the history: neither may write
+    back a stale copy (a lost node-restart entry would reopen its budget)."""
+    daemon = SafetyState(tmp_path, now=T0)
+    operator = SafetyState(tmp_path, now=T0)  # loaded before the daemon's write
+    daemon.record_execution("node-restart", "nas-a1", T0 + 1)
+    operator.record_execution("restart-service", "nfs-server.service", T0 + 2)
+    daemon.record_fix("storage-hang", "nfsd", T0 + 3, "node-restart")
+    fresh = SafetyState(tmp_path, now=T0 + 4)
+    assert [(e.action, e.t) for e in fresh.executions()] == [
+        ("node-restart", T0 + 1), ("restart-service", T0 + 2)]
+    assert [f.action for f in fresh.fixes("storage-hang", "nfsd")] == ["node-restart"]
 
 
 def test_history_is_pruned_by_age(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ then returns the same reasons. `build_plan()` does load + resolve_params + plan 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import sys
@@ -114,12 +115,18 @@ def module_name(action: str) -> str:
 
 def names() -> list[str]:
     """Every action name shipped, sorted."""
+    return list(_shipped())
+
+
+@functools.cache
+def _shipped() -> tuple[str, ...]:
+    """The package's modules, listed once (asked several times per proposal)."""
     pkg = Path(__file__).parent
-    return sorted(
+    return tuple(sorted(
         m.name.replace("_", "-")
         for m in pkgutil.iter_modules([str(pkg)])
         if not m.name.startswith("_")
-    )
+    ))
 
 
 def load(action: str) -> Remediation:

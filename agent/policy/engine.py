@@ -27,6 +27,7 @@ so that after a node restart the ladder continues (at page), not from the top.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import functools
 from collections.abc import Iterable, Sequence
@@ -238,6 +239,7 @@ class Policy:
         if pos is None or pos.last_rung != proposal.rung:
             return
         ladder = self.ladders.get(proposal.problem)
+        before = dataclasses.replace(pos)
         if outcome == "executed":
             pos.executed = True
         elif outcome == "failed":
@@ -260,7 +262,8 @@ class Policy:
                 pos.due_at = now + ladder.retry_s
             else:
                 pos.due_at = now
-        self._save()
+        if pos != before:  # "planned" in dry-run changes nothing: no fsync'd rewrite
+            self._save()
 
     def _recent_run(self, proposal: Proposal, ladder: Ladder | None, now: float) -> float | None:
         """When the same action on the same subject ran within this rung's verify time."""

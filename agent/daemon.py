@@ -454,17 +454,20 @@ class Daemon:
         # Always rebuilt: signature files may have changed even when agent.toml did not.
         # Built first: if it fails (a signature file changed since the check), nothing
         # of the new configuration has been applied yet. Guard state (budgets, cooldowns,
-        # intents) lives in the state directory, so it survives; findings still firing
-        # are detected again from the next observations.
+        # intents) lives in the state directory, so it survives; with the same rules the
+        # findings carry over (kernel evidence is not read twice).
         pipeline = self._pipeline_factory(new, self.clock)
+        kept = self.pipeline is not None and pipeline.carry_over(self.pipeline)
         self.config = new
         self.host = new.agent.hostname
         changes = self.sources.apply(new)
         self._register_sources()
         self.pipeline = pipeline
-        self._firing.clear()
+        if not kept:
+            self._firing.clear()
         what = "changed" if _decision_part(new) != _decision_part(old) else "unchanged"
-        changes.append(f"pipeline rebuilt (mode {new.agent.mode}, policy settings {what})")
+        changes.append(f"pipeline rebuilt (mode {new.agent.mode}, policy settings {what}; "
+                       f"{'findings kept' if kept else 'rules changed: findings start over'})")
         text = f"reloaded {', '.join(new.sources)}: " + ("; ".join(changes) or "no change")
         self._emit([Event(self.clock.now(), "note", {"text": text})])
 

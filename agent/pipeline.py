@@ -362,6 +362,15 @@ class DecisionPipeline:
         """The last cycle's one-line summary (STYLE.md 3)."""
         return self._sentence
 
+    def carry_over(self, previous: object) -> bool:
+        """After a reload: keep what the previous pipeline detected when the rules are
+        the same (kernel evidence is not read twice: a hung-task line prints 10 times a
+        boot), so a reload does not end findings that are still firing."""
+        if not isinstance(previous, DecisionPipeline) or previous.config.rules != self.config.rules:
+            return False
+        self.detectors = previous.detectors
+        return True
+
     def idle(self) -> bool:
         """Nothing is firing: a decide() now would propose nothing (cheap to ask)."""
         return not self.detectors.any_firing()

@@ -64,5 +64,9 @@ class Pipeline(Protocol):
 
     def complete(self, decision: Decision, outcome: Outcome) -> Sequence[Event]: ...
 
+    def carry_over(self, previous: object) -> bool:
+        """Take over the findings of the pipeline this one replaces (a reload); False
+        when that cannot be done (the rules changed)."""
+
     def idle(self) -> bool:
         """Nothing is firing, so decide() would propose nothing (the driver may wait)."""

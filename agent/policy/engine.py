@@ -107,6 +107,10 @@ class Policy:
                 pos = _Position(**item)
             except TypeError:
                 continue
+            # A (re)started agent has not seen the finding yet: the position waits for it
+            # to fire again (within quiet_s it continues at the next rung), and it going
+            # quiet is not counted as a fix the flapping guard would believe.
+            pos.firing = False
             self._pos[(pos.problem, pos.subject)] = pos
 
     def _save(self) -> None:

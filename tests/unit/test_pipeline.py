@@ -310,3 +310,16 @@ def test_precondition_checks_are_capped_below_the_watchdog() -> None:
     runner.run(Step(("systemctl", "show"), 1.0))
     assert seen == [PRECONDITION_TIMEOUT_S, 1.0]
     assert PRECONDITION_TIMEOUT_S < 15.0  # half of the unit's WatchdogSec=30s
+
+
+def test_a_reload_with_the_same_rules_keeps_what_fires(tmp_path: Path) -> None:
+    """SIGHUP rebuilds the pipeline; a hung-task line is not printed again, so the
+    finding must survive the reload, unless the rules themselves changed."""
+    old, clock, _ = make(tmp_path, {"agent": {"role": "storage"}})
+    old.observe(kline(HUNG, clock.now()))
+    same, _, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "observe"}})
+    assert same.carry_over(old)
+    assert [f.problem for f in same.active()] == ["hung-task"]
+    other, _, _ = make(tmp_path, {"agent": {"role": "mail"}})  # other rules
+    assert not other.carry_over(old)
+    assert other.active() == []

@@ -118,6 +118,23 @@ def test_positions_survive_a_restart_and_fixes_are_recorded(tmp_path: Path) -> N
     assert q.action == "node-restart"
 
 
+def test_a_restart_does_not_count_a_fix_it_did_not_see(tmp_path: Path) -> None:
+    """The agent restarted while storage-hang fired after a rung ran: the new process has
+    not seen the finding (its kernel lines are not read again), so the finding's absence
+    is not a "successful fix" for the flapping guard; if it fires again within quiet_s,
+    the ladder continues at its next rung."""
+    state = SafetyState(tmp_path, now=T0)
+    policy = Policy([HANG], hostname="nas1", state=state)
+    [p] = policy.step(fire(0), T0)
+    policy.record(p, T0, "executed")
+    reborn_state = SafetyState(tmp_path, now=T0 + 10)
+    reborn = Policy([HANG], hostname="nas1", state=reborn_state)
+    assert reborn.step([], T0 + 10) == []
+    assert reborn_state.fixes("storage-hang", "nfsd") == []
+    [q] = reborn.step(fire(400), T0 + 400)
+    assert q.action == "node-restart"
+
+
 @pytest.mark.parametrize(("policy", "key", "reason"), [
     ({"storage-hang": {"rungs": [{"action": "reboot-now"}]}},
      "policy.storage-hang.rungs[0].action", "unknown action 'reboot-now'"),

@@ -34,6 +34,9 @@ DEFAULT_MAX_OUTPUT = 64 * 1024
 #: how long to wait for a killed process group to be reaped (a task stuck in D state
 #: cannot die; the runner then reports it instead of hanging with it)
 REAP_WAIT_S = 5.0
+#: after the process exited, how long its output pipes are still read: a background
+#: child it left behind may hold them open, which is not the step timing out
+DRAIN_AFTER_EXIT_S = 1.0
 
 
 class Runner(Protocol):
@@ -123,21 +126,34 @@ class SubprocessRunner:
         data = memoryview((step.input_text or "").encode())
         written = 0
         stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
+        exited_fd = _pidfd(proc.pid)
+        drain_until: float | None = None
         with selectors.DefaultSelector() as sel:
             for fd in bufs:
                 sel.register(fd, selectors.EVENT_READ)
+            if exited_fd is not None:
+                sel.register(exited_fd, selectors.EVENT_READ)
             if proc.stdin is not None:
                 os.set_blocking(proc.stdin.fileno(), False)
                 if data:
                     sel.register(stdin_fd, selectors.EVENT_WRITE)
                 else:
                     proc.stdin.close()
-            while sel.get_map():
-                remaining = deadline - self._clock.monotonic()
+            while set(sel.get_map()) - {exited_fd}:
+                now = self._clock.monotonic()
+                if drain_until is not None and now >= drain_until:
+                    # it exited; a background child still holds its output: not a timeout
+                    break
+                remaining = min(deadline, drain_until or deadline) - now
                 if remaining <= 0:
+                    _close_fd(exited_fd)
                     return (*self._text(bufs, dropped, proc), True)
                 for key, _ in sel.select(remaining):
                     fd = int(key.fd)
+                    if fd == exited_fd:
+                        sel.unregister(fd)
+                        drain_until = self._clock.monotonic() + DRAIN_AFTER_EXIT_S
+                        continue
                     if fd == stdin_fd and proc.stdin is not None:
                         try:
                             written += os.write(fd, data[written:written + 65536])
@@ -154,6 +170,7 @@ class SubprocessRunner:
                     room = self._max - len(bufs[fd])
                     bufs[fd] += chunk[:max(0, room)]
                     dropped[fd] += max(0, len(chunk) - max(0, room))
+        _close_fd(exited_fd)
         return (*self._text(bufs, dropped, proc), False)
 
     @staticmethod
@@ -168,6 +185,20 @@ class SubprocessRunner:
                 text += f"\n[nodewarden: {dropped[fd]} more bytes not kept]"
             texts.append(text)
         return texts[0], texts[1]
+
+
+def _pidfd(pid: int) -> int | None:
+    """An fd that becomes readable when the process exits (Linux 5.3+), else None."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _close_fd(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _kill_group(pgid: int) -> None:

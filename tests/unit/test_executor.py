@@ -146,6 +146,23 @@ def test_subprocess_runner_timeout_kills_the_whole_process_group(tmp_path: Path)
     assert state in (None, "Z"), state
 
 
+def test_a_command_that_leaves_a_child_holding_its_output_did_not_time_out(
+    tmp_path: Path
+) -> None:
+    """A site command that starts something in the background and exits 0 succeeded; the
+    child keeping stdout open must not turn that into a timeout (and a killed group)."""
+    pidfile = tmp_path / "child"
+    code = ("import subprocess\n"
+            "p = subprocess.Popen(['sleep', '6'])\n"  # inherits stdout, outlives the step
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n"
+            "print('started', flush=True)\n")
+    r = run([PY, "-c", code], timeout=3.0)
+    assert (r.exit_code, r.timed_out, r.stdout) == (0, False, "started\n")
+    child = int(pidfile.read_text())
+    assert _state(child) not in (None, "Z")  # left running, as the command meant
+    os.kill(child, 9)
+
+
 def _state(pid: int) -> str | None:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()

@@ -7,8 +7,9 @@ to reconstruct after a crash. The file is rotated by size (`audit.jsonl.1` … `
 
 A write error (a full disk: ENOSPC) never raises into the loop: it is logged once per
 failing stretch and counted; the records stay buffered and are written when the disk has
-room again. Only when the buffer is full are the oldest records dropped -- counted by
-kind, logged, and written into the log itself as a `note` record as soon as it can be.
+room again. A buffer that fills while the disk is fine is written at once; only when it
+fills and cannot be written are the oldest records dropped -- counted by kind, logged,
+and written into the log itself as a `note` record as soon as it can be.
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ class AuditLog:
         self._bound()
 
     def _bound(self) -> None:
-        """Drop the oldest whole records beyond the buffer limit, counting them by kind."""
+        """Past the buffer limit, write now (a burst -- a whole kernel ring after a reboot
+        -- must not push out the records before it); only when that fails, drop the
+        oldest whole records, counting them by kind."""
+        if len(self._pending) > self.buffer_records and not self._failing:
+            self.flush()
         while len(self._pending) > self.buffer_records:
             if self._head_partial:
                 # never drop the rest of a half-written line: drop the one after it

@@ -150,3 +150,17 @@ def test_bad_limits_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match="must be"):
         AuditLog(tmp_path / "a", max_bytes=max_bytes, keep=keep, buffer_records=buffer_records)
+
+
+def test_a_burst_larger_than_the_buffer_is_written_not_dropped(tmp_path: Path) -> None:
+    """A whole kernel ring read at start-up must not push out the records before it (the
+    outcome of a node restart's intent is emitted first)."""
+    audit = AuditLog(tmp_path / "audit.jsonl", buffer_records=3)
+    audit.append({"kind": "outcome", "intent": "first"})
+    for i in range(10):
+        audit.append({"kind": "finding", "n": i})
+    assert audit.flush()
+    lines = [json.loads(x) for x in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert lines[0] == {"kind": "outcome", "intent": "first"}
+    assert [r["n"] for r in lines[1:]] == list(range(10))
+    assert audit.dropped_total == 0

@@ -46,10 +46,6 @@ class ActionSettings:
     per_action: Mapping[str, Mapping[str, object]] = field(
         default_factory=lambda: MappingProxyType({}))
 
-    def settings_for(self, action: str) -> Mapping[str, object]:
-        return self.per_action.get(action, MappingProxyType({}))
-
-
 def _ok_value(value: Any) -> bool:
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         return True

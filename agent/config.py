@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.actions_settings import ActionSettings, parse_actions
-from agent.detect.rules import Rule, default_rules, parse_rules
+from agent.detect.rules import Rule, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
-from agent.policy.ladder import Ladder, default_ladders, parse_policy
+from agent.policy.ladder import Ladder, parse_policy
 
 DEFAULT_CONFIG_PATH = Path("/etc/nodewarden/agent.toml")
 DEFAULT_SIGNATURES_DIR = Path("/etc/nodewarden/signatures.d")
@@ -185,6 +185,15 @@ class Section:
                 self.error(name, "unknown key (misspelt? see docs/configuration.md)")
 
 
+def _builtin(parse: Callable[[Section, str], T], role: str) -> T:
+    """The shipped rules or ladders of `role` alone (Config() without a file)."""
+    errors: list[ConfigError] = []
+    parsed = parse(Section({}, "<built-in defaults>", "", errors), role)
+    if errors:
+        raise ConfigInvalid(errors)
+    return parsed
+
+
 # --------------------------------------------------------------------------- settings
 @dataclass(frozen=True)
 class AgentSettings:
@@ -256,9 +265,9 @@ class Config:
     probes: tuple[ProbeSettings, ...] = ()
     sources: tuple[str, ...] = ()
     #: effective detection rules: the role's shipped defaults + `[rules.*]` (docs/policy.md)
-    rules: tuple[Rule, ...] = field(default_factory=lambda: default_rules("generic"))
+    rules: tuple[Rule, ...] = field(default_factory=lambda: _builtin(parse_rules, "generic"))
     #: effective ladders: the role's shipped defaults + `[policy.*]` (docs/policy.md)
-    ladders: tuple[Ladder, ...] = field(default_factory=lambda: default_ladders("generic"))
+    ladders: tuple[Ladder, ...] = field(default_factory=lambda: _builtin(parse_policy, "generic"))
     #: `[guards.*]` (docs/guards.md)
     guards: GuardSettings = field(default_factory=GuardSettings)
     #: `[actions]`: per-action settings and protected units (agent/actions_settings.py)

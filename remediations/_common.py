@@ -12,6 +12,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 
+from agent.durations import EXAMPLES, parse_duration
 from agent.model import Step
 from remediations import ActionContext, InvalidParams
 
@@ -23,8 +24,6 @@ UNIT_TYPES = ("service", "socket", "target", "mount", "automount", "swap", "time
 _UNIT_RE = re.compile(
     r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,200}\.(" + "|".join(UNIT_TYPES) + r")$")
 _UNIT_BASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@_.:-]{0,200}$")
-_DURATION_RE = re.compile(r"^(\d{1,7})(s|m|h|d)?$")
-_DURATION_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
 #: what `systemctl` steps run as (found on the runner's sanitized PATH)
@@ -60,10 +59,10 @@ def refuse_protected(unit: str, ctx: ActionContext, extra: Sequence[str] = ()) -
 
 def duration_s(text: str, what: str, lo: int = 1, hi: int = 7 * 86400) -> int:
     """'90', '90s', '15m', '1h', '2d' → seconds, within [lo, hi]."""
-    m = _DURATION_RE.match(text.strip())
-    if not m:
-        raise InvalidParams(f"{what} {text!r} is not a duration like 90s, 15m, 1h or 2d")
-    seconds = int(m.group(1)) * _DURATION_UNIT[m.group(2)]
+    parsed = parse_duration(text)
+    if parsed is None:
+        raise InvalidParams(f"{what} {text!r} is not a duration like {EXAMPLES}")
+    seconds = round(parsed)
     if not lo <= seconds <= hi:
         raise InvalidParams(f"{what} {text!r} must be between {lo}s and {hi}s")
     return seconds

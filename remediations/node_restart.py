@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from agent.execute import intent as intents
 from agent.model import Plan, Step
+from agent.sources.kmsg import read_boot_id
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     SYSTEMCTL,
@@ -105,7 +106,7 @@ def reconcile_intents(
     """At start-up: complete pending node-restart intents, as timeline "outcome" events."""
     from agent.pipeline_api import Event
 
-    done = intents.reconcile(state_dir, boot_id or intents.current_boot_id(), clock.now())
+    done = intents.reconcile(state_dir, boot_id or read_boot_id(), clock.now())
     return [Event(clock.now(), "outcome", {
         "action": i.action, "subject": i.subject, "ok": bool(i.ok), "executed": True,
         "detail": f"intent {i.id} ({i.reason}): {i.outcome}", "intent": i.id,

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import sys
 from pathlib import Path
 
 from agent.config import Config, ConfigInvalid, load_config
+from agent.durations import EXAMPLES, parse_duration
 from agent.state import SafetyState
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class UsageError(Exception):
@@ -22,10 +19,9 @@ class UsageError(Exception):
 
 def duration(text: str, what: str = "--for") -> float:
     """'90s', '15m', '2h', '1d' or plain seconds; UsageError otherwise."""
-    m = _DURATION.match(text)
-    if m is None:
-        raise UsageError(f"{what} {text!r} is not a duration like 90s, 15m, 2h or 1d")
-    seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    seconds = parse_duration(text)
+    if seconds is None:
+        raise UsageError(f"{what} {text!r} is not a duration like {EXAMPLES}")
     if seconds <= 0:
         raise UsageError(f"{what} must be longer than 0")
     return seconds

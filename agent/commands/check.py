@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.config import ConfigError, read_config
+from agent.config import Config, ConfigError, read_config
 
 HELP = (
     "Validate the configuration file, every signature (built-in and "
@@ -31,13 +31,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect_errors(config_file: str | None, signatures_dir: str | None) -> list[ConfigError]:
     """Every error `run` would refuse to start with; used by `check`, `run` and SIGHUP."""
+    config, errors = read_config(config_file)
+    return errors + catalog_and_action_errors(config, signatures_dir)
+
+
+def catalog_and_action_errors(config: Config, signatures_dir: str | None) -> list[ConfigError]:
+    """What an already-read configuration still needs checked: the signatures (built-in
+    and the user's, examples included) and every remediation module."""
     from agent.detect.catalog import check_examples, load_catalog
     from remediations import load, names
 
-    config, errors = read_config(config_file)
     user_dir = Path(signatures_dir) if signatures_dir else config.agent.signatures_dir
-    catalog, catalog_errors = load_catalog(user_dir)
-    errors.extend(catalog_errors)
+    catalog, errors = load_catalog(user_dir)
     errors.extend(check_examples(catalog))
     for action in names():
         try:

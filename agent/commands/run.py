@@ -32,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load(config_file: str | None) -> tuple[Config, list[ConfigError]]:
     """The configuration and every error `check` would report (run, SIGHUP: the same path)."""
-    from agent.commands.check import collect_errors
+    from agent.commands.check import catalog_and_action_errors
 
     config, errors = read_config(config_file)
     if errors:
         return config, errors
-    return config, collect_errors(config_file, None)
+    return config, catalog_and_action_errors(config, None)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -212,7 +212,3 @@ class Matcher:
             pos = to - 1
             out.setdefault(line, set()).update(sig)
         return out
-
-    def candidate_lines(self, block: bytes) -> list[int]:
-        """Indices of the lines of `block` that some signature (any source) may match."""
-        return sorted(self.candidates(block))

@@ -32,7 +32,7 @@ all_of      every rule in `of` has a firing finding ("RULE" or "RULE:PROBLEM" to
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -132,13 +132,6 @@ class AllOfRule:
 
 
 Rule = ThresholdRule | SignatureRule | ProbeRule | DeviceRule | AllOfRule
-
-
-def problem_of(rule: Rule) -> str:
-    """The problem a rule reports (a signature rule without one reports the matched one)."""
-    if isinstance(rule, SignatureRule):
-        return rule.problem or "{problem}"
-    return rule.problem or rule.name
 
 
 # --------------------------------------------------------------------------- parsing
@@ -321,21 +314,6 @@ def _check_refs(
         if p.rule.subject_from and p.rule.subject_from not in refs:
             errors.append(error(p.file, f"{p.key}.subject_from",
                                 f"{p.rule.subject_from!r} is not one of the rules in `of`"))
-
-
-def default_rules(role: str) -> tuple[Rule, ...]:
-    """The shipped rules for `role` alone (for Config() without a file)."""
-    from agent.config import ConfigInvalid, Section
-
-    errors: list[ConfigError] = []
-    rules = parse_rules(Section({}, "<built-in defaults>", "", errors), role)
-    if errors:
-        raise ConfigInvalid(errors)
-    return rules
-
-
-def rule_names(rules: Iterable[Rule]) -> list[str]:
-    return [r.name for r in rules]
 
 
 def by_name(rules: Sequence[Rule]) -> dict[str, Rule]:

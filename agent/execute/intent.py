@@ -19,12 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from agent.sources.kmsg import read_boot_id
 from agent.state.files import StateError, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
-
 
 @dataclass(frozen=True)
 class Intent:
@@ -41,10 +39,6 @@ class Intent:
     @property
     def pending(self) -> bool:
         return self.completed_at is None
-
-
-def current_boot_id(path: Path = BOOT_ID_PATH) -> str:
-    return path.read_text().strip()
 
 
 def intents_dir(state_dir: Path) -> Path:
@@ -119,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.cmd == "write":
         try:
             intent = write_intent(args.state_dir, args.action, args.subject, args.reason,
-                                  now=time.time(), boot_id=current_boot_id())
+                                  now=time.time(), boot_id=read_boot_id())
         except (OSError, StateError) as exc:
             print(f"cannot write intent: {exc}", file=sys.stderr)
             return 1

@@ -161,14 +161,3 @@ def parse_policy(top: Section, role: str) -> tuple[Ladder, ...]:
         _parse_tables(Section({"policy": raw.get("policy", {})}, file, "", top.errors), merged)
     _parse_tables(top, merged)
     return tuple(merged.values())
-
-
-def default_ladders(role: str) -> tuple[Ladder, ...]:
-    """The shipped ladders for `role` alone (for Config() without a file)."""
-    from agent.config import ConfigError, ConfigInvalid, Section
-
-    errors: list[ConfigError] = []
-    ladders = parse_policy(Section({}, "<built-in defaults>", "", errors), role)
-    if errors:
-        raise ConfigInvalid(errors)
-    return ladders

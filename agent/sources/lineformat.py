@@ -110,11 +110,6 @@ def parse_line(raw: str, *, source: str = "kmsg", t: float = 0.0) -> LogLine:
     return closer_look(line, source, t)
 
 
-def strip_prefix(raw: str) -> str:
-    """The bare kernel message of a line in any supported format."""
-    return parse_line(raw).text
-
-
 # --------------------------------------------------------------------------- formats
 def _dmesg(line: str, source: str, t: float) -> LogLine:
     # Fast path without a regex for the commonest input, "[  123.456789] text".

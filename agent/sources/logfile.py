@@ -17,7 +17,6 @@ from pathlib import Path
 from agent.clock import Clock
 from agent.model import LogLine
 
-DEFAULT_MAX_LINE_BYTES = 16384
 DEFAULT_MAX_BYTES_PER_POLL = 1 << 20
 CHUNK = 64 * 1024
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.model import LogLine
-from agent.sources.lineformat import parse_line, strip_prefix
+from agent.sources.lineformat import parse_line
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def test_parse_line(case: Case) -> None:
     assert line.monotonic_usec == case.usec
     assert dict(line.fields) == case.fields
     assert line.source == "kmsg" and line.t == 7.0
-    assert strip_prefix(case.raw) == case.text
+    assert parse_line(case.raw).text == case.text
     # parse_line builds lines without LogLine.__init__ (speed): same fields, same value
     assert vars(line).keys() == vars(LogLine(source="", text="", t=0.0)).keys()
     built = LogLine(

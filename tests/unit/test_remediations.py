@@ -13,6 +13,7 @@ import pytest
 from agent.clock import FakeClock
 from agent.execute import haproxy_cmd, intent, stop_process, unit_props
 from agent.model import Step, StepResult
+from agent.sources.kmsg import read_boot_id
 from remediations import (
     ActionContext,
     InvalidParams,
@@ -446,4 +447,4 @@ def test_intent_cli_writes_a_record(tmp_path: Path, capsys: pytest.CaptureFixtur
     iid = capsys.readouterr().out.strip()
     [rec] = intent.read_intents(tmp_path)
     assert (rec.id, rec.reason) == (iid, "-starts with a dash")
-    assert rec.boot_id == intent.current_boot_id()
+    assert rec.boot_id == read_boot_id()

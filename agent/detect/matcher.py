@@ -157,7 +157,9 @@ class Matcher:
         """Every signature of `line.source` that matches `line.text`, in catalog order."""
         if self._prefilter is None or line.source not in self._by_source:
             return []
-        return self.confirm(line, self._prefilter.line(line.text[:MAX_MATCH_CHARS]))
+        candidates = self._prefilter.line(line.text[:MAX_MATCH_CHARS])
+        # the flood case: most lines match nothing, and cost only the prefilter
+        return self.confirm(line, candidates) if candidates else []
 
     def confirm(self, line: LogLine, candidates: Iterable[int]) -> list[SignatureMatch]:
         """Run the regexes of the candidate signatures (indices) that apply to `line.source`."""

@@ -16,6 +16,7 @@ preconditions guard reports what it refuses.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -47,8 +48,10 @@ class ActionSettings:
         default_factory=lambda: MappingProxyType({}))
 
 def _ok_value(value: Any) -> bool:
-    if isinstance(value, str | int | float) and not isinstance(value, bool):
+    if isinstance(value, str | int) and not isinstance(value, bool):
         return True
+    if isinstance(value, float):
+        return math.isfinite(value)
     if isinstance(value, list):
         return all(isinstance(v, str) for v in value)
     if isinstance(value, dict):
@@ -63,6 +66,9 @@ def parse_actions(top: Section) -> ActionSettings:
 
     s = top.table("actions")
     protected = s.str_list("protected_units", DEFAULT_PROTECTED_UNITS)
+    for i, glob in enumerate(protected):
+        if not glob or not glob.isprintable():
+            s.error(f"protected_units[{i}]", f"{glob!r} is not a unit name or glob")
     known = remediations.names()
     per_action: dict[str, Mapping[str, object]] = {}
     for name in [k for k in s.raw if k != "protected_units"]:
@@ -85,6 +91,9 @@ def parse_actions(top: Section) -> ActionSettings:
                 sub.error(key, "must be a string, a number, a list of strings or a table "
                                f"of argv lists, not {type(value).__name__}")
             else:
+                # what plan() would refuse mid-incident is refused now
+                for reason in remediations.value_errors(declared[key], value):
+                    sub.error(key, reason)
                 values[key] = _frozen(value)
         per_action[name] = MappingProxyType(values)
     s.finish()

@@ -8,7 +8,9 @@ Every key is documented in docs/configuration.md (a test checks the two agree).
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import socket
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -85,6 +87,12 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self.raw
 
+    def refuse(self, name: str, reason: str) -> None:
+        """A key that is known but may not be set: one error (not also "unknown key")."""
+        self._seen.add(name)
+        self.asked.add(self.key(name))
+        self.error(name, reason)
+
     def _get(self, name: str, default: T, check: Callable[[Any], bool], want: str) -> T:
         self._seen.add(name)
         self.asked.add(self.key(name))
@@ -110,7 +118,7 @@ class Section:
     def integer(
         self, name: str, default: int = _MISSING, *, minimum: int | None = None,
         maximum: int | None = None,
-    ) -> int:
+    ) -> int:  # TOML integers are always finite
         value = self._get(
             name, default, lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"
         )
@@ -123,7 +131,8 @@ class Section:
     ) -> float:
         value = self._get(
             name, default,
-            lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number",
+            lambda v: isinstance(v, int | float) and not isinstance(v, bool)
+            and math.isfinite(v), "a finite number",
         )
         if value is _MISSING:
             return default
@@ -183,6 +192,48 @@ class Section:
         for name in self.raw:
             if name not in self._seen:
                 self.error(name, "unknown key (misspelt? see docs/configuration.md)")
+
+
+#: deeper than any real file (agent.toml's deepest key is policy.P.rungs[i].params.K);
+#: a deeper document is refused before anything reads it (no parser recursion)
+MAX_DEPTH = 12
+
+
+def tree_errors(raw: object, file: str) -> list[ConfigError]:
+    """Non-finite numbers anywhere (NaN and infinity are typos too) and nesting deeper
+    than MAX_DEPTH, with the dotted key where they are."""
+    errors: list[ConfigError] = []
+    stack: list[tuple[object, str, int]] = [(raw, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            errors.append(ConfigError(file, key or "-", f"nested deeper than {MAX_DEPTH} "
+                                      "levels: not a configuration file"))
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            errors.append(ConfigError(file, key or "-", f"must be a finite number, not "
+                                      f"{value}"))
+        elif isinstance(value, dict):
+            stack += [(v, f"{key}.{k}" if key else str(k), depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{key}[{i}]", depth + 1) for i, v in enumerate(value)]
+    return sorted(errors, key=lambda e: e.key)
+
+
+def parse_toml(data: bytes, file: str) -> tuple[dict[str, Any] | None, list[ConfigError]]:
+    """TOML bytes to a table, or None and the reason (never a traceback): not UTF-8,
+    not TOML, nested too deep, non-finite numbers."""
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        return None, [ConfigError(file, "-", f"not UTF-8 text: {exc}")]
+    except tomllib.TOMLDecodeError as exc:
+        return None, [ConfigError(file, "-", f"not valid TOML: {exc}")]
+    except RecursionError:  # the parser recurses per level: a nesting bomb ends here
+        return None, [ConfigError(file, "-", f"nested deeper than {MAX_DEPTH} levels: not "
+                                  "a configuration file")]
+    errors = tree_errors(raw, file)
+    return (None if errors else raw), errors
 
 
 def _builtin(parse: Callable[[Section, str], T], role: str) -> T:
@@ -282,15 +333,37 @@ DEFAULT_PORTS = {
 }
 
 
+#: a host name as pages, reports and the coordinator carry it (RFC 1123 labels, and `_`)
+HOSTNAME_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,62}))*")
+
+
+def _path(s: Section, name: str, default: Path) -> Path:
+    """A directory the agent keeps or reads: absolute, so it never depends on the cwd."""
+    text = s.text(name, str(default))
+    if not text.strip():
+        s.error(name, "must not be empty")
+        return default
+    if not text.startswith("/") or "\0" in text:
+        s.error(name, f"must be an absolute path, not {text!r}")
+        return default
+    return Path(text)
+
+
 def _parse_agent(s: Section) -> AgentSettings:
     d = AgentSettings()
+    hostname = s.text("hostname", d.hostname)
+    if s.has("hostname") and (len(hostname) > 253 or not HOSTNAME_RE.fullmatch(hostname)):
+        s.error("hostname", f"{hostname[:80]!r} is not a host name (letters, digits, '-', "
+                            "'_' and dots; no spaces or control characters)")
+        hostname = d.hostname
     out = AgentSettings(
         mode=s.choice("mode", MODES, d.mode),
         role=s.choice("role", ROLES, d.role),
-        hostname=s.text("hostname", d.hostname),
-        state_dir=Path(s.text("state_dir", str(d.state_dir))),
-        signatures_dir=Path(s.text("signatures_dir", str(d.signatures_dir))),
-        sample_interval_s=s.number("sample_interval_s", d.sample_interval_s, minimum=0.05),
+        hostname=hostname,
+        state_dir=_path(s, "state_dir", d.state_dir),
+        signatures_dir=_path(s, "signatures_dir", d.signatures_dir),
+        sample_interval_s=s.number("sample_interval_s", d.sample_interval_s, minimum=0.05,
+                                   maximum=3600.0),
     )
     s.finish()
     return out
@@ -377,7 +450,9 @@ def parse_config(
 
     `asked` (optional) collects every dotted key the parsers looked for.
     """
-    errors: list[ConfigError] = []
+    errors = tree_errors(raw, file)
+    if any("nested deeper" in e.reason for e in errors):
+        return Config(), errors
     top = Section(raw, file, "", errors, asked)
     default = Config()
     logs = default.logs
@@ -419,13 +494,12 @@ def read_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Config,
             return Config(), [ConfigError(str(path), "-", "file not found")]
         return Config(sources=("<built-in defaults>",)), []
     try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return Config(), [ConfigError(str(path), "-", f"not UTF-8 text: {exc}")]
-    except tomllib.TOMLDecodeError as exc:
-        return Config(), [ConfigError(str(path), "-", f"not valid TOML: {exc}")]
+        data = path.read_bytes()
     except OSError as exc:
         return Config(), [ConfigError(str(path), "-", f"cannot read: {exc.strerror}")]
+    raw, errors = parse_toml(data, str(path))
+    if raw is None:
+        return Config(), errors
     return parse_config(raw, str(path))
 
 

@@ -158,6 +158,13 @@ class Proposal:
     finding_subject: str = ""
     #: why the policy proposes it, one sentence ("rung 2 of 3: restart-service did not ...")
     reason: str = ""
+    #: the canonical thing acted on (remediations.target_of: "dovecot" -> "dovecot.service");
+    #: cooldowns, budgets and flapping are keyed on it ("" = the subject)
+    target: str = ""
+
+    @property
+    def acted_on(self) -> str:
+        return self.target or self.subject
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,25 @@ agent/pipeline_api.py: `observe(obs)`, `decide(now)`, `complete(decision, outcom
 This module only decides; a driver carries a Decision out with an Executor and hands the
 Outcome back. Events carry absolute wall-clock `t`; `simulate` re-bases them.
 
+Observations: a kernel line's matches pass agent/detect/oomreport.py first (an OOM kill
+is tied to its report's service, never to a process name); only trusted lines count
+towards the findings the policy sees (agent/detect/findings.py).
+
 Order inside `decide(now)`:
 1. re-read safety state another process changed (maintenance, approvals, history);
 2. `Detectors.tick(now)` (quiet signature findings resolve);
-3. `Policy.step(active findings, now)` gives the rungs due now;
+3. `Policy.step(trusted findings, now)` gives the rungs due now; event episodes it
+   verified as over are resolved (`Detectors.end`);
 4. every proposal goes through the guard chain: one "verdict" event per guard;
 5. allowed: the remediation plans it (a plan it refuses is a "plan" verdict, deny); a
    "plan" event; when the mode executes, the execution is recorded first (write-ahead:
    budgets and cooldowns count it even if the process dies while it runs; if it cannot
-   be recorded it does not run);
+   be recorded it does not run, and a person is paged: that page says why). A page is
+   the exception: it goes out even when it cannot be recorded (a full disk), and says
+   how many repeats were folded into it;
 6. denied: the policy is told which guards denied (hold or climb); a guard that says
-   "page a person" (flapping, a broken history) adds one page proposal per episode.
+   "page a person" (flapping, a broken history or maintenance file, a write-ahead that
+   failed) adds one page proposal per episode.
 
 `complete()` emits the "outcome" event, tells the policy what ran (a failed run climbs at
 once), and releases a lease taken for it (not for a node restart that went ahead: the
@@ -31,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -40,7 +48,11 @@ from agent.clock import Clock
 from agent.config import Config
 from agent.detect.findings import Detectors
 from agent.detect.matcher import Matcher
+from agent.detect.oomreport import OomReports
+from agent.detect.rules import ProbeRule
+from agent.detect.template import render
 from agent.guards import GuardChain, Lease, LeaseClient, NoCoordinator, build_chain
+from agent.guards.base import PAGE_A_PERSON
 from agent.guards.costly import PreconditionGuard
 from agent.model import (
     DeviceEvent,
@@ -59,7 +71,14 @@ from agent.model import (
 from agent.pipeline_api import Decision, Event, EventKind
 from agent.policy.engine import Policy
 from agent.state import SafetyState, StateError
-from remediations import ActionContext, InvalidParams, ReadOnlyRunner, UnknownAction, build_plan
+from remediations import (
+    ActionContext,
+    InvalidParams,
+    ReadOnlyRunner,
+    UnknownAction,
+    build_plan,
+    target_of,
+)
 
 
 def finding_event(f: Finding, t: float) -> Event:
@@ -129,6 +148,15 @@ class CappedRunner:
                                                                          self.cap_s)))
 
 
+def _with_message(p: Proposal, extra: str) -> Proposal:
+    """A page proposal with `extra` added to its message."""
+    if not extra:
+        return p
+    params = dict(p.params)
+    params["message"] = (params.get("message", "") + extra)[:480]
+    return dataclasses.replace(p, params=MappingProxyType(params))
+
+
 def with_page_defaults(p: Proposal) -> Proposal:
     """A page rung names the problem and says why, unless the ladder gave its own params."""
     if p.action != "page":
@@ -150,28 +178,61 @@ class ActionPreconditions:
         return PreconditionGuard(self.contexts.for_action(proposal.action)).check(proposal, now)
 
 
+#: how old the host's never-block addresses may be when a block is planned
+NEVER_BLOCK_MAX_AGE_S = 30.0
+
+
+class NeverBlockCache:
+    """The addresses block-addresses must never block (agent/sources/hostaddrs.py), read
+    again when older than NEVER_BLOCK_MAX_AGE_S (a new address or route is seen soon)."""
+
+    def __init__(self, clock: Clock, read: Callable[[], tuple[tuple[str, str], ...]]) -> None:
+        self.clock = clock
+        self.read = read
+        self._value: tuple[tuple[str, str], ...] = ()
+        self._at: float | None = None
+
+    def get(self) -> tuple[tuple[str, str], ...]:
+        now = self.clock.now()
+        if self._at is None or not 0 <= now - self._at < NEVER_BLOCK_MAX_AGE_S:
+            self._value, self._at = self.read(), now
+        return self._value
+
+
 @dataclasses.dataclass(frozen=True)
 class ActionContexts:
     """One ActionContext per action: the same host facts, that action's settings."""
 
     base: ActionContext
     per_action: Mapping[str, Mapping[str, object]]
+    #: the host's own addresses, gateways, resolvers, filers (None: a pure replay)
+    never_block: NeverBlockCache | None = None
 
     def for_action(self, action: str) -> ActionContext:
         settings = self.per_action.get(action, MappingProxyType({}))
-        return dataclasses.replace(self.base, settings=settings)
+        ctx = dataclasses.replace(self.base, settings=settings)
+        if action == "block-addresses" and self.never_block is not None:
+            ctx = dataclasses.replace(ctx, never_block=self.never_block.get())
+        return ctx
 
 
 def action_contexts(
     config: Config, clock: Clock, runner: ReadOnlyRunner | None = None,
-    agent_pid: int | None = None,
+    agent_pid: int | None = None, *, read_host: bool = True,
 ) -> ActionContexts:
+    """Contexts for every action; `read_host` False for pure replays (`simulate`), which
+    never read the machine they run on."""
     base = ActionContext(
         hostname=config.agent.hostname, state_dir=config.agent.state_dir,
         agent_pid=os.getpid() if agent_pid is None else agent_pid, clock=clock,
         runner=runner, protected_units=config.actions.protected_units,
     )
-    return ActionContexts(base, config.actions.per_action)
+    never_block = None
+    if read_host:
+        from agent.sources.hostaddrs import read_never_block
+
+        never_block = NeverBlockCache(clock, read_never_block)
+    return ActionContexts(base, config.actions.per_action, never_block)
 
 
 def guard_chain(
@@ -209,7 +270,9 @@ class DecisionPipeline:
         self.clock = clock
         self.contexts = contexts
         self.detectors = Detectors(config.rules)
-        self.policy = Policy(config.ladders, hostname=config.agent.hostname, state=state)
+        self.reports = OomReports()
+        self.policy = Policy(config.ladders, hostname=config.agent.hostname, state=state,
+                             health=self._health)
         self.chain = guard_chain(config, state, contexts,
                                  lease_client=lease_client or NoCoordinator(),
                                  check_preconditions=check_preconditions)
@@ -224,7 +287,10 @@ class DecisionPipeline:
         """Detection for one observation: "finding" / "resolved" events."""
         if isinstance(obs, LogLine):
             changes: list[Finding] = []
-            for m in self.matcher.match(obs):
+            matches = self.matcher.match(obs)
+            if matches and obs.from_kernel:
+                matches = self.reports.rewrite(matches)
+            for m in matches:
                 changes += self.detectors.on_match(m)
             t = obs.t
         elif isinstance(obs, MetricSample):
@@ -254,9 +320,12 @@ class DecisionPipeline:
         acted: list[str] = []
         # A rung denied for good (lease, budget, mode...) makes the next rung due now: step
         # again, so a ladder climbs to its page in the same cycle, not one cycle later.
-        firing = self.detectors.active()  # findings do not change while we decide
+        # findings do not change while we decide; the policy skips (and notes) the
+        # untrusted ones, which are reported only
+        firing = self.detectors.active()
         for _ in range(MAX_STEPS):
             queue = list(self.policy.step(firing, now))
+            events += self._end_episodes(now)
             if not queue:
                 break
             while queue:
@@ -275,16 +344,77 @@ class DecisionPipeline:
         self._write_status(now, firing)
         return events, decisions
 
+    def _end_episodes(self, now: float) -> list[Event]:
+        """Resolve the event findings whose episode the policy verified as over."""
+        changes: list[Finding] = []
+        for problem, subject, why in self.policy.ended:
+            changes += self.detectors.end(problem, subject, why, now)
+        self.policy.ended.clear()
+        return self._changes(changes, now)
+
+    def _health(self, action: str, subject: str, params: Mapping[str, str],
+                target: str) -> str | None:
+        """Why `target` is not healthy after `action` ran on it (None: healthy): a probe
+        finding whose ladder acts on the same target is firing, or the plan's own verify
+        steps fail now (run read-only, when this pipeline checks the host at all)."""
+        for f in self.detectors.actionable():
+            rule = next((r for r in self.config.rules if r.name == f.rule), None)
+            ladder = self.policy.ladders.get(f.problem)
+            if not isinstance(rule, ProbeRule) or ladder is None:
+                continue
+            values = {"subject": f.subject, "problem": f.problem,
+                      "host": self.config.agent.hostname}
+            if any(target_of(r.action, render(r.subject, values), {}) == target
+                   for r in ladder.rungs):
+                return f"probe finding {f.problem} {f.subject} is firing"
+        runner = self.contexts.base.runner
+        if runner is None:
+            return None
+        try:
+            plan = build_plan(action, subject, params, self.contexts.for_action(action))
+        except (InvalidParams, UnknownAction, ImportError):
+            return None  # it planned when it ran; the guards judge the next rung
+        for step in plan.verify:
+            result = runner.run(step)
+            if not result.ran or result.timed_out or result.exit_code not in step.ok_exit:
+                return f"{step.description or ' '.join(step.argv)}: not so now"
+        return None
+
     def _consider(
         self, proposal: Proposal, now: float, events: list[Event]
     ) -> tuple[Decision | None, Proposal | None]:
         proposal = with_page_defaults(proposal)
+        if not proposal.target:
+            proposal = dataclasses.replace(
+                proposal, target=target_of(proposal.action, proposal.subject, proposal.params))
         result = self.chain.evaluate(proposal, now)
         verdicts = list(result.verdicts)
         events += [verdict_event(proposal, v, now) for v in verdicts]
         if not result.allowed:
             self.policy.record(proposal, now, "denied", denied_by=result.denied_by)
             return None, self._page_for(proposal, result.page)
+        fold = self.chain.fold
+        if proposal.action == "page" and fold is not None:
+            proposal = _with_message(proposal, fold.annotate(proposal))
+        unrecorded = ""
+        if result.execute:
+            try:  # write-ahead: counted before it runs, or it does not run (but a page)
+                self.state.record_execution(
+                    proposal.action, proposal.subject, now, problem=proposal.problem,
+                    finding_subject=proposal.finding_subject, origin=proposal.origin,
+                    target=proposal.acted_on)
+            except StateError as exc:
+                if proposal.action != "page":
+                    why = (f"cannot record the execution, so it does not run: {exc}; "
+                           f"{PAGE_A_PERSON}")
+                    events.append(verdict_event(proposal, Verdict("budget", False,
+                                                                  f"budget: {why}"), now))
+                    self._release(result.lease)
+                    self.policy.record(proposal, now, "denied", denied_by=("budget",))
+                    return None, self._page_for(proposal, f"{proposal.action} "
+                                                f"{proposal.subject} denied: {why}")
+                unrecorded = f"could not be recorded ({exc}); it goes out anyway"
+                proposal = _with_message(proposal, f" [this page {unrecorded}]")
         try:
             plan = build_plan(proposal.action, proposal.subject, proposal.params,
                               self.contexts.for_action(proposal.action))
@@ -295,18 +425,10 @@ class DecisionPipeline:
             self.policy.record(proposal, now, "denied", denied_by=("plan",))
             return None, None
         verdicts.append(Verdict("plan", True, f"plan: {plan.summary}"))
-        if result.execute:
-            try:  # write-ahead: counted before it runs, or it does not run
-                self.state.record_execution(
-                    proposal.action, proposal.subject, now, problem=proposal.problem,
-                    finding_subject=proposal.finding_subject, origin=proposal.origin)
-            except StateError as exc:
-                verdict = Verdict("budget", False, f"budget: cannot record the execution, so "
-                                                   f"it does not run: {exc}")
-                events.append(verdict_event(proposal, verdict, now))
-                self._release(result.lease)
-                self.policy.record(proposal, now, "denied", denied_by=("budget",))
-                return None, None
+        if unrecorded:
+            events.append(note_event(f"page {proposal.subject} {unrecorded}", now))
+        if proposal.action == "page" and fold is not None:
+            fold.sent(proposal, now)
         events.append(plan_event(proposal, plan, result.execute, now))
         decision = Decision(proposal, tuple(verdicts), plan, result.execute)
         if result.lease is not None:
@@ -324,7 +446,7 @@ class DecisionPipeline:
             action="page", subject=subject, problem=proposal.problem,
             params=MappingProxyType({"problem": proposal.problem, "message": why[:400]}),
             rung=-1, trusted=True, finding_subject=proposal.finding_subject,
-            reason=f"a guard asks for a person: {why}",
+            reason=f"a guard asks for a person: {why}", target=subject,
         )
 
     # ------------------------------------------------------------------ complete
@@ -356,6 +478,7 @@ class DecisionPipeline:
 
     # ------------------------------------------------------------------ status
     def active(self) -> list[Finding]:
+        """Every firing finding, the untrusted ones too (status, reports)."""
         return self.detectors.active()
 
     def sentence(self) -> str:
@@ -369,6 +492,7 @@ class DecisionPipeline:
         if not isinstance(previous, DecisionPipeline) or previous.config.rules != self.config.rules:
             return False
         self.detectors = previous.detectors
+        self.reports = previous.reports
         return True
 
     def idle(self) -> bool:
@@ -450,7 +574,7 @@ def build_pipeline(
         runner = CappedRunner(SubprocessRunner(clock), PRECONDITION_TIMEOUT_S)
     directory = state_dir or config.agent.state_dir
     state = SafetyState(directory, now=clock.now())
-    contexts = action_contexts(config, clock, runner)
+    contexts = action_contexts(config, clock, runner, read_host=check_preconditions)
     if state_dir is not None:
         contexts = dataclasses.replace(
             contexts, base=dataclasses.replace(contexts.base, state_dir=state_dir))

@@ -26,14 +26,22 @@ import json
 import math
 import re
 import tempfile
-import tomllib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent.clock import FakeClock
-from agent.config import MODES, ROLES, Config, ConfigError, ConfigInvalid, config_path, parse_config
+from agent.config import (
+    MODES,
+    ROLES,
+    Config,
+    ConfigError,
+    ConfigInvalid,
+    config_path,
+    parse_config,
+    parse_toml,
+)
 from agent.execute import Executor, RecordingRunner
 from agent.model import (
     DeviceEvent,
@@ -197,6 +205,10 @@ def _check_event(kind: str, obj: dict[str, Any], file: str, n: int) -> None:
             raise bad("a udev line needs \"device\": the kernel name, e.g. \"sdb\"")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number (NaN and infinity are typos too)")
+
+
 def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
     """Parse scenario text; ScenarioError names the first bad line and why."""
     host: Host | None = None
@@ -207,9 +219,11 @@ def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
         if not line or line.startswith("#"):
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=_no_constant)
         except ValueError as exc:
             raise ScenarioError(file, n, f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ScenarioError(file, n, "nested too deep: not a scenario line") from None
         if not isinstance(obj, dict):
             raise ScenarioError(file, n, "each line must be a JSON object")
         if "host" in obj:
@@ -281,9 +295,13 @@ def scenario_config(
     if path.exists():
         name = str(path)
         try:
-            raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError, OSError) as exc:
+            data = path.read_bytes()
+        except OSError as exc:
             raise ConfigInvalid([ConfigError(str(path), "-", f"cannot use: {exc}")]) from None
+        parsed, errors = parse_toml(data, str(path))
+        if parsed is None:
+            raise ConfigInvalid(errors)
+        raw = parsed
     elif required:
         raise ConfigInvalid([ConfigError(str(path), "-", "file not found")])
     host = scenario.host

@@ -9,9 +9,13 @@ itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the dec
     NEEDS_LEASE: bool             # the coordinator must grant a lease first
     PARAMS: Mapping[str, ParamSpec]
     SETTINGS: Mapping[str, ParamSpec]  # keys of the [actions.NAME] table it reads
+    SUBJECT: ParamSpec            # what the subject is (its `check` refuses a literal one)
     EXAMPLE: Example              # subject, params and settings for the runbook's dry-run
     __doc__                       # the runbook: what it does, when, how to undo it
     def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan
+    def target(subject: str, params: Mapping[str, str]) -> str
+        # the canonical thing acted on ("dovecot" and "dovecot.service" are one unit):
+        # cooldowns, budgets and the flapping guard are keyed on it
     def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]
         # reasons the action must not run now (empty = ok); may run read-only commands
         # through ctx.runner, never a destructive one
@@ -19,6 +23,9 @@ itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the dec
 `plan()` is pure: the same inputs give the same Plan, which dry-run prints and execute runs.
 It raises InvalidParams when a parameter or setting is unsafe or malformed; preconditions()
 then returns the same reasons. `build_plan()` does load + resolve_params + plan in one call.
+A ParamSpec's `check` runs the validation plan() applies to that one value, so `check`
+refuses a bad setting or a bad literal rung parameter when the configuration is loaded,
+not when a plan is built in the middle of an incident.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import functools
 import importlib
 import pkgutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
@@ -50,6 +57,8 @@ class ParamSpec:
     description: str
     required: bool = False
     default: str | None = None
+    #: validates one value (raises InvalidParams with the reason); None: any string
+    check: Callable[[object], object] | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,10 @@ class ActionContext:
     runner: ReadOnlyRunner | None = None
     settings: Mapping[str, object] = field(default_factory=lambda: EMPTY)
     protected_units: tuple[str, ...] = ()
+    #: addresses no action may block, whatever the evidence says, gathered by the driver
+    #: from the host (agent/sources/hostaddrs.py): (address or CIDR, why) pairs such as
+    #: ("192.0.2.10", "an address of this host (eth0)"), ("192.0.2.1", "default gateway")
+    never_block: tuple[tuple[str, str], ...] = ()
     #: the interpreter that runs helper steps (`python3 -m agent.execute...`)
     python: str = field(default_factory=lambda: sys.executable or "python3")
 
@@ -95,10 +108,13 @@ class Remediation(Protocol):
     NEEDS_LEASE: bool
     PARAMS: Mapping[str, ParamSpec]
     SETTINGS: Mapping[str, ParamSpec]
+    SUBJECT: ParamSpec
     EXAMPLE: Example
     __doc__: str | None
 
     def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan: ...
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str: ...
 
     def preconditions(
         self, subject: str, params: Mapping[str, str], ctx: ActionContext
@@ -151,6 +167,26 @@ def resolve_params(
         elif spec.required:
             errors.append(f"parameter {key!r} is required ({spec.description})")
     return MappingProxyType(out), errors
+
+
+def value_errors(spec: ParamSpec | None, value: object) -> list[str]:
+    """Why `value` is refused by `spec.check` (empty: accepted, or nothing to check)."""
+    if spec is None or spec.check is None:
+        return []
+    try:
+        spec.check(value)
+    except InvalidParams as exc:
+        return list(exc.reasons)
+    return []
+
+
+def target_of(action: str, subject: str, params: Mapping[str, str]) -> str:
+    """The canonical target of `action` on `subject` (the subject when the action is not
+    installed: its plan is refused anyway)."""
+    try:
+        return load(action).target(subject, params)
+    except (UnknownAction, ImportError):
+        return subject
 
 
 def build_plan(

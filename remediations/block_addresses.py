@@ -22,12 +22,32 @@ Everything: `nft delete table inet nodewarden`. An address that is already block
 its first expiry (nft does not refresh it on a second add).
 
 ## Safety
-Every address is parsed by `ipaddress`; networks are not accepted here. Loopback
-(127.0.0.0/8, ::1) and the `allowlist` setting (addresses and CIDRs) are never blocked:
-allowlisted addresses are left out of the plan and named in its summary, and a plan with
-only allowlisted addresses is refused. Unspecified, multicast and link-local addresses are
-refused. At most `max_addresses` (default 256) are added per plan: the rest are left out
-and the summary says how many; the sets themselves hold at most `set_size` elements.
+Every address is parsed by `ipaddress` (an IPv4-mapped IPv6 address such as
+`::ffff:192.0.2.1` is taken as its IPv4 address); networks are not accepted here.
+Unspecified, multicast and link-local addresses are refused.
+
+Some addresses are never blocked, whatever the evidence says (a forged SYN source or log
+line must not get the host cut off from what it lives by):
+
+- loopback (127.0.0.0/8, ::1) and the `allowlist` setting (addresses and CIDRs): left out
+  and named in the summary as "not blocked (allowlisted): 192.0.2.9";
+- the host's own protected addresses, which the agent reads from the host before it plans
+  a block (agent/sources/hostaddrs.py, at most every 30 s) and passes in
+  `ActionContext.never_block`: every address of the host's interfaces, its gateways
+  (/proc/net/route, /proc/net/ipv6_route), its resolvers (/etc/resolv.conf and
+  systemd-resolved's upstreams), the servers of its network mounts (nfs, cifs, ceph...
+  from /proc/self/mountinfo), its iSCSI and NVMe-oF targets, and the coordinator. Each
+  is left out and named with its reason, as "not blocked: 192.0.2.1 (default gateway via
+  eth0)".
+
+A plan whose addresses are all protected is refused, and the refusal names each address
+with its reason. At most `max_addresses` (default 256) are added per plan: the rest are
+left out and the summary says how many; the sets themselves hold at most `set_size`
+elements.
+
+To see what the host protects: `ip route show default`, `ip -6 route show default`,
+`grep nameserver /etc/resolv.conf /run/systemd/resolve/resolv.conf`,
+`grep -E 'nfs|cifs|smb3|ceph|gluster' /proc/self/mountinfo`, `ip -brief address`.
 """
 
 from __future__ import annotations
@@ -39,42 +59,60 @@ from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     IPAddress,
+    IPNetwork,
+    a_duration,
     address,
+    addresses,
+    an_int_setting,
     duration_s,
     network,
+    networks,
     reasons_of,
     setting_int,
     setting_list,
     setting_str,
 )
 
+
+def _table_name(name: object) -> str:
+    if not isinstance(name, str) or not name.isidentifier() or len(name) > 64:
+        raise InvalidParams(f"setting table {name!r} must be an identifier")
+    return name
+
+
 NAME = "block-addresses"
 SUMMARY = "Drop traffic from abusive addresses for a while (nftables set with timeouts)."
 DISRUPTIVE = False
 NEEDS_LEASE = False
 PARAMS: Mapping[str, ParamSpec] = {
-    "addresses": ParamSpec("comma-separated addresses, worst first (default: the subject)"),
+    "addresses": ParamSpec("comma-separated addresses, worst first (default: the subject)",
+                           check=addresses("addresses")),
     "timeout": ParamSpec("how long each address stays blocked (90s, 15m, 1h, 2d)",
-                         default="1h"),
+                         default="1h", check=a_duration("timeout")),
 }
 SETTINGS: Mapping[str, ParamSpec] = {
-    "allowlist": ParamSpec("addresses and CIDRs never blocked (loopback always is)",
-                           default="[]"),
-    "max_addresses": ParamSpec("most addresses added by one plan", default="256"),
-    "set_size": ParamSpec("kernel cap on elements per set", default="65536"),
-    "table": ParamSpec("nftables table name (family inet)", default="nodewarden"),
+    "allowlist": ParamSpec("addresses and CIDRs never blocked (loopback and the host's "
+                           "own addresses, gateways, resolvers and storage servers "
+                           "always are)", default="[]", check=networks("allowlist")),
+    "max_addresses": ParamSpec("most addresses added by one plan", default="256",
+                               check=an_int_setting("max_addresses", 1, 65536)),
+    "set_size": ParamSpec("kernel cap on elements per set", default="65536",
+                          check=an_int_setting("set_size", 1, 1 << 24)),
+    "table": ParamSpec("nftables table name (family inet)", default="nodewarden",
+                       check=_table_name),
 }
+SUBJECT = ParamSpec("comma-separated addresses", check=addresses("subject"))
 EXAMPLE = Example(subject="203.0.113.5,2001:db8::7",
                   settings={"allowlist": ["192.0.2.0/24"]})
 
 ALWAYS_ALLOWED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
+#: (address, why it is left out), in the order the plan met them
+LeftOut = list[tuple[IPAddress, str]]
+
 
 def _table(ctx: ActionContext) -> str:
-    name = setting_str(ctx, "table", "nodewarden")
-    if not name.isidentifier() or len(name) > 64:
-        raise InvalidParams(f"setting table {name!r} must be an identifier")
-    return name
+    return _table_name(setting_str(ctx, "table", "nodewarden"))
 
 
 def ensure_argv(table: str, set_size: int) -> tuple[str, ...]:
@@ -105,36 +143,76 @@ def _elements(addrs: list[IPAddress], timeout: int | None) -> tuple[str, ...]:
     return (*out, "}")
 
 
+def _never_network(text: str, reason: str) -> IPNetwork:
+    """A `never_block` entry as a network (an IPv4-mapped address as IPv4)."""
+    try:
+        return ipaddress.ip_network(address(text))
+    except InvalidParams:
+        pass
+    try:
+        return network(text)
+    except InvalidParams:
+        raise InvalidParams(f"never_block entry {text!r} ({reason}) is not an address or "
+                            f"CIDR network") from None
+
+
+def _protections(ctx: ActionContext) -> tuple[list[tuple[IPNetwork, str]],
+                                              list[tuple[IPNetwork, str]]]:
+    """(loopback and the allowlist setting, the host's never_block), each with reasons."""
+    allow = [(net, "loopback") for net in ALWAYS_ALLOWED]
+    for text in setting_list(ctx, "allowlist"):
+        net = network(text)
+        allow.append((net, f"allowlist {net}"))
+    host = [(_never_network(text, reason), reason) for text, reason in ctx.never_block]
+    return allow, host
+
+
+def _match(addr: IPAddress, nets: list[tuple[IPNetwork, str]]) -> str | None:
+    return next((why for net, why in nets if addr.version == net.version and addr in net),
+                None)
+
+
 def select_addresses(
     subject: str, params: Mapping[str, str], ctx: ActionContext
-) -> tuple[list[IPAddress], list[IPAddress], int]:
-    """(to block, allowlisted ones left out, number left out over the cap)."""
+) -> tuple[list[IPAddress], LeftOut, LeftOut, int]:
+    """(to block, allowlisted ones left out, the host's protected ones left out, number
+    left out over the cap). Loopback and the allowlist are checked first, then
+    ctx.never_block; each left-out address is named once, with the first reason found."""
     raw = [a for a in (params.get("addresses") or subject).split(",") if a.strip()]
     if not raw:
         raise InvalidParams("no addresses to block")
-    allow = [*ALWAYS_ALLOWED, *(network(a) for a in setting_list(ctx, "allowlist"))]
+    allow, host = _protections(ctx)
     cap = setting_int(ctx, "max_addresses", 256, 1, 65536)
     chosen: list[IPAddress] = []
-    allowed: list[IPAddress] = []
+    allowed: LeftOut = []
+    protected: LeftOut = []
     for text in raw:
         addr = address(text)
         if addr.is_unspecified or addr.is_multicast or addr.is_link_local:
             raise InvalidParams(f"{addr} is unspecified, multicast or link-local")
-        if any(addr.version == net.version and addr in net for net in allow):
-            allowed.append(addr)
-        elif addr not in chosen:
+        if addr in chosen or any(addr == a for a, _ in (*allowed, *protected)):
+            continue
+        if (why := _match(addr, allow)) is not None:
+            allowed.append((addr, why))
+        elif (why := _match(addr, host)) is not None:
+            protected.append((addr, why))
+        else:
             chosen.append(addr)
     if not chosen:
         raise InvalidParams("every address is allowlisted (never blocked): "
-                            + ", ".join(map(str, allowed)))
-    return chosen[:cap], allowed, max(0, len(chosen) - cap)
+                            + _named(allowed + protected))
+    return chosen[:cap], allowed, protected, max(0, len(chosen) - cap)
+
+
+def _named(left_out: LeftOut) -> str:
+    return ", ".join(f"{addr} ({why})" for addr, why in left_out)
 
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
     table = _table(ctx)
     timeout = duration_s(params.get("timeout", "1h"), "timeout")
     set_size = setting_int(ctx, "set_size", 65536, 1, 1 << 24)
-    chosen, allowed, over = select_addresses(subject, params, ctx)
+    chosen, allowed, protected, over = select_addresses(subject, params, ctx)
     steps = [Step(ensure_argv(table, set_size), 30.0,
                   f"ensure table inet {table}, sets and drop rules")]
     verify = []
@@ -149,10 +227,23 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
                                f"IPv{version} address(es) in {set_name}"))
     summary = f"block {len(chosen)} address(es) for {timeout}s"
     if allowed:
-        summary += "; not blocked (allowlisted): " + ", ".join(map(str, allowed))
+        summary += "; not blocked (allowlisted): " + ", ".join(str(a) for a, _ in allowed)
+    if protected:
+        summary += "; not blocked: " + _named(protected)
     if over:
         summary += f"; {over} more left out (max_addresses {len(chosen)})"
     return Plan(NAME, subject, tuple(steps), tuple(verify), DISRUPTIVE, summary)
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The addresses, each written the one way `ipaddress` writes it (`2001:DB8::7` and
+    `2001:db8:0::7` are one address), comma-separated; as given when one does not parse
+    (the plan refuses it)."""
+    raw = [a for a in (params.get("addresses") or subject).split(",") if a.strip()]
+    try:
+        return ",".join(str(address(a)) for a in raw)
+    except InvalidParams:
+        return subject.strip()
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

@@ -32,7 +32,14 @@ from collections.abc import Mapping
 
 from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
-from remediations._common import duration_s, fill_argv, reasons_of, setting_str
+from remediations._common import (
+    a_duration,
+    argv_table,
+    duration_s,
+    fill_argv,
+    reasons_of,
+    setting_str,
+)
 
 NAME = "exec"
 SUMMARY = "Run a site command configured in [actions.exec] commands (argv, no shell)."
@@ -43,9 +50,11 @@ PARAMS: Mapping[str, ParamSpec] = {
     "arg": ParamSpec("value for the {arg} placeholder", default=""),
 }
 SETTINGS: Mapping[str, ParamSpec] = {
-    "commands": ParamSpec("table: command name -> argv list"),
-    "timeout": ParamSpec("how long a command may run", default="60s"),
+    "commands": ParamSpec("table: command name -> argv list", check=argv_table("commands")),
+    "timeout": ParamSpec("how long a command may run", default="60s",
+                         check=a_duration("timeout", hi=3600)),
 }
+SUBJECT = ParamSpec("what the command acts on (fills {subject})")
 EXAMPLE = Example(
     subject="spamd", params={"command": "revert-spamfilter"},
     settings={"commands": {"revert-spamfilter": [
@@ -74,6 +83,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
     return Plan(NAME, subject, (Step(fill_argv(template, values), float(timeout),
                                      f"site command {name}"),),
                 (), DISRUPTIVE, f"run site command {name}")
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The subject as given: a site command acts on what its ladder names."""
+    return subject.strip()
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

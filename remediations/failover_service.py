@@ -48,6 +48,10 @@ from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     SYSTEMCTL,
+    a_duration,
+    a_unit,
+    an_absolute_path,
+    an_argv,
     duration_s,
     fill_argv,
     helper,
@@ -57,37 +61,60 @@ from remediations._common import (
     unit_name,
 )
 
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
+VIAS = ("haproxy", "keepalived", "site")
+
+
+def _via_name(via: object) -> str:
+    if via not in VIAS:
+        raise InvalidParams(f"via {via!r} must be one of {', '.join(VIAS)}")
+    return str(via)
+
+
+def _server(server: object) -> str:
+    text = str(server) if isinstance(server, str) else ""
+    backend, sep, name = text.partition("/")
+    if not sep or not _NAME_RE.match(backend) or not _NAME_RE.match(name):
+        raise InvalidParams(f"server {server!r} must be BACKEND/SERVER "
+                            f"(letters, digits, _.:-)")
+    return text
+
+
 NAME = "failover-service"
 SUMMARY = "Move a service's traffic to a healthy peer (HAProxy drain, keepalived, site)."
 DISRUPTIVE = True
 NEEDS_LEASE = True
 PARAMS: Mapping[str, ParamSpec] = {
-    "via": ParamSpec("haproxy, keepalived or site (default: the `via` setting, else haproxy)"),
-    "server": ParamSpec("haproxy: BACKEND/SERVER to drain (default: `haproxy_server`)"),
-    "socket": ParamSpec("haproxy: admin socket (default: `haproxy_socket`)"),
-    "timeout": ParamSpec("how long the failover step may take", default="60s"),
+    "via": ParamSpec("haproxy, keepalived or site (default: the `via` setting, else haproxy)",
+                     check=_via_name),
+    "server": ParamSpec("haproxy: BACKEND/SERVER to drain (default: `haproxy_server`)",
+                        check=_server),
+    "socket": ParamSpec("haproxy: admin socket (default: `haproxy_socket`)",
+                        check=an_absolute_path("socket")),
+    "timeout": ParamSpec("how long the failover step may take", default="60s",
+                         check=a_duration("timeout", hi=3600)),
 }
 SETTINGS: Mapping[str, ParamSpec] = {
-    "via": ParamSpec("default backend", default="haproxy"),
-    "haproxy_socket": ParamSpec("HAProxy admin socket", default="/run/haproxy/admin.sock"),
-    "haproxy_server": ParamSpec("BACKEND/SERVER that is this host"),
-    "keepalived_unit": ParamSpec("keepalived's unit", default="keepalived.service"),
-    "command": ParamSpec("site failover argv ({subject} {hostname} {server})"),
-    "verify_command": ParamSpec("site: argv that exits 0 once failed over"),
-    "peer_check": ParamSpec("keepalived/site: argv that exits 0 when the peer is healthy"),
+    "via": ParamSpec("default backend", default="haproxy", check=_via_name),
+    "haproxy_socket": ParamSpec("HAProxy admin socket", default="/run/haproxy/admin.sock",
+                                check=an_absolute_path("haproxy_socket")),
+    "haproxy_server": ParamSpec("BACKEND/SERVER that is this host", check=_server),
+    "keepalived_unit": ParamSpec("keepalived's unit", default="keepalived.service",
+                                 check=a_unit("keepalived_unit")),
+    "command": ParamSpec("site failover argv ({subject} {hostname} {server})",
+                         check=an_argv("command")),
+    "verify_command": ParamSpec("site: argv that exits 0 once failed over",
+                                check=an_argv("verify_command")),
+    "peer_check": ParamSpec("keepalived/site: argv that exits 0 when the peer is healthy",
+                            check=an_argv("peer_check")),
 }
+SUBJECT = ParamSpec("the service moved off this host (any name)")
 EXAMPLE = Example(subject="imap", params={"server": "imap/mail1"},
                   settings={"haproxy_socket": "/run/haproxy/admin.sock"})
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
-VIAS = ("haproxy", "keepalived", "site")
-
 
 def _via(params: Mapping[str, str], ctx: ActionContext) -> str:
-    via = params.get("via") or setting_str(ctx, "via", "haproxy")
-    if via not in VIAS:
-        raise InvalidParams(f"via {via!r} must be one of {', '.join(VIAS)}")
-    return via
+    return _via_name(params.get("via") or setting_str(ctx, "via", "haproxy"))
 
 
 def _haproxy(params: Mapping[str, str], ctx: ActionContext) -> tuple[str, str]:
@@ -95,11 +122,7 @@ def _haproxy(params: Mapping[str, str], ctx: ActionContext) -> tuple[str, str]:
     sock = params.get("socket") or setting_str(ctx, "haproxy_socket", "/run/haproxy/admin.sock")
     if not sock.startswith("/") or not sock.isprintable():
         raise InvalidParams(f"socket {sock!r} must be an absolute path")
-    server = params.get("server") or setting_str(ctx, "haproxy_server", "")
-    backend, sep, name = server.partition("/")
-    if not sep or not _NAME_RE.match(backend) or not _NAME_RE.match(name):
-        raise InvalidParams(f"server {server!r} must be BACKEND/SERVER "
-                            f"(letters, digits, _.:-)")
+    server = _server(params.get("server") or setting_str(ctx, "haproxy_server", ""))
     return sock, server
 
 
@@ -136,6 +159,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         verify = (Step(fill_argv(check, values), 60.0, "site verify command"),) if check else ()
         summary = f"site failover of {subject}"
     return Plan(NAME, subject, steps, verify, DISRUPTIVE, summary)
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The service being moved off this host, as given."""
+    return subject.strip()
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

@@ -43,9 +43,12 @@ from agent.sources.kmsg import read_boot_id
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     SYSTEMCTL,
+    a_duration,
+    an_argv,
     duration_s,
     fill_argv,
     helper,
+    one_of,
     reasons_of,
     setting_argv,
     setting_str,
@@ -61,12 +64,16 @@ DISRUPTIVE = True
 NEEDS_LEASE = True
 PARAMS: Mapping[str, ParamSpec] = {
     "reason": ParamSpec("why, recorded in the intent", default="node-restart by nodewarden"),
-    "drain": ParamSpec("auto (drain when drain_command is set), yes or no", default="auto"),
+    "drain": ParamSpec("auto (drain when drain_command is set), yes or no", default="auto",
+                       check=one_of("drain", ("auto", "yes", "no"))),
 }
 SETTINGS: Mapping[str, ParamSpec] = {
-    "drain_command": ParamSpec("argv run before the reboot ({hostname} {subject})"),
-    "drain_timeout": ParamSpec("how long the drain may take", default="120s"),
+    "drain_command": ParamSpec("argv run before the reboot ({hostname} {subject})",
+                               check=an_argv("drain_command")),
+    "drain_timeout": ParamSpec("how long the drain may take", default="120s",
+                               check=a_duration("drain_timeout")),
 }
+SUBJECT = ParamSpec("this host's name")
 EXAMPLE = Example(subject="nas-a1", params={"reason": "hung nfsd tasks, load 40"})
 
 
@@ -94,6 +101,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
     steps.append(Step((SYSTEMCTL, "reboot"), 60.0, "reboot this host"))
     return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
                 f"reboot {ctx.hostname}" + (" after draining" if len(steps) == 3 else ""))
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The node (the host name)."""
+    return subject.strip()
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

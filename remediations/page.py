@@ -33,7 +33,16 @@ from collections.abc import Mapping
 
 from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
-from remediations._common import duration_s, fill_argv, reasons_of, setting_argv, setting_str
+from remediations._common import (
+    a_duration,
+    an_argv,
+    duration_s,
+    fill_argv,
+    one_of,
+    reasons_of,
+    setting_argv,
+    setting_str,
+)
 
 NAME = "page"
 SUMMARY = "Page the on-call person: log it and run the configured paging command."
@@ -42,12 +51,16 @@ NEEDS_LEASE = False
 PARAMS: Mapping[str, ParamSpec] = {
     "problem": ParamSpec("the problem to name in the page", default="unknown"),
     "message": ParamSpec("what the person should know", default="nodewarden needs a person"),
-    "severity": ParamSpec("critical, error or warning", default="critical"),
+    "severity": ParamSpec("critical, error or warning", default="critical",
+                          check=one_of("severity", ("critical", "error", "warning"))),
 }
 SETTINGS: Mapping[str, ParamSpec] = {
-    "command": ParamSpec("paging argv ({problem} {subject} {message} {hostname} {severity})"),
-    "timeout": ParamSpec("how long the paging command may run", default="30s"),
+    "command": ParamSpec("paging argv ({problem} {subject} {message} {hostname} {severity})",
+                         check=an_argv("command")),
+    "timeout": ParamSpec("how long the paging command may run", default="30s",
+                         check=a_duration("timeout", hi=600)),
 }
+SUBJECT = ParamSpec("what the page is about (any text)")
 EXAMPLE = Example(
     subject="nas-a1", params={"problem": "nfs-not-responding",
                               "message": "nfs server nas-a1 not responding"},
@@ -83,6 +96,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
     return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
                 f"page: {values['problem']} on {values['subject']}"
                 + ("" if command else " (journal only: no paging command configured)"))
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """What the page is about, as given (pages fold per problem and subject)."""
+    return subject.strip()
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

@@ -14,8 +14,10 @@ no errors.
 Nothing to undo. If the new configuration is wrong, revert the file and reload again.
 
 ## Safety
-The unit name is checked against a strict pattern and ends the options (`--`). A unit
-without a reload command fails the step (exit code 1) unless `fallback=restart`.
+Only a `.service` that is not protected is reloaded (the same refusals as
+restart-service). The unit name is checked against a strict pattern and ends the options
+(`--`). A unit without a reload command fails the step (exit code 1) unless
+`fallback=restart`.
 """
 
 from __future__ import annotations
@@ -24,24 +26,37 @@ from collections.abc import Mapping
 
 from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
-from remediations._common import SYSTEMCTL, duration_s, is_active_step, reasons_of, unit_name
+from remediations._common import (
+    SYSTEMCTL,
+    a_duration,
+    a_service,
+    duration_s,
+    is_active_step,
+    one_of,
+    reasons_of,
+    service_target,
+    service_unit,
+)
 
 NAME = "reload-service"
 SUMMARY = "Reload a systemd unit (optionally reload-or-restart) and check it is active."
 DISRUPTIVE = False
 NEEDS_LEASE = False
 PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to reload (default: the subject); 'x' means 'x.service'"),
+    "unit": ParamSpec("the unit to reload (default: the subject); 'x' means 'x.service'",
+                      check=a_service("unit")),
     "fallback": ParamSpec("'none' (reload only) or 'restart' (reload-or-restart)",
-                          default="none"),
-    "timeout": ParamSpec("how long the reload may take", default="60s"),
+                          default="none", check=one_of("fallback", ("none", "restart"))),
+    "timeout": ParamSpec("how long the reload may take", default="60s",
+                         check=a_duration("timeout", hi=3600)),
 }
 SETTINGS: Mapping[str, ParamSpec] = {}
+SUBJECT = ParamSpec("the .service to reload", check=a_service("subject"))
 EXAMPLE = Example(subject="postfix.service")
 
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = unit_name(params.get("unit") or subject)
+    unit = service_unit(params.get("unit") or subject, ctx)
     fallback = params.get("fallback", "none")
     if fallback not in ("none", "restart"):
         raise InvalidParams(f"fallback {fallback!r} must be 'none' or 'restart'")
@@ -53,6 +68,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         steps=(Step((SYSTEMCTL, verb, "--", unit), float(timeout), f"{verb} {unit}"),),
         verify=(is_active_step(unit),),
     )
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The unit this acts on ("dovecot" = "dovecot.service")."""
+    return service_target(subject, params)
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

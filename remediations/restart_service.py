@@ -15,9 +15,16 @@ Nothing to undo: a restart leaves the unit as configured. If the unit does not c
 back, `journalctl -u UNIT -b` says why; the ladder climbs to its next rung.
 
 ## Safety
-The unit name is checked against a strict pattern (letters, digits, `@_.:-`, a unit type
-suffix, no leading `-`), so it can never become a `systemctl` option; the argv also
-ends options with `--`. The unit is briefly down while it restarts.
+Only a `.service` is restarted ("dovecot" means "dovecot.service"), whatever named it: a
+target, socket, scope, slice or mount is refused (`reboot.target` would reboot the node
+without the lease and budget of node-restart), and so are the protected units (the
+built-in list: `init.scope`, `systemd-*`, `dbus*`, `ssh*`, `sshd*`, `nodewarden*`,
+`*getty*`, `user-runtime-dir@*`; the services that reboot, power off, halt, kexec or
+enter rescue/emergency; and `[actions] protected_units`). The unit name is checked
+against a strict pattern (letters, digits, `@_.:-`, no leading `-`), so it can never
+become a `systemctl` option; the argv also ends options with `--`. The unit is briefly
+down while it restarts. An OOM-killed service's unit comes from the kernel's own OOM
+report (`task_memcg=/system.slice/UNIT`), never from the killed process's name.
 """
 
 from __future__ import annotations
@@ -26,22 +33,34 @@ from collections.abc import Mapping
 
 from agent.model import Plan, Step
 from remediations import ActionContext, Example, ParamSpec
-from remediations._common import SYSTEMCTL, duration_s, is_active_step, reasons_of, unit_name
+from remediations._common import (
+    SYSTEMCTL,
+    a_duration,
+    a_service,
+    duration_s,
+    is_active_step,
+    reasons_of,
+    service_target,
+    service_unit,
+)
 
 NAME = "restart-service"
 SUMMARY = "Restart a systemd unit and check that it is active again."
 DISRUPTIVE = False
 NEEDS_LEASE = False
 PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to restart (default: the subject); 'x' means 'x.service'"),
-    "timeout": ParamSpec("how long the restart may take", default="90s"),
+    "unit": ParamSpec("the unit to restart (default: the subject); 'x' means 'x.service'",
+                      check=a_service("unit")),
+    "timeout": ParamSpec("how long the restart may take", default="90s",
+                         check=a_duration("timeout", hi=3600)),
 }
 SETTINGS: Mapping[str, ParamSpec] = {}
+SUBJECT = ParamSpec("the .service to restart", check=a_service("subject"))
 EXAMPLE = Example(subject="dovecot.service")
 
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = unit_name(params.get("unit") or subject)
+    unit = service_unit(params.get("unit") or subject, ctx)
     timeout = duration_s(params.get("timeout", "90s"), "timeout", hi=3600)
     return Plan(
         action=NAME, subject=subject, disruptive=DISRUPTIVE,
@@ -49,6 +68,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         steps=(Step((SYSTEMCTL, "restart", "--", unit), float(timeout), f"restart {unit}"),),
         verify=(is_active_step(unit),),
     )
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The unit this acts on ("dovecot" = "dovecot.service")."""
+    return service_target(subject, params)
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

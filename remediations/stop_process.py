@@ -8,8 +8,9 @@ comm` shows it; every process with that exact name is stopped).
 
 With the parameter `unit` (the default policy's `runaway-unit` ladder passes the unit
 whose `unit.<unit>.cpu_pct` fired), the whole systemd unit is stopped instead: a
-`.service` (incident 003: the provisioning run) or a `.scope` (a cron job or a login
-session running the script; stopping a session scope ends that session).
+`.service` (incident 003: the provisioning run). A `.scope` (a cron job or a login session
+running the script) is never stopped automatically: its runaway is paged (the default
+policy's `runaway-scope`); stop it by PID, or with `systemctl stop`, by hand.
 
 ## What it does
 The helper `python3 -m agent.execute.stop_process stop` opens a pidfd for each target
@@ -39,7 +40,7 @@ Never PID 1, never the agent's own PID, never a kernel thread, never a process o
 unit in `protected_units` (the agent's own unit, sshd, journald...): the preconditions
 refuse, and the helper refuses again when it acts.
 
-With `unit`: only `.service` and `.scope` units; never a unit in `protected_units`, in
+With `unit`: only `.service` units; never a unit in `protected_units`, in
 the setting `protect` (globs), or in the built-in list (`init.scope`, `systemd-*`,
 `dbus*`, `ssh*`, `sshd*`, `nodewarden*`, `*getty*`, `user-runtime-dir@*`), and the
 preconditions refuse the unit the agent itself runs in (from /proc/AGENT_PID/cgroup) and
@@ -56,35 +57,18 @@ from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     SYSTEMCTL,
+    a_duration,
+    a_service,
     duration_s,
+    globs,
     helper,
     reasons_of,
-    refuse_protected,
+    service_target,
+    service_unit,
     setting_list,
-    unit_name,
 )
 
-NAME = "stop-process"
-SUMMARY = ("Stop a runaway process or unit (TERM, then KILL after a grace); never PID 1 or "
-           "the agent.")
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "grace": ParamSpec("time between SIGTERM and SIGKILL", default="10s"),
-    "unit": ParamSpec("stop this systemd unit (.service or .scope) instead of a PID or "
-                      "name: systemctl stop, SIGKILL after the grace"),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "protect": ParamSpec("units never stopped with `unit` (globs), on top of "
-                         "protected_units and the built-in list"),
-}
-EXAMPLE = Example(subject="provision.py")
 MAX_NAME = 15  # TASK_COMM_LEN - 1
-#: units never stopped with `unit`: PID 1, systemd's own services, the bus, remote and
-#: console logins, and the agent
-UNIT_KINDS = (".service", ".scope")
-#: `timeout` exits 124 when the grace ran out; systemctl kill exits 1 on a unit that is gone
-TIMEOUT_EXPIRED = 124
 
 
 def _target(subject: str) -> tuple[str, str]:
@@ -102,14 +86,31 @@ def _target(subject: str) -> tuple[str, str]:
     return "--name", text
 
 
+NAME = "stop-process"
+SUMMARY = ("Stop a runaway process or unit (TERM, then KILL after a grace); never PID 1 or "
+           "the agent.")
+DISRUPTIVE = False
+NEEDS_LEASE = False
+PARAMS: Mapping[str, ParamSpec] = {
+    "grace": ParamSpec("time between SIGTERM and SIGKILL", default="10s",
+                       check=a_duration("grace", hi=600)),
+    "unit": ParamSpec("stop this systemd service unit instead of a PID or "
+                      "name: systemctl stop, SIGKILL after the grace",
+                      check=a_service("unit")),
+}
+SETTINGS: Mapping[str, ParamSpec] = {
+    "protect": ParamSpec("units never stopped with `unit` (globs), on top of "
+                         "protected_units and the built-in list", check=globs("protect")),
+}
+SUBJECT = ParamSpec("a PID or a process name (comm)", check=lambda v: _target(str(v)))
+EXAMPLE = Example(subject="provision.py")
+#: `timeout` exits 124 when the grace ran out; systemctl kill exits 1 on a unit that is gone
+TIMEOUT_EXPIRED = 124
+
+
 def _unit(text: str, ctx: ActionContext) -> str:
-    """The unit to stop, refused when it is not a service or scope, or is protected."""
-    unit = unit_name(text.strip())
-    if not unit.endswith(UNIT_KINDS):
-        raise InvalidParams(f"unit {unit} is not a .service or .scope (only those are "
-                            f"stopped as a runaway)")
-    refuse_protected(unit, ctx, setting_list(ctx, "protect"))
-    return unit
+    """The unit to stop, refused when it is not a service, or is protected."""
+    return service_unit(text, ctx, setting_list(ctx, "protect"))
 
 
 def _unit_plan(subject: str, unit: str, grace: int) -> Plan:
@@ -147,6 +148,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         verify=(Step(helper(ctx, "stop_process", "gone", flag, who), 15.0,
                      f"{flag[2:]} {who} is gone"),),
     )
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The unit (with `unit`), else the PID or process name as given."""
+    return service_target(subject, params) if params.get("unit") else subject.strip()
 
 
 def preconditions(

@@ -16,9 +16,10 @@ UNIT`; CPUQuota=20% shows as 200ms per second), through the helper
 values (an empty value resets a property); a `systemctl daemon-reload` does not.
 
 ## Safety
-Units in `protected_units` and the built-in list (`init.scope`, `systemd-*`, `dbus*`,
-`ssh*`, the agent's own unit, gettys) are refused: throttling sshd would lock the
-operator out of the host being rescued.
+Only a `.service` is throttled; units in `protected_units` and the built-in list
+(`init.scope`, `systemd-*`, `dbus*`, `ssh*`, the agent's own unit, gettys, the services
+that reboot or power off the node) are refused: throttling sshd would lock the operator
+out of the host being rescued.
 CPUQuota is 1-10000 % (100 % = one CPU), IOWeight 1-10000 (default 100).
 """
 
@@ -31,35 +32,44 @@ from agent.model import Plan, Step
 from remediations import ActionContext, Example, InvalidParams, ParamSpec
 from remediations._common import (
     SYSTEMCTL,
+    a_service,
+    an_integer,
     helper,
     integer,
     reasons_of,
-    refuse_protected,
-    unit_name,
+    service_target,
+    service_unit,
 )
+
+_PERCENT = re.compile(r"^(\d{1,5})%?$")
+
+
+def _quota(text: str) -> int:
+    m = _PERCENT.match(text)
+    if not m:
+        raise InvalidParams(f"cpu_quota {text!r} is not a percentage")
+    return integer(m.group(1), "cpu_quota", 1, 10000)
+
 
 NAME = "throttle-unit"
 SUMMARY = "Limit a unit's CPU and IO at runtime (systemd CPUQuota= and IOWeight=)."
 DISRUPTIVE = False
 NEEDS_LEASE = False
 PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to throttle (default: the subject)"),
-    "cpu_quota": ParamSpec("CPUQuota= in percent of one CPU, e.g. 20%", default="20%"),
+    "unit": ParamSpec("the unit to throttle (default: the subject)", check=a_service("unit")),
+    "cpu_quota": ParamSpec("CPUQuota= in percent of one CPU, e.g. 20%", default="20%",
+                           check=lambda v: _quota(str(v))),
     "io_weight": ParamSpec("IOWeight= between 1 and 10000 (default weight is 100)",
-                           default="10"),
+                           default="10", check=an_integer("io_weight", 1, 10000)),
 }
 SETTINGS: Mapping[str, ParamSpec] = {}
+SUBJECT = ParamSpec("the .service to throttle", check=a_service("subject"))
 EXAMPLE = Example(subject="spamd.service", params={"cpu_quota": "20%", "io_weight": "10"})
-_PERCENT = re.compile(r"^(\d{1,5})%?$")
 
 
 def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = unit_name(params.get("unit") or subject)
-    refuse_protected(unit, ctx)
-    m = _PERCENT.match(params.get("cpu_quota", "20%"))
-    if not m:
-        raise InvalidParams(f"cpu_quota {params.get('cpu_quota')!r} is not a percentage")
-    quota = integer(m.group(1), "cpu_quota", 1, 10000)
+    unit = service_unit(params.get("unit") or subject, ctx)
+    quota = _quota(params.get("cpu_quota", "20%"))
     weight = integer(params.get("io_weight", "10"), "io_weight", 1, 10000)
     props = (f"CPUQuota={quota}%", f"IOWeight={weight}")
     return Plan(
@@ -70,6 +80,11 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         verify=(Step(helper(ctx, "unit_props", unit, *props), 30.0,
                      f"{unit} has {' '.join(props)}"),),
     )
+
+
+def target(subject: str, params: Mapping[str, str]) -> str:
+    """The unit this acts on ("spamd" = "spamd.service")."""
+    return service_target(subject, params)
 
 
 def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:

@@ -81,12 +81,17 @@ def main(args: argparse.Namespace) -> int:
     out = describe(state.maintenance(now), now)
     fault = state.history_fault
     out["history_fault"] = None if fault is None else fault.reason
+    out["maintenance_fault"] = state.maintenance_fault
     if args.json:
         print(json.dumps(out))
     else:
         print(out["text"])
         if args.what == "clear-history":
-            print("history fault cleared: disruptive actions are counted from the new history")
+            print("history fault cleared: actions are counted from the history's valid "
+                  "entries again")
         elif fault is not None:
             print(f"history fault: {fault.reason} (nodewarden maintenance clear-history)")
+        if state.maintenance_fault is not None:
+            print(f"maintenance fault: {state.maintenance_fault}: it counts as on until it "
+                  "is set (nodewarden maintenance on|off)")
     return EXIT_OK

@@ -96,6 +96,7 @@ def collect(config: Any, now: float) -> dict[str, Any]:
         out["findings"] = cycle.get("findings", [])
     if not state_dir.is_dir():
         out.update(ladders=[], cooldowns=[], budgets=[], approvals=[], history_fault=None,
+                   faults=[],
                    maintenance=describe(None, now), last_actions=[], problems=[
                        f"state directory {state_dir} does not exist yet"])
         return out
@@ -110,24 +111,33 @@ def collect(config: Any, now: float) -> dict[str, Any]:
     guards = config.guards
     cooldowns = []
     for e in state.executions(since=now - max([guards.cooldown_s, *guards.cooldowns.values()])):
+        if e.action == "page":
+            continue  # pages fold, they do not cool down
         length = guards.cooldowns.get(e.action, guards.cooldown_s)
         if e.t + length > now:
-            cooldowns.append({"action": e.action, "subject": e.subject, "ran_at": e.t,
-                              "until": e.t + length,
-                              "text": f"{e.action} {e.subject}: ran {span(now - e.t)} ago, "
+            cooldowns.append({"action": e.action, "subject": e.subject, "target": e.target,
+                              "ran_at": e.t, "until": e.t + length,
+                              "text": f"{e.action} {e.target}: ran {span(now - e.t)} ago, "
                                       f"next at {iso(e.t + length)}"})
     out["cooldowns"] = cooldowns
     budgets = []
-    for action, (limit, window) in sorted(guards.budgets.items()):
-        runs = sorted(r.t for r in state.executions(action=action, since=now - window)
-                      if r.t > now - window)
-        next_at = runs[len(runs) - limit] + window if limit and len(runs) >= limit else None
-        if limit == 0:
-            next_at = None
-        budgets.append({"action": action, "used": len(runs), "limit": limit,
-                        "window_s": window, "next_allowed": next_at if next_at else now,
-                        "exhausted": len(runs) >= limit})
+    for action, budget in sorted(guards.budgets.items()):
+        recent = [r for r in state.executions(action=action, since=now - budget.window_s)
+                  if r.t > now - budget.window_s]
+        buckets: dict[str | None, list[float]] = {}
+        for r in recent:
+            buckets.setdefault(None if budget.per == "host" else r.problem, []).append(r.t)
+        for problem, times in sorted(buckets.items(), key=lambda kv: kv[0] or "") or [
+                (None, [])]:
+            runs, limit = sorted(times), budget.max
+            next_at = runs[len(runs) - limit] + budget.window_s \
+                if limit and len(runs) >= limit else None
+            budgets.append({"action": action, "per": budget.per, "problem": problem,
+                            "used": len(runs), "limit": limit, "window_s": budget.window_s,
+                            "next_allowed": next_at if next_at else now,
+                            "exhausted": len(runs) >= limit})
     out["budgets"] = budgets
+    out["faults"] = state.faults()
     out["maintenance"] = describe(state.maintenance(now), now)
     out["approvals"] = [{"action": a.action, "subject": a.subject, "expires_at": a.expires_at,
                          "by": a.by, "reason": a.reason} for a in state.approvals(now)]
@@ -156,8 +166,12 @@ def render(s: dict[str, Any]) -> str:
     lines.append(s["sentence"] + ("" if age is None else f"   [{span(age)} ago]"))
     lines.append(s["maintenance"]["text"])
     if s.get("history_fault"):
-        lines.append(f"HISTORY FAULT: {s['history_fault']['reason']} — disruptive actions "
-                     "are denied (nodewarden maintenance clear-history)")
+        lines.append(f"HISTORY FAULT: {s['history_fault']['reason']} — every action but a "
+                     "page is denied (nodewarden maintenance clear-history)")
+    for fault in s.get("faults", []):
+        if fault.startswith("maintenance:"):
+            lines.append(f"MAINTENANCE FAULT: {fault} — automatic actions wait (nodewarden "
+                         "maintenance on|off)")
     for p in s.get("problems", []):
         lines.append(f"warning: {p}")
     lines.append(f"findings firing: {len(s['findings'])}")
@@ -173,11 +187,13 @@ def render(s: dict[str, Any]) -> str:
                      f"of {ladder['rungs']}: {ladder['summary']}")
     lines.append(f"cooldowns: {len(s['cooldowns'])}")
     lines += [f"  {c['text']}" for c in s["cooldowns"]]
-    lines.append("budgets (used/limit per window):")
+    lines.append("budgets (used/limit per window; pages are never budgeted):")
     for b in s["budgets"]:
         extra = f", next allowed {iso(b['next_allowed'])}" if b["exhausted"] else ""
-        lines.append(f"  {b['action']}: {b['used']}/{b['limit']} per {span(b['window_s'])}"
-                     + extra)
+        where = "per host" if b["per"] == "host" else (
+            f"for {b['problem']}" if b["problem"] is not None else "per problem")
+        lines.append(f"  {b['action']} {where}: {b['used']}/{b['limit']} per "
+                     f"{span(b['window_s'])}" + extra)
     lines.append(f"approvals: {len(s['approvals'])}")
     lines += [f"  {a['action']} {a['subject']} until {iso(a['expires_at'])} by {a['by']}"
               for a in s["approvals"]]
@@ -204,4 +220,4 @@ def main(args: argparse.Namespace) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)
         return EXIT_RUNTIME
     print(json.dumps(s, ensure_ascii=False, default=str) if args.json else render(s))
-    return EXIT_PROBLEM if s["findings"] or s.get("history_fault") else EXIT_OK
+    return EXIT_PROBLEM if s["findings"] or s.get("faults") else EXIT_OK

@@ -7,13 +7,25 @@ loader checks them, so a signature that does not do what its examples say is ref
 with file, id and reason, like any other configuration error. A malformed user file is
 reported, never a crash.
 
-Regexes use Python `re` syntax restricted to what the fast engines also compile: no
-anchors (`^`, `$`, `\\Z`: a line is matched anywhere, with or without its prefix), no
-lookarounds or backreferences, no case-insensitive flag (the portable prefilter's
-literals are case-sensitive), and one literal of at least 3 characters that every match
-must contain (derived automatically; it drives the portable Aho-Corasick prefilter).
-Patterns are compiled with `re.ASCII`, so `\\w`, `\\d` and `\\s` mean the same in Python
-as in hyperscan.
+A signature matches a line's *fixed fields* only, so that text others write (a process
+name, a file name in a kernel record, a HELO name or a user name in a mail log) can never
+aim it (docs/signatures.md, "Trust"):
+
+* a kernel signature's regex is matched at the start of the kernel message (the record
+  text without dmesg/syslog prefixes, agent/sources/lineformat.py);
+* a log signature names the `program` that writes the line (a regex that must match the
+  line's whole program: `postfix/smtpd`, `dovecot/imap-login`, agent/sources/logrecord.py)
+  and its regex is matched at the start of that program's message.
+
+A regex may end with `$` to pin the end of the message (a field after a client-supplied
+one is taken from the right). Regexes are run by RE2 (agent/detect/linear.py), in time
+linear in the line whatever the pattern, and use the syntax RE2, Python `re` and
+hyperscan share: no `^` (matching is anchored already), no lookarounds or
+backreferences, no inline flags, and one literal of at least 3 characters that every
+match must contain (derived automatically; it drives the portable Aho-Corasick
+prefilter). `\\w`, `\\d` and `\\s` are ASCII classes on every engine.
+A message longer than MAX_MATCH_CHARS is matched on its head and its tail (the real end
+of the line, where the fixed fields after a client-supplied one are), never on a cut.
 
 `python -m agent.detect.catalog --markdown` prints the table in docs/signatures.md.
 """
@@ -23,8 +35,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,15 +45,23 @@ from re import _constants as sre_c  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
-from agent.config import DEFAULT_SIGNATURES_DIR, ConfigError
+from agent.config import DEFAULT_SIGNATURES_DIR, ConfigError, parse_toml
+from agent.detect.linear import LinearRegex, encode
 from agent.model import Severity
+from agent.sources.lineformat import parse_line
+from agent.sources.logrecord import parse_record
 
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "error", "critical")
 SOURCE_RE = re.compile(r"kmsg|log:[A-Za-z0-9_.-]+")
 ID_RE = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 PROBLEM_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
-#: the text given to a regex is cut here: a 10 MB line must not cost 10 MB of backtracking
+#: a message longer than this is matched on its head and tail (match_window)
 MAX_MATCH_CHARS = 4096
+#: how much of the end of a long message is kept: the fixed fields that follow a
+#: client-supplied one (dovecot's `, method=M, rip=A, lip=B, TLS, session=<S>`)
+TAIL_CHARS = 1024
+#: what stands for the part of a long message that is not matched
+CUT_MARK = " \u2026[cut]\u2026 "
 MIN_LITERAL = 3
 
 #: the kernel problems the catalog must cover, exactly (issue 3)
@@ -57,11 +76,16 @@ KERNEL_PROBLEMS = (
 
 _FIELDS = frozenset({
     "id", "problem", "regex", "source", "severity", "description", "reference", "subject",
-    "recovery", "clears", "examples", "counter_examples",
+    "recovery", "clears", "examples", "counter_examples", "program",
 })
 _FORBIDDEN_AT = {
-    sre_c.AT_BEGINNING, sre_c.AT_BEGINNING_STRING, sre_c.AT_END, sre_c.AT_END_STRING,
-    sre_c.AT_BEGINNING_LINE, sre_c.AT_END_LINE,
+    sre_c.AT_BEGINNING: "no '^' or \\A: a regex is matched at the start of the message "
+                        "already",
+    sre_c.AT_BEGINNING_STRING: "no '^' or \\A: a regex is matched at the start of the message "
+                               "already",
+    sre_c.AT_END_STRING: "no \\Z: end the regex with '$' to pin the end of the message",
+    sre_c.AT_BEGINNING_LINE: "no multi-line anchors",
+    sre_c.AT_END_LINE: "no multi-line anchors",
 }
 _FORBIDDEN_OPS = {
     sre_c.ASSERT: "lookarounds are not supported",
@@ -79,6 +103,26 @@ class Example:
     subject: str
 
 
+def match_window(text: str) -> str:
+    """What a regex sees of a message: all of it, or its head and tail when it is long.
+
+    The tail is the real end of the line, so a field taken from the right (the last
+    `rip=` after a user name) is the line's own even when a client made the line huge;
+    the cut is never at a place a client chose."""
+    if len(text) <= MAX_MATCH_CHARS:
+        return text
+    return text[: MAX_MATCH_CHARS - TAIL_CHARS] + CUT_MARK + text[-TAIL_CHARS:]
+
+
+def message_of(source: str, line: str) -> tuple[str | None, str]:
+    """(program, message) of a raw example or scanned line for a signature of `source`:
+    kernel lines lose their dmesg/syslog prefix; log lines are split by parse_record."""
+    if source == "kmsg":
+        return None, parse_line(line).text
+    record = parse_record(line)
+    return record.program, record.message
+
+
 @dataclass(frozen=True)
 class Signature:
     """One known failure (or recovery) line: data, checked by its own examples.
@@ -86,7 +130,8 @@ class Signature:
     `subject` names a named group of the regex; any other value is a literal subject
     (e.g. "host" for a kernel panic). A recovery signature (`recovery = true`) clears the
     finding of problem `clears` for the same subject and is never a finding itself; its
-    `problem` is that cleared problem.
+    `problem` is that cleared problem. `program` (log signatures only) must match the
+    whole program of the line; `regex` is matched at the start of its message.
     """
 
     id: str
@@ -103,34 +148,53 @@ class Signature:
     clears: str | None = None
     file: str = ""
     literals: tuple[str, ...] = ()
-    pattern: re.Pattern[str] = field(
-        default=re.compile(""), compare=False, repr=False, hash=False
-    )
+    program: str | None = None
+    compiled: LinearRegex | None = field(default=None, compare=False, repr=False, hash=False)
+    compiled_program: LinearRegex | None = field(default=None, compare=False, repr=False,
+                                                 hash=False)
 
     @property
     def subject_is_group(self) -> bool:
-        return self.subject in self.pattern.groupindex
+        return self.compiled is not None and self.subject in self.compiled.group_names
 
-    def search(self, text: str) -> re.Match[str] | None:
-        """The regex over the first MAX_MATCH_CHARS characters of `text`."""
-        return self.pattern.search(text[:MAX_MATCH_CHARS])
+    def takes_program(self, program: bytes | None) -> bool:
+        """Whether a line of this program may match (kernel signatures: any line)."""
+        if self.compiled_program is None:
+            return True
+        return program is not None and self.compiled_program.fullmatch(program)
 
-    def subject_of(self, m: re.Match[str]) -> str:
+    def match_message(self, data: bytes) -> Mapping[str, str] | None:
+        """Named groups when the (encoded, windowed) message matches, else None."""
+        assert self.compiled is not None  # a loaded signature is always compiled
+        return self.compiled.match(data)
+
+    def subject_of(self, groups: Mapping[str, str]) -> str:
         if self.subject_is_group:
-            return m.group(self.subject) or "unknown"
+            return groups.get(self.subject) or "unknown"
         return self.subject
 
-    def extract(self, text: str) -> str | None:
-        """The subject if `text` matches, else None (used by example checks)."""
-        m = self.search(text)
-        return None if m is None else self.subject_of(m)
+    def match_line(self, line: str) -> Mapping[str, str] | None:
+        """The groups if a raw line (an example, a scanned line) matches, else None."""
+        program, message = message_of(self.source, line)
+        if not self.takes_program(None if program is None else encode(program)):
+            return None
+        return self.match_message(encode(match_window(message)))
+
+    def extract(self, line: str) -> str | None:
+        """The subject if a raw line matches, else None (used by example checks)."""
+        groups = self.match_line(line)
+        return None if groups is None else self.subject_of(groups)
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """Every valid signature, in load order (built-in first, then user files)."""
+    """Every valid signature, in load order (built-in first, then user files).
+
+    `line_database` is the hyperscan database of the prefilter patterns, compiled once by
+    `load_catalog` to check them (the matcher reuses it); None when not compiled."""
 
     signatures: tuple[Signature, ...] = ()
+    line_database: Any = field(default=None, compare=False, repr=False)
 
     def by_id(self, sig_id: str) -> Signature:
         for sig in self.signatures:
@@ -152,21 +216,24 @@ class Catalog:
 
 # --------------------------------------------------------------------------- regex analysis
 def regex_problems(parsed: Any) -> list[str]:
-    """Constructs the fast engines cannot honour, found by walking the parsed regex."""
+    """Constructs the engines cannot honour or that break anchoring, found by walking the
+    parsed regex (`$` is allowed: it pins the end of the message on every engine)."""
     found: list[str] = []
 
-    def walk(items: Iterable[tuple[Any, Any]]) -> None:
+    def walk(items: Sequence[tuple[Any, Any]]) -> None:
         for op, av in items:
             if op in _FORBIDDEN_OPS:
                 found.append(_FORBIDDEN_OPS[op])
             elif op is sre_c.AT and av in _FORBIDDEN_AT:
-                found.append("anchors (^, $, \\A, \\Z) are not supported: lines match anywhere")
+                found.append(_FORBIDDEN_AT[av])
             elif op is sre_c.SUBPATTERN:
                 walk(av[-1])
             elif op is sre_c.BRANCH:
                 for branch in av[1]:
                     walk(branch)
             elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT):
+                if op is sre_c.POSSESSIVE_REPEAT:
+                    found.append("possessive quantifiers are not supported")
                 walk(av[2])
             elif op is sre_c.ATOMIC_GROUP:
                 found.append("atomic groups are not supported")
@@ -224,22 +291,94 @@ def required_literals(regex: str) -> tuple[str, ...]:
     return tuple(best or ())
 
 
-def _hyperscan_error(regex: str) -> str | None:
-    """hyperscan's reason for refusing the pattern, or None (also when not installed)."""
+def prefilter_pattern(regex: str) -> str:
+    """The pattern a prefilter searches for: the regex with every bounded repeat opened
+    (`{0,80}` -> `{0,}`) and without `$`. It matches wherever the regex does (a prefilter
+    may say "maybe" too often, never too rarely), and hyperscan compiles it in a fraction
+    of the time a large bounded repeat costs."""
+    out: list[str] = []
+    i, n, in_class = 0, len(regex), False
+    while i < n:
+        c = regex[i]
+        if c == "\\":
+            out.append(regex[i:i + 2])
+            i += 2
+            continue
+        if in_class:
+            in_class = c != "]" or (bool(out) and out[-1] in ("[", "[^"))
+        elif c == "[":
+            in_class = True
+            if regex[i + 1:i + 2] == "^":
+                out.append("[^")
+                i += 2
+                continue
+        elif c == "{":
+            m = _BOUNDED.match(regex, i)
+            if m is not None:
+                out.append("{" + m.group(1) + ",}")
+                i = m.end()
+                continue
+        elif c == "$":
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+_BOUNDED = re.compile(r"\{(\d+),\d+\}")
+#: the line database's flags (PREFILTER: hyperscan may approximate, the signature confirms)
+HYPERSCAN_FLAGS = ("HS_FLAG_SINGLEMATCH", "HS_FLAG_PREFILTER")
+
+
+def hyperscan_database(patterns: Sequence[str], flags: Sequence[str] = HYPERSCAN_FLAGS) -> Any:
+    """One hyperscan database of `patterns` (raises hyperscan.error, ImportError)."""
+    import hyperscan
+
+    value = 0
+    for name in flags:
+        value |= getattr(hyperscan, name)
+    db = hyperscan.Database()
+    db.compile(expressions=[p.encode() for p in patterns], ids=list(range(len(patterns))),
+               elements=len(patterns), flags=[value] * len(patterns))
+    return db
+
+
+def _hyperscan_check(sigs: list[Signature]) -> tuple[list[Signature], Any, list[ConfigError]]:
+    """Compile every prefilter pattern into one database (the matcher reuses it); when
+    that fails, find the signatures hyperscan refuses one by one and drop them."""
     try:
         import hyperscan
     except ImportError:
-        return None
-    db = hyperscan.Database()
+        return sigs, None, []
+    if not sigs:
+        return sigs, None, []
     try:
-        db.compile(expressions=[regex.encode()], ids=[0], elements=1,
-                   flags=[hyperscan.HS_FLAG_SINGLEMATCH])
-    except hyperscan.error as exc:
-        return f"hyperscan cannot compile it: {exc}"
-    return None
+        return sigs, hyperscan_database([prefilter_pattern(s.regex) for s in sigs]), []
+    except hyperscan.error:
+        pass
+    kept: list[Signature] = []
+    errors: list[ConfigError] = []
+    for sig in sigs:
+        try:
+            hyperscan_database([prefilter_pattern(sig.regex)])
+        except hyperscan.error as exc:
+            errors.append(ConfigError(sig.file, _key(sig.id, "regex"),
+                                      f"hyperscan cannot compile it: {exc}"))
+        else:
+            kept.append(sig)
+    return kept, None, errors
 
 
 # --------------------------------------------------------------------------- loading
+def _compile(pattern: str, name: str, err: Callable[[str, str], None]) -> LinearRegex | None:
+    try:
+        return LinearRegex(pattern)
+    except ValueError as exc:
+        err(name, str(exc))
+        return None
+
+
 def _key(sig_id: str, name: str) -> str:
     return f"signature[{sig_id}].{name}" if name else f"signature[{sig_id}]"
 
@@ -298,25 +437,33 @@ def _parse_one(raw: Any, file: str, index: int, errors: list[ConfigError]) -> Si
     reference = text("reference")
     subject = text("subject")
 
+    program_text = text("program", required=False) or None
+    compiled_program: LinearRegex | None = None
+    if source == "kmsg" and program_text is not None:
+        err("program", "a kernel signature has no program (the kernel wrote the line)")
+    elif source.startswith("log:") and program_text is None:
+        err("program", "is required for a log signature: the program that writes the line "
+            "(a regex matching all of it, e.g. 'postfix[\\w.-]*/smtpd'); text anywhere "
+            "in a line could be a client's")
+    elif program_text is not None:
+        compiled_program = _compile(program_text, "program", err)
+
     regex = text("regex")
-    pattern: re.Pattern[str] | None = None
+    compiled: LinearRegex | None = None
     literals: tuple[str, ...] = ()
     if regex:
         try:
             parsed = sre_parse.parse(regex)
-            pattern = re.compile(regex, re.ASCII)
         except (re.error, RecursionError, OverflowError) as exc:
             err("regex", f"bad regex: {exc}")
         else:
             for problem_text in regex_problems(parsed):
                 err("regex", problem_text)
-            literals = required_literals(regex)
+            literals = tuple(_required(parsed.data) or ())
             if not literals or min(map(len, literals)) < MIN_LITERAL:
                 err("regex", f"needs a literal of at least {MIN_LITERAL} characters that every "
                     "match contains (the portable prefilter uses it)")
-            hs_error = _hyperscan_error(regex)
-            if hs_error:
-                err("regex", hs_error)
+            compiled = _compile(regex, "regex", err)
 
     examples: list[Example] = []
     raw_examples = raw.get("examples")
@@ -337,7 +484,7 @@ def _parse_one(raw: Any, file: str, index: int, errors: list[ConfigError]) -> Si
     else:
         counters = tuple(counter)
 
-    if mine or pattern is None:
+    if mine or compiled is None:
         errors.extend(mine)
         return None
     sig = Signature(
@@ -345,7 +492,8 @@ def _parse_one(raw: Any, file: str, index: int, errors: list[ConfigError]) -> Si
         severity=severity,  # type: ignore[arg-type]  # checked against SEVERITIES above
         description=description, reference=reference, subject=subject,
         examples=tuple(examples), counter_examples=counters, recovery=recovery,
-        clears=clears, file=file, literals=literals, pattern=pattern,
+        clears=clears, file=file, literals=literals, program=program_text,
+        compiled=compiled, compiled_program=compiled_program,
     )
     example_errors = check_examples(Catalog((sig,)))
     if example_errors:
@@ -361,14 +509,17 @@ def check_examples(catalog: Catalog) -> list[ConfigError]:
         for i, ex in enumerate(sig.examples):
             got = sig.extract(ex.line)
             if got is None:
+                program, message = message_of(sig.source, ex.line)
+                seen = "" if program is None else f" (program {program!r}, message " \
+                                                  f"{message[:60]!r})"
                 errors.append(ConfigError(sig.file, _key(sig.id, f"examples[{i}]"),
-                                          f"does not match: {ex.line!r}"[:300]))
+                                          f"does not match: {ex.line!r}"[:240] + seen))
             elif got != ex.subject:
                 errors.append(ConfigError(
                     sig.file, _key(sig.id, f"examples[{i}]"),
                     f"gives subject {got!r}, expected {ex.subject!r}"[:300]))
         for i, line in enumerate(sig.counter_examples):
-            if sig.search(line) is not None:
+            if sig.match_line(line) is not None:
                 errors.append(ConfigError(sig.file, _key(sig.id, f"counter_examples[{i}]"),
                                           f"matches, but must not: {line!r}"[:300]))
     return errors
@@ -380,12 +531,9 @@ def parse_signature_file(
     """Parse one file's bytes; `seen` maps ids already loaded to their file (duplicates)."""
     seen = {} if seen is None else seen
     errors: list[ConfigError] = []
-    try:
-        raw = tomllib.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        return [], [ConfigError(file, "-", f"not UTF-8 text: {exc}")]
-    except tomllib.TOMLDecodeError as exc:
-        return [], [ConfigError(file, "-", f"not valid TOML: {exc}")]
+    raw, problems = parse_toml(data, file)
+    if raw is None:
+        return [], problems
     for name in sorted(set(raw) - {"signature"}):
         errors.append(ConfigError(file, name, "unknown key: a file holds [[signature]] tables"))
     tables = raw.get("signature", [])
@@ -448,7 +596,8 @@ def load_catalog(
         got, errs = parse_signature_file(data, name, seen)
         sigs.extend(got)
         errors.extend(errs)
-    return Catalog(tuple(sigs)), errors
+    sigs, database, refused = _hyperscan_check(sigs)
+    return Catalog(tuple(sigs), database), errors + refused
 
 
 # --------------------------------------------------------------------------- docs

@@ -6,7 +6,8 @@
     changes = det.on_probe(r)      # ProbeResult
     changes = det.on_device(e)     # DeviceEvent
     changes = det.tick(now)        # time-based resolution (signature quiet periods)
-    det.active()                   # every firing Finding, sorted by (problem, subject)
+    det.actionable()               # every firing trusted Finding (what the policy sees)
+    det.active()                   # ... and the untrusted ones (status, reports)
 
 Each `on_*`/`tick` returns the *changes* it caused, as Finding values: `state ==
 "firing"` for a finding that started firing (or became trusted), `state == "resolved"`
@@ -17,9 +18,12 @@ from `tick(now)` (the same clock the sources stamp with).
 Trust (DESIGN safety property 5): evidence counts as trusted when it came from the
 kernel itself (LogLine.from_kernel), a followed log file (source `log:NAME`), a metric, a
 probe or a udev event. A kmsg line with a facility other than 0 was written from
-userspace: a finding that fires only because of such lines has `trusted=False` — it is
-reported, never acted on. A signature finding is trusted only if its trusted matches
-alone reach the rule's count.
+userspace. Untrusted matches never touch the trusted findings: they go to a detector of
+their own (`untrusted`, signature rules only) whose findings all have `trusted=False` and
+are reported, never acted on. So a forged line changes no plan: not its count, not its
+first-seen time, not its subject; a forged line first and the real one next, the real
+one is answered as if the forged one had never been. `trusted_active()` is what the
+policy sees; `active()` adds the untrusted findings for status and reports.
 """
 
 from __future__ import annotations
@@ -107,7 +111,7 @@ class _Threshold:
 
 @dataclass
 class _SigWindow:
-    times: deque[tuple[float, bool]] = field(default_factory=deque)
+    times: deque[float] = field(default_factory=deque)
     live: _Live | None = None
     last_match: float = 0.0
 
@@ -145,9 +149,17 @@ def _first_task(sample: MetricSample, name: str) -> str:
 class Detectors:
     """Every rule's state; feed it observations, get Finding changes back."""
 
-    def __init__(self, rules: Sequence[Rule], *, evidence_limit: int = EVIDENCE_LIMIT) -> None:
+    def __init__(self, rules: Sequence[Rule], *, evidence_limit: int = EVIDENCE_LIMIT,
+                 trusted: bool = True) -> None:
         self.rules = tuple(rules)
         self.evidence_limit = evidence_limit
+        self.trusted = trusted
+        #: where matches of lines written from userspace go (signature rules only)
+        self.untrusted: Detectors | None = None
+        if trusted:
+            self.untrusted = Detectors(
+                [r for r in self.rules if isinstance(r, SignatureRule)],
+                evidence_limit=evidence_limit, trusted=False)
         self._threshold = [r for r in self.rules if isinstance(r, ThresholdRule)]
         # A literal metric is a dict lookup; only wildcard metrics ("unit.*.cpu_pct") scan
         # the sample's names (this runs every second on the hot path).
@@ -167,7 +179,7 @@ class Detectors:
     # ------------------------------------------------------------------ helpers
     def _new_live(self, rule: str, problem: str, subject: str, severity: Severity,
                   t: float) -> _Live:
-        return _Live(rule, problem, subject, severity, t, t,
+        return _Live(rule, problem, subject, severity, t, t, trusted=self.trusted,
                      evidence=deque(maxlen=self.evidence_limit))
 
     def _firing_by_rule(self) -> dict[str, list[_Live]]:
@@ -183,7 +195,8 @@ class Detectors:
         return out
 
     def any_firing(self) -> bool:
-        """True when any finding is firing (no snapshots built: the idle check)."""
+        """True when any trusted finding is firing (no snapshots built: the idle check;
+        untrusted findings never lead to a proposal)."""
         return (
             any(s.live is not None for s in self._th.values())
             or any(w.live is not None for w in self._sig.values())
@@ -191,10 +204,20 @@ class Detectors:
             or bool(self._dev) or bool(self._all)
         )
 
-    def active(self) -> list[Finding]:
-        """Every firing finding, sorted by (problem, subject)."""
+    def _own(self) -> list[Finding]:
         lives = [x for group in self._firing_by_rule().values() for x in group]
         return sorted((x.snapshot() for x in lives), key=lambda f: (f.problem, f.subject))
+
+    def actionable(self) -> list[Finding]:
+        """Every firing trusted finding, sorted by (problem, subject): what may act."""
+        return self._own() if self.trusted else []
+
+    def active(self) -> list[Finding]:
+        """Every firing finding, trusted or not, sorted by (problem, subject, trusted)."""
+        found = self._own()
+        if self.untrusted is not None:
+            found += self.untrusted._own()
+        return sorted(found, key=lambda f: (f.problem, f.subject, not f.trusted))
 
     # ------------------------------------------------------------------ thresholds
     def on_metrics(self, sample: MetricSample) -> list[Finding]:
@@ -257,6 +280,8 @@ class Detectors:
 
     # ------------------------------------------------------------------ signatures
     def on_match(self, m: SignatureMatch) -> list[Finding]:
+        if self.untrusted is not None and not trusted_line(m.line):
+            return self.untrusted.on_match(m)
         changes: list[Finding] = []
         for rule in self._signature:
             if not (_globs(rule.signatures, m.signature) and _globs(rule.problems, m.problem)
@@ -283,28 +308,24 @@ class Detectors:
     def _signature_step(self, rule: SignatureRule, key: tuple[str, str, str],
                         m: SignatureMatch) -> list[Finding]:
         t = m.line.t
-        trusted = trusted_line(m.line)
         w = self._sig.setdefault(key, _SigWindow())
         w.last_match = t
-        w.times.append((t, trusted))
-        while w.times and w.times[0][0] < t - rule.window_s:
+        w.times.append(t)
+        while w.times and w.times[0] < t - rule.window_s:
             w.times.popleft()
-        text = m.line.text[:300] + ("" if trusted else "  [written from userspace: untrusted]")
+        text = m.line.text[:300] + ("" if self.trusted
+                                    else "  [written from userspace: untrusted]")
         if w.live is not None:
             live = w.live
             live.count += 1
             live.last_seen = t
             live.evidence.append(text)
-            if not live.trusted and sum(1 for _, ok in w.times if ok) >= rule.count:
-                live.trusted = True
-                return [live.snapshot()]
             return []
         if len(w.times) < rule.count:
             return []
-        first = w.times[0][0]
-        live = self._new_live(rule.name, key[1], key[2], rule.severity or m.severity, first)
+        live = self._new_live(rule.name, key[1], key[2], rule.severity or m.severity,
+                              w.times[0])
         live.count, live.last_seen = len(w.times), t
-        live.trusted = sum(1 for _, ok in w.times if ok) >= rule.count
         live.evidence.append(text)
         w.live = live
         return [live.snapshot()]
@@ -381,7 +402,7 @@ class Detectors:
     # ------------------------------------------------------------------ time
     def tick(self, now: float) -> list[Finding]:
         """Resolve signature findings quiet for their rule's `quiet_s`; forget old windows."""
-        changes: list[Finding] = []
+        changes: list[Finding] = [] if self.untrusted is None else self.untrusted.tick(now)
         quiet = {r.name: r for r in self._signature}
         for key, w in list(self._sig.items()):
             rule = quiet[key[0]]
@@ -391,6 +412,17 @@ class Detectors:
                     del self._sig[key]
             elif idle >= rule.quiet_s:
                 w.live.evidence.append(f"quiet for {idle:.0f}s")
+                changes.append(replace(w.live.snapshot("resolved"), last_seen=now))
+                del self._sig[key]
+        return changes + self._eval_all_of(now)
+
+    def end(self, problem: str, subject: str, why: str, now: float) -> list[Finding]:
+        """Resolve a firing signature finding now (its episode was verified fixed: an
+        event-shaped problem did not occur again); the next occurrence fires anew."""
+        changes: list[Finding] = []
+        for key, w in list(self._sig.items()):
+            if key[1] == problem and key[2] == subject and w.live is not None:
+                w.live.evidence.append(why[:300])
                 changes.append(replace(w.live.snapshot("resolved"), last_seen=now))
                 del self._sig[key]
         return changes + self._eval_all_of(now)
@@ -410,10 +442,6 @@ class Detectors:
             if all(parts):
                 if live is not None:
                     live.last_seen = t
-                    trusted = all(any(x.trusted for x in p) for p in parts)
-                    if trusted and not live.trusted:
-                        live.trusted = True
-                        changes.append(live.snapshot())
                     continue
                 source = dict(zip(rule.of, parts, strict=True))
                 for (name, _), p in zip(rule.parts(), parts, strict=True):
@@ -423,7 +451,6 @@ class Detectors:
                 live = self._new_live(rule.name, rule.problem or rule.name, subject,
                                       rule.severity, max(x.first_seen for p in parts for x in p))
                 live.last_seen, live.count = t, 1
-                live.trusted = all(any(x.trusted for x in p) for p in parts)
                 for name, p in zip(rule.of, parts, strict=True):
                     newest = max(p, key=lambda x: x.last_seen)
                     ev = newest.evidence[-1] if newest.evidence else ""

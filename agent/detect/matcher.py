@@ -10,22 +10,33 @@ must cost about what reading it costs. Two engines give the same findings:
   automaton (pyahocorasick) over each signature's required literals (derived from the
   regex by the catalog) picks the candidates; then the regex.
 
-Either way Python `re` has the last word on the first MAX_MATCH_CHARS characters of the
-text, so the prefilter can only save work, never change a result. `match(line)` serves
-one line (the daemon); `candidates(block)` serves a block of raw lines in one engine
-call (scan, bench), and scan confirms each candidate with `confirm`.
+Either way the signature has the last word (agent/detect/catalog.py): its program must
+match the line's program, and its regex (run by RE2, linear time) must match at the start
+of the message, on `match_window(message)`. The prefilter runs over the raw line, which
+contains the message, so it can only save work, never change a result. `match(line)`
+serves one line (the daemon); `candidates(block)` serves a block of raw lines in one
+engine call (scan, bench), and scan confirms each candidate with `confirm`.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from agent.detect.catalog import MAX_MATCH_CHARS, Catalog, Signature
+from agent.detect.catalog import (
+    MAX_MATCH_CHARS,
+    Catalog,
+    Signature,
+    hyperscan_database,
+    match_window,
+    prefilter_pattern,
+)
+from agent.detect.linear import encode
 from agent.model import LogLine, SignatureMatch
+from agent.sources.logrecord import parse_record
 
 ENGINE_ENV = "NODEWARDEN_MATCHER"
 ENGINES = ("hyperscan", "portable")
@@ -48,20 +59,15 @@ def hyperscan_available() -> bool:
 
 
 class _HyperscanPrefilter:
-    """Two hyperscan databases: single-match per line, all-matches for blocks."""
+    """Two hyperscan databases of the prefilter patterns (catalog.prefilter_pattern):
+    single-match per line (the catalog's, when it compiled one), all-matches for blocks
+    (compiled when `scan` first asks)."""
 
-    def __init__(self, sigs: Sequence[Signature]) -> None:
-        import hyperscan
-
-        exprs = [s.regex.encode() for s in sigs]
-        ids = list(range(len(sigs)))
-        self._line_db = hyperscan.Database()
-        self._line_db.compile(expressions=exprs, ids=ids, elements=len(exprs),
-                              flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(exprs))
-        self._block_db = hyperscan.Database()
-        self._block_db.compile(expressions=exprs, ids=ids, elements=len(exprs),
-                               flags=[0] * len(exprs))
-        self._single = [frozenset((i,)) for i in ids]
+    def __init__(self, sigs: Sequence[Signature], line_db: Any = None) -> None:
+        self._patterns = [prefilter_pattern(s.regex) for s in sigs]
+        self._line_db = line_db if line_db is not None else hyperscan_database(self._patterns)
+        self._block_db: Any = None
+        self._single = [frozenset((i,)) for i in range(len(sigs))]
 
     def line(self, text: str) -> set[int]:
         found: set[int] = set()
@@ -73,6 +79,8 @@ class _HyperscanPrefilter:
         return found
 
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
+        if self._block_db is None:
+            self._block_db = hyperscan_database(self._patterns, ("HS_FLAG_PREFILTER",))
         hits: list[tuple[int, frozenset[int]]] = []
         append = hits.append
         single = self._single
@@ -143,41 +151,61 @@ class Matcher:
         for i, sig in enumerate(self._sigs):
             self._by_source[sig.source] = self._by_source.get(sig.source, frozenset()) | {i}
         self._prefilter: _Prefilter | None = None
-        if self._sigs:
-            make: Callable[[Sequence[Signature]], _Prefilter] = (
-                _HyperscanPrefilter if self.engine == "hyperscan" else _AhoCorasickPrefilter
-            )
-            self._prefilter = make(self._sigs)
+        if self._sigs and self.engine == "hyperscan":
+            self._prefilter = _HyperscanPrefilter(self._sigs, catalog.line_database)
+        elif self._sigs:
+            self._prefilter = _AhoCorasickPrefilter(self._sigs)
 
     @property
     def sources(self) -> tuple[str, ...]:
         return tuple(sorted(self._by_source))
 
     def match(self, line: LogLine) -> list[SignatureMatch]:
-        """Every signature of `line.source` that matches `line.text`, in catalog order."""
+        """Every signature of `line.source` that matches `line`, in catalog order."""
         if self._prefilter is None or line.source not in self._by_source:
             return []
-        candidates = self._prefilter.line(line.text[:MAX_MATCH_CHARS])
-        # the flood case: most lines match nothing, and cost only the prefilter
-        return self.confirm(line, candidates) if candidates else []
+        text = line.text
+        if len(text) <= MAX_MATCH_CHARS:
+            candidates = self._prefilter.line(text)
+            # the flood case: most lines match nothing, and cost only the prefilter
+            return self.confirm(line, candidates) if candidates else []
+        # a long line: what the regexes see is the head and tail of its message
+        program, message = self._split(line)
+        window = match_window(message)
+        candidates = self._prefilter.line(window)
+        return self._confirm(line, candidates, program, window) if candidates else []
+
+    @staticmethod
+    def _split(line: LogLine) -> tuple[bytes | None, str]:
+        if line.source == "kmsg":
+            return None, line.text
+        record = parse_record(line.text)
+        return encode(record.program), record.message
 
     def confirm(self, line: LogLine, candidates: Iterable[int]) -> list[SignatureMatch]:
-        """Run the regexes of the candidate signatures (indices) that apply to `line.source`."""
+        """Run the candidate signatures (indices) that apply to `line.source`: program,
+        then the regex at the start of the message."""
+        program, message = self._split(line)
+        return self._confirm(line, candidates, program, match_window(message))
+
+    def _confirm(self, line: LogLine, candidates: Iterable[int], program: bytes | None,
+                 window: str) -> list[SignatureMatch]:
         mine = self._by_source.get(line.source)
         if not mine:
             return []
-        text = line.text[:MAX_MATCH_CHARS]
+        data = encode(window)
         out: list[SignatureMatch] = []
         for i in sorted(mine.intersection(candidates)):
             sig = self._sigs[i]
-            m = sig.pattern.search(text)
-            if m is None:
+            if not sig.takes_program(program):
                 continue
-            groups = {k: v for k, v in m.groupdict().items() if v is not None}
+            groups = sig.match_message(data)
+            if groups is None:
+                continue
             out.append(SignatureMatch(
-                signature=sig.id, problem=sig.problem, subject=sig.subject_of(m),
+                signature=sig.id, problem=sig.problem, subject=sig.subject_of(groups),
                 severity=sig.severity, line=line, recovery=sig.recovery,
-                groups=MappingProxyType(groups),
+                groups=MappingProxyType(dict(groups)),
             ))
         return out
 

@@ -1,8 +1,9 @@
 """Scan a stream of log lines with the catalog: what `nodewarden scan` and bench/scan.py run.
 
 Input is read in binary, in blocks of BLOCK_BYTES, and split on `\\n`. A line longer than
-MAX_LINE_BYTES is cut there (the rest, up to the next newline, is skipped and the line is
-counted as truncated), so a 10 MB line costs one read, not 10 MB of matching. Invalid
+MAX_LINE_BYTES keeps its head and its last TAIL_BYTES (the middle is skipped as it streams
+by, and the line is counted as truncated), so a 10 MB line costs one read, not 10 MB of
+matching, and its fixed fields at the end still count. Invalid
 UTF-8 is replaced (U+FFFD), NUL and other binary bytes pass through: both are counted.
 
 Each block goes through the matcher's prefilter in one call; only candidate lines are
@@ -19,12 +20,17 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from agent.detect.catalog import CUT_MARK, MAX_MATCH_CHARS, TAIL_CHARS
 from agent.detect.matcher import Matcher
 from agent.model import LogLine, SignatureMatch
 from agent.sources.lineformat import parse_line
 
 MAX_LINE_BYTES = 64 * 1024
 BLOCK_BYTES = 1024 * 1024
+#: the end of an over-long line that is kept: room for the message's last TAIL_CHARS
+#: characters even in 4-byte UTF-8
+TAIL_BYTES = 4 * TAIL_CHARS
+CUT_BYTES = CUT_MARK.encode()
 
 
 @dataclass
@@ -61,24 +67,39 @@ class ScanHit:
 
 
 class LineBlocks:
-    """Reads a binary stream as blocks of complete, capped lines."""
+    """Reads a binary stream as blocks of complete, capped lines.
+
+    A line longer than `max_line` keeps its first bytes and its last TAIL_BYTES (the real
+    end of the line, where fixed fields after a client-supplied one are), joined by the
+    catalog's CUT_MARK; the middle is skipped as it streams by, so memory stays bounded.
+    """
 
     def __init__(self, stream: BinaryIO, stats: ScanStats, *,
                  max_line: int = MAX_LINE_BYTES, block_bytes: int = BLOCK_BYTES) -> None:
+        if max_line <= 2 * TAIL_BYTES:
+            raise ValueError(f"max_line must be above {2 * TAIL_BYTES} bytes")
         self._stream = stream
         self._stats = stats
         self._max = max_line
         self._block = block_bytes
         #: global 0-based numbers of lines that were cut at max_line
         self.truncated_lines: set[int] = set()
+        #: the length of the longest line of the block last yielded
+        self.longest = 0
 
-    def _cap(self, lines: list[bytes], first: int) -> list[bytes]:
+    def _cut(self, head: bytes, tail: bytes) -> bytes:
+        self.truncated_lines.add(self._stats.lines)
+        self._stats.truncated += 1
+        self._stats.lines += 1
+        return head[: self._max - TAIL_BYTES - len(CUT_BYTES)] + CUT_BYTES + tail[-TAIL_BYTES:]
+
+    def _cap(self, lines: list[bytes]) -> list[bytes]:
         out = []
-        for i, line in enumerate(lines):
+        for line in lines:
             if len(line) > self._max:
-                line = line[: self._max]
-                self.truncated_lines.add(first + i)
-                self._stats.truncated += 1
+                line = self._cut(line, line)
+            else:
+                self._stats.lines += 1
             out.append(line)
         return out
 
@@ -86,41 +107,48 @@ class LineBlocks:
         """(block, lines) pairs with block == b"\\n".join(lines)."""
         stats = self._stats
         pending = b""
-        skipping = False  # inside the cut-off rest of an over-long line
+        long_head: bytes | None = None  # inside an over-long line: its first bytes
+        long_tail = b""  # ... and its last TAIL_BYTES so far
         while True:
             data = self._stream.read(self._block)
             if not data:
                 break
             stats.bytes_read += len(data)
-            if skipping:
+            if long_head is not None:
                 nl = data.find(b"\n")
                 if nl < 0:
+                    long_tail = (long_tail + data)[-TAIL_BYTES:]
                     continue
+                line = self._cut(long_head, long_tail + data[:nl])
+                long_head, long_tail = None, b""
+                self.longest = len(line)
+                yield line, [line]
                 data = data[nl + 1 :]
-                skipping = False
             buf = pending + data if pending else data
             last = buf.rfind(b"\n")
             if last >= 0:
                 block = buf[:last]
                 pending = buf[last + 1 :]
                 lines = block.split(b"\n")
-                if max(map(len, lines)) > self._max:
-                    lines = self._cap(lines, stats.lines)
+                self.longest = max(map(len, lines))
+                if self.longest > self._max:
+                    lines = self._cap(lines)
                     block = b"\n".join(lines)
-                stats.lines += len(lines)
+                else:
+                    stats.lines += len(lines)
                 yield block, lines
             else:
                 pending = buf
             if len(pending) > self._max:
-                self.truncated_lines.add(stats.lines)
-                stats.truncated += 1
-                stats.lines += 1
-                line = pending[: self._max]
+                long_head, long_tail = pending, pending[-TAIL_BYTES:]
                 pending = b""
-                skipping = True
-                yield line, [line]
-        if pending:
+        if long_head is not None:
+            line = self._cut(long_head, long_tail)
+            self.longest = len(line)
+            yield line, [line]
+        elif pending:
             stats.lines += 1
+            self.longest = len(pending)
             yield pending, [pending]
 
 
@@ -173,6 +201,12 @@ def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterato
         if b"\\x" in block:  # kmsg records escape bytes; the parsed text is unescaped
             for i, raw in enumerate(lines):
                 if b"\\x" in raw:
+                    candidates[i] = set(everything)
+        if reader.longest > MAX_MATCH_CHARS:
+            # a long line is matched on the head and tail of its message, which the
+            # prefilter has not seen as such: every signature is a candidate
+            for i, raw in enumerate(lines):
+                if len(raw) > MAX_MATCH_CHARS:
                     candidates[i] = set(everything)
         _count_oddities(block, lines, stats, candidates.keys())
         for i in sorted(candidates):

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from agent.model import Proposal, Verdict
 
@@ -147,6 +147,19 @@ class LeaseGate(Protocol):
     def acquire(self, proposal: Proposal, now: float) -> tuple[Verdict, Lease | None]: ...
 
 
+@runtime_checkable
+class PageFold(Protocol):
+    """The guard that folds repeated pages (agent/guards/stateful.py PageFoldGuard)."""
+
+    name: str
+
+    def check(self, proposal: Proposal, now: float) -> Verdict: ...
+
+    def annotate(self, proposal: Proposal) -> str: ...
+
+    def sent(self, proposal: Proposal, now: float) -> None: ...
+
+
 class GuardChain:
     """Ask every guard; any deny wins; all verdicts kept (see the module docstring)."""
 
@@ -157,13 +170,18 @@ class GuardChain:
         *,
         costly: Sequence[Guard] = (),
         lease: LeaseGate | None = None,
-        page_guards: frozenset[str] = frozenset({"flapping", "budget"}),
+        page_guards: frozenset[str] = frozenset({"flapping", "budget", "maintenance"}),
     ) -> None:
         self.mode = mode
         self.guards = tuple(guards)
         self.costly = tuple(costly)
         self.lease = lease
         self.page_guards = page_guards
+
+    @property
+    def fold(self) -> PageFold | None:
+        """The chain's page folding, when it has one (the driver reports pages sent)."""
+        return next((g for g in self.guards if isinstance(g, PageFold)), None)
 
     @property
     def names(self) -> list[str]:

@@ -5,8 +5,9 @@
                         ctx=action_context, lease_client=NoCoordinator())
     result = chain.evaluate(proposal, clock.now())
 
-Order of verdicts: mode, trust, maintenance, cooldown, budget, flapping, approval, then
-preconditions (only with a ctx) and lease, which run only if all before them allowed.
+Order of verdicts: mode, trust, maintenance, cooldown, budget, flapping, fold (pages),
+approval, then preconditions (only with a ctx) and lease, which run only if all before
+them allowed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from agent.guards.stateful import (
     CooldownGuard,
     FlappingGuard,
     MaintenanceGuard,
+    PageFoldGuard,
 )
 from agent.state import SafetyState
 from remediations import ActionContext
@@ -43,6 +45,7 @@ def build_chain(
             CooldownGuard(state, settings.cooldown_s, settings.cooldowns),
             BudgetGuard(state, settings.budgets),
             FlappingGuard(state, settings.flapping_max_fixes, settings.flapping_window_s),
+            PageFoldGuard(state, settings.page_fold_s),
             ApprovalGuard(state),
         ],
         costly=[PreconditionGuard(ctx)] if ctx is not None else [],

@@ -2,8 +2,10 @@
 
     [guards.mode]           ACTION = "observe" | "dry-run" | "enforce"   (overrides agent.mode)
     [guards.maintenance]    disruptive_windows = ["Sat 02:00-05:00"]     (UTC; empty = any time)
-    [guards.cooldown]       default_s = 600, ACTION = SECONDS
-    [guards.budget]         ACTION = { max = N, window_s = SECONDS }     (max = 0: never)
+    [guards.cooldown]       default_s = 600, ACTION = SECONDS             (not pages)
+    [guards.budget]         ACTION = { max = N, window_s = SECONDS, per = "problem"|"host" }
+                            (max = 0: never; never a page)
+    [guards.page]           fold_s = 14400   (one page per problem and subject per window)
     [guards.flapping]       max_fixes = 3, window_s = 21600
     [guards.lease]          ttl_s = 900
     [guards.approval]       ttl_s = 3600   (default lifetime of `nodewarden approve`)
@@ -17,6 +19,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from agent.guards.simple import MODES
+from agent.guards.stateful import Budget
 from agent.guards.windows import Window, parse_window
 from agent.policy.actions import action_traits
 from remediations import UnknownAction
@@ -24,23 +27,26 @@ from remediations import UnknownAction
 if TYPE_CHECKING:
     from agent.config import Section
 
-DEFAULT_BUDGETS: Mapping[str, tuple[int, float]] = MappingProxyType({
-    "node-restart": (2, 86400.0),
-    "failover-service": (3, 86400.0),
-    "restart-service": (6, 3600.0),
-    "reload-service": (12, 3600.0),
-    "throttle-unit": (10, 3600.0),
-    "stop-process": (10, 3600.0),
-    "exec": (6, 3600.0),
-    "block-addresses": (60, 3600.0),
-    "page": (20, 3600.0),
+#: budgets per action; node restarts and failovers are counted per host (DESIGN safety
+#: property 3: at most R node restarts per host per 24 h), the rest per action and problem
+DEFAULT_BUDGETS: Mapping[str, Budget] = MappingProxyType({
+    "node-restart": Budget(2, 86400.0, "host"),
+    "failover-service": Budget(3, 86400.0, "host"),
+    "restart-service": Budget(6, 3600.0),
+    "reload-service": Budget(12, 3600.0),
+    "throttle-unit": Budget(10, 3600.0),
+    "stop-process": Budget(10, 3600.0),
+    "exec": Budget(6, 3600.0),
+    "block-addresses": Budget(60, 3600.0),
 })
 DEFAULT_COOLDOWNS: Mapping[str, float] = MappingProxyType({
     "node-restart": 3600.0,
     "failover-service": 3600.0,
-    "page": 900.0,
     "block-addresses": 60.0,
 })
+#: one page per problem and subject per this long (Alertmanager's repeat_interval)
+DEFAULT_FOLD_S = 14400.0
+BUDGET_PER = ("problem", "host")
 
 
 @dataclass(frozen=True)
@@ -49,7 +55,8 @@ class GuardSettings:
     disruptive_windows: tuple[Window, ...] = ()
     cooldown_s: float = 600.0
     cooldowns: Mapping[str, float] = field(default_factory=lambda: DEFAULT_COOLDOWNS)
-    budgets: Mapping[str, tuple[int, float]] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    budgets: Mapping[str, Budget] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    page_fold_s: float = DEFAULT_FOLD_S
     flapping_max_fixes: int = 3
     flapping_window_s: float = 21600.0
     lease_ttl_s: float = 900.0
@@ -89,22 +96,33 @@ def parse_guards(top: Section) -> GuardSettings:
     default_s = cool.number("default_s", d.cooldown_s, minimum=0.0)
     cooldowns = dict(d.cooldowns)
     for a in [k for k in cool.raw if k != "default_s"]:
-        if _action_key(cool, a):
+        if a == "page":
+            cool.refuse(a, "pages are not cooled down: they are folded ([guards.page] fold_s)")
+        elif _action_key(cool, a):
             cooldowns[a] = cool.number(a, cooldowns.get(a, default_s), minimum=0.0)
     cool.finish()
 
     bud = g.table("budget")
     budgets = dict(d.budgets)
     for a in list(bud.raw):
+        if a == "page":
+            bud.refuse(a, "a page always goes out: pages are never budgeted (repeats are "
+                          "folded: [guards.page] fold_s)")
+            continue
         sub = bud.table(a)
         if _action_key(bud, a):
-            old = budgets.get(a, (0, 3600.0))
-            budgets[a] = (sub.integer("max", old[0], minimum=0),
-                          sub.number("window_s", old[1], minimum=1.0))
+            old = budgets.get(a, Budget(0, 3600.0))
+            budgets[a] = Budget(sub.integer("max", old.max, minimum=0),
+                                sub.number("window_s", old.window_s, minimum=1.0),
+                                sub.choice("per", BUDGET_PER, old.per))
             if not sub.has("max"):
                 sub.error("max", "is required")
         sub.finish()
     bud.finish()
+
+    page = g.table("page")
+    fold_s = page.number("fold_s", d.page_fold_s, minimum=0.0, maximum=7 * 86400.0)
+    page.finish()
 
     flap = g.table("flapping")
     max_fixes = flap.integer("max_fixes", d.flapping_max_fixes, minimum=1)
@@ -125,6 +143,7 @@ def parse_guards(top: Section) -> GuardSettings:
         cooldown_s=default_s,
         cooldowns=MappingProxyType(cooldowns),
         budgets=MappingProxyType(budgets),
+        page_fold_s=fold_s,
         flapping_max_fixes=max_fixes,
         flapping_window_s=flap_window,
         lease_ttl_s=ttl,

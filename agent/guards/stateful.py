@@ -1,21 +1,35 @@
 """Guards that read the durable SafetyState: maintenance, cooldown, budget, flapping,
-approval. Each is built with the state (and its settings) and only reads it; the state is
-written by `SafetyState.record_execution` (write-ahead, just before a real run),
-`record_fix` (the policy), `approve` and `set_maintenance` (operator commands)."""
+approval, and the folding of pages. Each is built with the state (and its settings) and
+only reads it; the state is written by `SafetyState.record_execution` (write-ahead, just
+before a real run), `record_fix` (the policy), `approve` and `set_maintenance` (operator
+commands).
+
+Pages always go out: no budget applies to a page and no cooldown holds it back; a page
+about the same problem and subject as one that went out less than `fold_s` ago is folded
+into it instead (PageFoldGuard), and the next page that goes out says how many were.
+Cooldowns and flapping are keyed on the proposal's target ("dovecot" and "dovecot.service"
+are one unit); budgets on the action and the problem (one problem's noise cannot spend
+another's), or on the action alone for host-wide budgets (node-restart: DESIGN safety
+property 3).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from agent.guards.base import allow, deny, iso, span
+from agent.guards.base import PAGE_A_PERSON, allow, deny, iso, span
 from agent.guards.windows import Window, describe_windows
 from agent.model import Proposal, Verdict
 from agent.state import SafetyState
 
+PAGE = "page"
+
 
 class MaintenanceGuard:
     """The maintenance flag stops automatic actions (pages still go out); configured
-    windows confine disruptive actions. An operator's own request passes."""
+    windows confine disruptive actions. An operator's own request passes. A maintenance
+    file that cannot be read counts as maintenance on, and asks for a person."""
 
     name = "maintenance"
 
@@ -26,8 +40,15 @@ class MaintenanceGuard:
     def check(self, proposal: Proposal, now: float) -> Verdict:
         if proposal.origin == "operator":
             return allow(self.name, "operator request")
+        if proposal.action == PAGE:
+            return allow(self.name, "a page always goes out")
+        fault = self.state.maintenance_fault
+        if fault is not None:
+            return deny(self.name, f"the maintenance flag cannot be read ({fault}): it counts "
+                        "as on until an operator sets it (nodewarden maintenance on|off); "
+                        f"{PAGE_A_PERSON}")
         flag = self.state.maintenance(now)
-        if flag is not None and proposal.action != "page":
+        if flag is not None:
             by = f" by {flag.by}" if flag.by else ""
             return deny(self.name, f"on until {iso(flag.until)} (set{by} at {iso(flag.since)}: "
                                    f"{flag.reason}); automatic actions wait")
@@ -37,13 +58,11 @@ class MaintenanceGuard:
                 return deny(self.name, f"{proposal.action} is disruptive and allowed only in "
                             f"{describe_windows(self.windows)} (UTC); now {iso(now)}")
             return allow(self.name, f"inside window {inside.text} (UTC)")
-        if flag is not None:
-            return allow(self.name, f"on until {iso(flag.until)}, but a page always goes out")
         return allow(self.name, "off")
 
 
 class CooldownGuard:
-    """No second run of the same action on the same subject too soon."""
+    """No second run of the same action on the same target too soon (pages fold instead)."""
 
     name = "cooldown"
 
@@ -54,56 +73,74 @@ class CooldownGuard:
         self.per_action = dict(per_action or {})
 
     def check(self, proposal: Proposal, now: float) -> Verdict:
-        cooldown = self.per_action.get(proposal.action, self.default_s)
         if proposal.origin == "operator":
             return allow(self.name, "operator request")
-        runs = [r for r in self.state.executions(action=proposal.action,
-                                                 subject=proposal.subject, since=now - cooldown)
+        if proposal.action == PAGE:
+            return allow(self.name, "pages are folded, not cooled down")
+        cooldown = self.per_action.get(proposal.action, self.default_s)
+        target = proposal.acted_on
+        runs = [r for r in self.state.executions(action=proposal.action, target=target,
+                                                 since=now - cooldown)
                 if r.t > now - cooldown]
         if not runs:
-            return allow(self.name, f"{proposal.action} {proposal.subject} has not run in the "
+            return allow(self.name, f"{proposal.action} {target} has not run in the "
                                     f"last {span(cooldown)}")
         last = max(r.t for r in runs)
-        return deny(self.name, f"{proposal.action} {proposal.subject} ran {span(now - last)} ago "
+        return deny(self.name, f"{proposal.action} {target} ran {span(now - last)} ago "
                                f"at {iso(last)}; next allowed at {iso(last + cooldown)} "
                                f"(cooldown {span(cooldown)})")
 
 
+@dataclass(frozen=True)
+class Budget:
+    """At most `max` executions per `window_s`, counted per problem or per host."""
+
+    max: int
+    window_s: float
+    per: str = "problem"  # "problem": per action and problem; "host": per action
+
+
 class BudgetGuard:
     """At most N executions of an action per window, counted from the persisted history
-    (DESIGN safety property 3), for operator requests too. A broken history denies every
-    disruptive action until an operator clears it."""
+    (DESIGN safety property 3), for operator requests too. Pages are never budgeted. A
+    broken history denies every other action until an operator clears it."""
 
     name = "budget"
 
-    def __init__(self, state: SafetyState, budgets: Mapping[str, tuple[int, float]]) -> None:
+    def __init__(self, state: SafetyState, budgets: Mapping[str, Budget]) -> None:
         self.state = state
         self.budgets = dict(budgets)
 
     def check(self, proposal: Proposal, now: float) -> Verdict:
+        if proposal.action == PAGE:
+            return allow(self.name, "a page always goes out (never budgeted)")
         fault = self.state.history_fault
-        if fault is not None and (proposal.disruptive or proposal.action == "node-restart"):
-            return deny(self.name, f"{fault.reason} (since {iso(fault.since)}); disruptive "
-                        "actions are denied until an operator clears it "
-                        "(nodewarden maintenance clear-history); page a person")
+        if fault is not None:
+            return deny(self.name, f"{fault.reason} (since {iso(fault.since)}); actions are "
+                        "denied until an operator clears it (nodewarden maintenance "
+                        f"clear-history); {PAGE_A_PERSON}")
         budget = self.budgets.get(proposal.action)
         if budget is None:
             return allow(self.name, f"no budget for {proposal.action}")
-        limit, window = budget
+        problem = None if budget.per == "host" else proposal.problem
+        where = "on this host" if problem is None else f"for {problem}"
         runs = sorted(r.t for r in self.state.executions(action=proposal.action,
-                                                          since=now - window)
-                      if r.t > now - window)  # "next allowed at" is allowed
-        if len(runs) < limit:
-            return allow(self.name, f"{len(runs)} of {limit} {proposal.action} in the last "
-                                    f"{span(window)}")
-        next_at = runs[len(runs) - limit] + window
-        return deny(self.name, f"{len(runs)} of {limit} {proposal.action} in the last "
-                               f"{span(window)} (next allowed at {iso(next_at)})")
+                                                          problem=problem,
+                                                          since=now - budget.window_s)
+                      if r.t > now - budget.window_s)  # "next allowed at" is allowed
+        if len(runs) < budget.max:
+            return allow(self.name, f"{len(runs)} of {budget.max} {proposal.action} {where} "
+                                    f"in the last {span(budget.window_s)}")
+        next_at = runs[len(runs) - budget.max] + budget.window_s if budget.max else None
+        when = f" (next allowed at {iso(next_at)})" if next_at is not None else ""
+        return deny(self.name, f"{len(runs)} of {budget.max} {proposal.action} {where} in "
+                               f"the last {span(budget.window_s)}{when}")
 
 
 class FlappingGuard:
     """The same problem back after K fixes within a window: stop acting, page a person.
-    A page itself is never held back by flapping."""
+    Fixes count for the same finding or the same target. A page itself is never held
+    back by flapping."""
 
     name = "flapping"
 
@@ -113,16 +150,78 @@ class FlappingGuard:
         self.window_s = window_s
 
     def check(self, proposal: Proposal, now: float) -> Verdict:
-        if proposal.action == "page" or proposal.origin == "operator":
+        if proposal.action == PAGE or proposal.origin == "operator":
             return allow(self.name, "does not apply to pages and operator requests")
         subject = proposal.finding_subject or proposal.subject
-        fixes = self.state.fixes(proposal.problem, subject, since=now - self.window_s)
+        fixes = self.state.fixes(proposal.problem, subject, target=proposal.acted_on,
+                                 since=now - self.window_s)
         if len(fixes) < self.max_fixes:
             return allow(self.name, f"{proposal.problem} {subject} fixed {len(fixes)} times in "
                                     f"the last {span(self.window_s)} (limit {self.max_fixes})")
         return deny(self.name, f"{proposal.problem} {subject} came back after {len(fixes)} fixes "
                     f"in the last {span(self.window_s)} (limit {self.max_fixes}): stop acting, "
-                    "page a person")
+                    f"{PAGE_A_PERSON}")
+
+
+class PageFoldGuard:
+    """One page per problem and subject per `fold_s`: a repeat is folded (counted) into
+    the page that went out, and the next page that goes out says how many were folded.
+
+    What went out is remembered here (seeded from the executed pages in the history, so
+    an agent restart does not re-page); `sent()` is called by the driver for each page
+    it hands to the executor, and `annotate()` adds the count to its message."""
+
+    name = "fold"
+
+    def __init__(self, state: SafetyState, fold_s: float) -> None:
+        self.state = state
+        self.fold_s = fold_s
+        self._sent: dict[tuple[str, str], float] = {}
+        self._folded: dict[tuple[str, str], int] = {}
+        self._last_fold: dict[tuple[str, str], float] = {}
+        self._seeded = False
+
+    @staticmethod
+    def key(proposal: Proposal) -> tuple[str, str]:
+        return (proposal.problem, proposal.finding_subject or proposal.subject)
+
+    def _last_sent(self, key: tuple[str, str], now: float) -> float | None:
+        if not self._seeded:
+            self._seeded = True
+            for e in self.state.executions(action=PAGE, since=now - self.fold_s):
+                k = (e.problem, e.finding_subject or e.subject)
+                self._sent[k] = max(self._sent.get(k, e.t), e.t)
+        return self._sent.get(key)
+
+    def check(self, proposal: Proposal, now: float) -> Verdict:
+        if proposal.action != PAGE or proposal.origin == "operator":
+            return allow(self.name, "not a page" if proposal.action != PAGE
+                         else "operator request")
+        key = self.key(proposal)
+        last = self._last_sent(key, now)
+        if last is None or now - last >= self.fold_s:
+            return allow(self.name, f"no page for {key[0]} {key[1]} in the last "
+                                    f"{span(self.fold_s)}")
+        if self._last_fold.get(key) != now:  # one fold per cycle: a guard's page and the
+            self._folded[key] = self._folded.get(key, 0) + 1  # ladder's page are one repeat
+            self._last_fold[key] = now
+        n = self._folded.get(key, 0)
+        repeats = f"{n} folded since; " if n else ""
+        return deny(self.name, f"folded into the page for {key[0]} {key[1]} sent at "
+                               f"{iso(last)} ({repeats}the next page after "
+                               f"{iso(last + self.fold_s)} says so)")
+
+    def annotate(self, proposal: Proposal) -> str:
+        """The text to add to a page's message: how many pages were folded before it."""
+        n = self._folded.get(self.key(proposal), 0)
+        return f" ({n} similar page{'' if n == 1 else 's'} folded since the last one)" \
+            if n else ""
+
+    def sent(self, proposal: Proposal, now: float) -> None:
+        key = self.key(proposal)
+        self._sent[key] = now
+        self._folded.pop(key, None)
+        self._last_fold[key] = now  # a page sent in this cycle: its twin is no repeat
 
 
 class ApprovalGuard:

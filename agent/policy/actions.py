@@ -34,6 +34,8 @@ class ActionTraits:
     needs_lease: bool
     #: the module's declared parameters; None when the module is not installed yet
     params: Mapping[str, ParamSpec] | None
+    #: what the module says its subject is (its check refuses a literal rung subject)
+    subject: ParamSpec | None = None
 
 
 def action_traits(name: str) -> ActionTraits:
@@ -41,7 +43,8 @@ def action_traits(name: str) -> ActionTraits:
     action; ImportError if its module is broken."""
     if name in remediations.names():
         mod = remediations.load(name)
-        return ActionTraits(name, bool(mod.DISRUPTIVE), bool(mod.NEEDS_LEASE), mod.PARAMS)
+        return ActionTraits(name, bool(mod.DISRUPTIVE), bool(mod.NEEDS_LEASE), mod.PARAMS,
+                            mod.SUBJECT)
     if name in KNOWN_ACTIONS:
         disruptive, lease = KNOWN_ACTIONS[name]
         return ActionTraits(name, disruptive, lease, None)

@@ -17,12 +17,15 @@ merely proposed: `step` assumes a proposal was planned; `record` corrects that.
 (temporary, operator-controlled) is proposed again after the ladder's `retry_s`; a rung
 denied for any other reason (mode, budget, lease, flapping, preconditions) is skipped, so
 the ladder climbs towards its last rung (usually page) at once. An untrusted finding
-(kernel line written from userspace) gets one proposal per episode, which the trust guard
-denies; it never climbs.
+(kernel line written from userspace) gets no proposal at all: it is reported only.
 
 When a finding resolves after one of its rungs *executed*, that is a "fix", recorded in
-the SafetyState for the flapping guard. Positions persist in the state dir (ladders.json)
-so that after a node restart the ladder continues (at page), not from the top.
+the SafetyState for the flapping guard. An `event` ladder (an OOM kill) verifies its rung
+after `verify_s` instead of waiting for the finding to go quiet (agent/policy/ladder.py):
+no new occurrence and a healthy target end the episode at once (`ended` lists the
+findings the driver then resolves), and the next occurrence starts at the first rung.
+Positions persist in the state dir (ladders.json) so that after a node restart the ladder
+continues (at page), not from the top.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -40,6 +43,11 @@ from agent.model import Finding, Proposal
 from agent.policy.actions import action_traits
 from agent.policy.ladder import Ladder, Rung
 from agent.state import SafetyState, StateError
+from remediations import target_of
+
+#: asks whether the target of a rung that ran is healthy now: (action, subject, params,
+#: target) -> None when healthy, else why not (the driver runs the plan's verify steps)
+HealthCheck = Callable[[str, str, "MappingProxyType[str, str]", str], "str | None"]
 
 RecordOutcome = Literal["executed", "planned", "failed", "denied"]
 
@@ -58,8 +66,18 @@ class _Position:
     last_rung_at: float | None = None
     last_firing: float = 0.0
     firing: bool = True
+    #: a remedial rung (not a page) ran in this episode: its end is a fix
     executed: bool = False
-    held: bool = False
+    #: the last remedial rung that ran: action, subject, params and canonical target
+    #: (the fix is recorded against it; an event ladder checks that target's health)
+    fix_action: str = ""
+    fix_subject: str = ""
+    fix_params: dict[str, str] | None = None
+    fix_target: str = ""
+    #: the last rung ran and failed (climb at once, nothing to verify)
+    failed: bool = False
+    #: the last rung was denied (climb at once, nothing to verify)
+    denied: bool = False
 
 
 @dataclass(frozen=True)
@@ -87,25 +105,31 @@ class Policy:
     """Maps firing findings to proposals along their ladders. Pure apart from `state`."""
 
     def __init__(
-        self, ladders: Sequence[Ladder], *, hostname: str, state: SafetyState | None = None
+        self, ladders: Sequence[Ladder], *, hostname: str, state: SafetyState | None = None,
+        health: HealthCheck | None = None,
     ) -> None:
         self.ladders = {ladder.problem: ladder for ladder in ladders}
         self.hostname = hostname
         self.state = state
+        self.health = health
         #: sentences about state that could not be saved (the policy goes on in memory)
         self.warnings: list[str] = []
         #: one line per finding considered in the last step ("why nothing happened")
         self.notes: list[str] = []
+        #: (problem, subject, why) of event episodes verified fixed in the last step: the
+        #: driver resolves those findings (Detectors.end)
+        self.ended: list[tuple[str, str, str]] = []
         self._pos: dict[tuple[str, str], _Position] = {}
         if state is not None:
             self._load(state.ladders())
 
     # ------------------------------------------------------------------ persistence
     def _load(self, data: dict[str, Any]) -> None:
+        known = {f.name for f in fields(_Position)}
         for item in data.get("positions", []) if isinstance(data.get("positions"), list) else []:
             try:
-                pos = _Position(**item)
-            except TypeError:
+                pos = _Position(**{k: v for k, v in item.items() if k in known})
+            except (TypeError, AttributeError):
                 continue
             # A (re)started agent has not seen the finding yet: the position waits for it
             # to fire again (within quiet_s it continues at the next rung), and it going
@@ -133,13 +157,19 @@ class Policy:
     def step(self, findings: Iterable[Finding], now: float) -> list[Proposal]:
         """Proposals due now for `findings` (pass every current finding, e.g. active())."""
         firing: dict[tuple[str, str], Finding] = {}
+        untrusted: list[Finding] = []
         for f in findings:
-            if f.state == "firing":
+            if f.state != "firing":
+                continue
+            if f.trusted:
                 firing.setdefault(f.key, f)
+            else:
+                untrusted.append(f)
         problems_firing = {k[0] for k in firing}
         changed = self._forget_quiet(firing, now)
         out: list[Proposal] = []
-        self.notes = []
+        self.notes = [f"{f.problem} {f.subject}: untrusted (written from userspace): "
+                      "reported, never acted on" for f in untrusted if f.key not in firing]
         for key, finding in sorted(firing.items()):
             ladder = self.ladder_for(finding)
             if ladder is None:
@@ -155,12 +185,14 @@ class Policy:
                 pos = self._pos[key] = _Position(key[0], key[1], due_at=now)
                 changed = True
             elif not pos.firing:  # back within quiet_s: continue at the next rung now
-                pos.firing, pos.due_at, pos.held = True, now, False
+                pos.firing, pos.due_at = True, now
                 changed = True
             pos.last_firing = now
             proposal = self._due(ladder, pos, finding, now)
             if proposal is not None:
                 out.append(proposal)
+                changed = True
+            elif key not in self._pos:  # an event episode ended
                 changed = True
         if changed:
             self._save()
@@ -175,22 +207,70 @@ class Policy:
             if pos.firing:
                 pos.firing = False
                 changed = True
-                if pos.executed and self.state is not None:
-                    try:
-                        self.state.record_fix(key[0], key[1], now, pos.last_action)
-                    except StateError as exc:
-                        self.warnings.append(str(exc))
+                if pos.executed:
+                    self._record_fix(pos, now)
                     pos.executed = False
             if ladder is None or now - pos.last_firing >= ladder.quiet_s:
                 del self._pos[key]
                 changed = True
         return changed
 
+    def _record_fix(self, pos: _Position, now: float) -> None:
+        if self.state is None:
+            return
+        try:
+            self.state.record_fix(pos.problem, pos.subject, now, pos.fix_action,
+                                  target=pos.fix_target)
+        except StateError as exc:
+            self.warnings.append(str(exc))
+
+    def _verify_event(self, ladder: Ladder, pos: _Position, f: Finding, now: float) -> str:
+        """An event ladder's rung after its verify_s: why to climb, or "" (verified: the
+        episode is over)."""
+        assert pos.last_rung_at is not None
+        if pos.denied:
+            return f"{pos.last_action} was denied"
+        if pos.failed:
+            return f"{pos.last_action} failed"
+        if f.last_seen > pos.last_rung_at:
+            return f"seen again at {f.last_seen:.0f} after {pos.last_action}"
+        if pos.executed and self.health is not None:
+            why = self.health(pos.fix_action, pos.fix_subject,
+                              MappingProxyType(dict(pos.fix_params or {})), pos.fix_target)
+            if why:
+                return f"{pos.fix_target} is not healthy after {pos.fix_action}: {why}"
+        what = (f"fixed by {pos.fix_action} {pos.fix_target}" if pos.executed
+                else f"no new occurrence after {pos.last_action}")
+        self._end_episode(pos, f, f"{what}: not seen for {now - pos.last_rung_at:.0f}s"
+                          + (", target healthy" if pos.executed else ""), now)
+        return ""
+
+    def _end_episode(self, pos: _Position, f: Finding, why: str, now: float) -> None:
+        """An event episode is over: the finding resolves (the driver), the position goes,
+        and a rung that ran counts as a fix."""
+        self.ended.append((f.problem, f.subject, why))
+        if pos.executed:
+            self._record_fix(pos, now)
+        del self._pos[(pos.problem, pos.subject)]
+        self.notes.append(f"{f.problem} {f.subject}: episode over ({why})")
+
     def _due(self, ladder: Ladder, pos: _Position, f: Finding, now: float) -> Proposal | None:
         where = f"{f.problem} {f.subject}"
-        if pos.held:
-            self.notes.append(f"{where}: held (untrusted evidence: reported, never acted on)")
-            return None
+        climb_why = ""
+        if ladder.event and pos.last_rung >= 0 and now >= pos.due_at:
+            climb_why = self._verify_event(ladder, pos, f, now)
+            if not climb_why:
+                return None
+            pos.executed = False  # what ran did not fix this episode
+            if pos.next_rung >= len(ladder.rungs):
+                assert pos.last_rung_at is not None
+                if f.last_seen <= pos.last_rung_at:  # nothing left to try this episode
+                    self._end_episode(pos, f, f"ladder done: {climb_why}", now)
+                    return None
+                # it happened again after the last rung: that occurrence is a new episode
+                self.notes.append(f"{where}: {climb_why}: a new episode")
+                pos.next_rung, pos.last_rung, pos.last_action = 0, -1, ""
+                climb_why = ""
         if pos.next_rung >= len(ladder.rungs):
             self.notes.append(f"{where}: ladder exhausted after {pos.last_action}; "
                               f"resets after {ladder.quiet_s:g}s quiet")
@@ -204,26 +284,28 @@ class Policy:
         rung = ladder.rungs[index]
         if index == 0:
             why = f"rung 1 of {len(ladder.rungs)}: {where} firing since {f.first_seen:.0f}"
+        elif climb_why:
+            why = f"rung {index + 1} of {len(ladder.rungs)}: {where} {climb_why}"
         else:
             why = (f"rung {index + 1} of {len(ladder.rungs)}: {where} still firing after "
                    f"{pos.last_action or 'the previous rung'}")
         proposal = self._proposal(rung, index, f, why)
         pos.last_rung, pos.next_rung = index, index + 1
         pos.last_action, pos.last_rung_at = rung.action, now
-        pos.due_at = now + rung.verify_s
-        if not f.trusted:
-            pos.held = True
+        pos.due_at, pos.failed, pos.denied = now + rung.verify_s, False, False
         self.notes.append(f"{where}: propose {rung.action} {proposal.subject} ({why})")
         return proposal
 
     def _proposal(self, rung: Rung, index: int, f: Finding, why: str) -> Proposal:
         values = {"subject": f.subject, "problem": f.problem, "host": self.hostname}
         traits = action_traits(rung.action)
+        subject = render(rung.subject, values)
+        params = MappingProxyType({k: render(v, values) for k, v in rung.params.items()})
         return Proposal(
             action=rung.action,
-            subject=render(rung.subject, values),
+            subject=subject,
             problem=f.problem,
-            params=MappingProxyType({k: render(v, values) for k, v in rung.params.items()}),
+            params=params,
             rung=index,
             disruptive=traits.disruptive,
             needs_lease=traits.needs_lease if rung.lease is None else rung.lease,
@@ -231,6 +313,7 @@ class Policy:
             trusted=f.trusted,
             finding_subject=f.subject,
             reason=why,
+            target=target_of(rung.action, subject, params),
         )
 
     # ------------------------------------------------------------------ feedback
@@ -244,28 +327,29 @@ class Policy:
             return
         ladder = self.ladders.get(proposal.problem)
         before = dataclasses.replace(pos)
-        if outcome == "executed":
+        if outcome in ("executed", "failed") and proposal.action != "page":
             pos.executed = True
-        elif outcome == "failed":
-            pos.executed = True
-            pos.due_at = now  # it did not work: climb at the next step
-        elif outcome == "denied":
+            pos.fix_action, pos.fix_subject = proposal.action, proposal.subject
+            pos.fix_params, pos.fix_target = dict(proposal.params), proposal.acted_on
+        if outcome == "failed":
+            pos.due_at, pos.failed = now, True  # it did not work: climb at the next step
+        if outcome == "denied":
             recent = self._recent_run(proposal, ladder, now) if set(denied_by) == {
                 "cooldown"} else None
-            if not proposal.trusted:
-                pos.held = True
-            elif recent is not None and ladder is not None:
+            if recent is not None and ladder is not None:
                 # Another ladder ran this very action moments ago (a hung nfsd restarted
                 # nfs-server before the storage hang was recognised): that run counts as
                 # this rung, so the ladder waits out its verify time, then climbs.
                 pos.executed = True
+                pos.fix_action, pos.fix_subject = proposal.action, proposal.subject
+                pos.fix_params, pos.fix_target = dict(proposal.params), proposal.acted_on
                 pos.last_rung_at = recent
                 pos.due_at = recent + ladder.rungs[proposal.rung].verify_s
             elif set(denied_by) and set(denied_by) <= HOLDING_GUARDS and ladder is not None:
                 pos.next_rung = proposal.rung
-                pos.due_at = now + ladder.retry_s
+                pos.due_at, pos.denied = now + ladder.retry_s, True
             else:
-                pos.due_at = now
+                pos.due_at, pos.denied = now, True
         if pos != before:  # "planned" in dry-run changes nothing: no fsync'd rewrite
             self._save()
 
@@ -274,7 +358,7 @@ class Policy:
         if self.state is None or ladder is None or proposal.rung >= len(ladder.rungs):
             return None
         verify_s = ladder.rungs[proposal.rung].verify_s
-        runs = self.state.executions(action=proposal.action, subject=proposal.subject,
+        runs = self.state.executions(action=proposal.action, target=proposal.acted_on,
                                      since=now - verify_s)
         return max((e.t for e in runs), default=None)
 
@@ -284,9 +368,7 @@ class Policy:
         for (problem, subject), pos in sorted(self._pos.items()):
             ladder = self.ladders.get(problem)
             n = len(ladder.rungs) if ladder else 0
-            if pos.held:
-                summary = "held: untrusted evidence"
-            elif pos.next_rung >= n:
+            if pos.next_rung >= n:
                 summary = f"exhausted after {pos.last_action}"
             elif pos.last_action:
                 summary = f"next: {ladder.rungs[pos.next_rung].action if ladder else '?'} " \

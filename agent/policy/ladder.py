@@ -5,6 +5,7 @@
     suppressed_by = []                   # no proposal while one of these problems fires
     quiet_s = 3600                       # no firing this long -> back to the first rung
     retry_s = 300                        # a rung held by maintenance/approval/cooldown
+    event = false                        # event-shaped problem (an OOM kill): see below
     rungs = [
       { action = "restart-service", subject = "nfs-server.service", verify_s = 300 },
       { action = "node-restart", subject = "{host}", verify_s = 900 },
@@ -17,6 +18,15 @@ finding to clear before climbing; default 300), needs_approval (default false), 
 (default: the action's NEEDS_LEASE). Placeholders in subject and params: {subject},
 {problem}, {host}, filled by plain substitution (agent/detect/template.py), never a shell.
 `rungs = []` removes a shipped ladder: the problem is reported, never acted on.
+
+`event = true` is for problems that are events, not states (an OOM kill, a segfault, a
+link flap): the finding says it happened, not that it is still happening. A rung is then
+verified after its `verify_s` by the problem not occurring again since the rung and by its
+target being healthy (the plan's own verify steps pass, no probe finding whose ladder acts
+on the same target is firing): a verified rung ends the episode (the finding resolves; if
+the rung ran, that is a fix for the flapping guard) and the next occurrence starts again
+at the first rung. Seen again, or unhealthy, the ladder climbs ("still firing" is said
+only when the fault was seen after the action).
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from typing import TYPE_CHECKING
 from agent.detect.template import placeholders
 from agent.model import EMPTY
 from agent.policy.actions import action_traits
-from remediations import ParamSpec, UnknownAction
+from remediations import ParamSpec, UnknownAction, value_errors
 
 if TYPE_CHECKING:
     from agent.config import Section
@@ -58,6 +68,7 @@ class Ladder:
     suppressed_by: tuple[str, ...] = ()
     quiet_s: float = DEFAULT_QUIET_S
     retry_s: float = DEFAULT_RETRY_S
+    event: bool = False
 
 
 def _template(s: Section, name: str, value: str) -> str:
@@ -103,6 +114,14 @@ def parse_rung(s: Section) -> Rung | None:
         return None
     for problem in check_params(traits.params, params):
         s.error("params", f"{action}: {problem}")
+    for key, value in params.items():  # a literal value is checked now, not mid-incident
+        spec = (traits.params or {}).get(key)
+        if "{" not in value:
+            for reason in value_errors(spec, value):
+                ptable.error(key, f"{action}: {reason}")
+    if "{" not in subject:
+        for reason in value_errors(traits.subject, subject):
+            s.error("subject", f"{action}: {reason}")
     return rung
 
 
@@ -131,6 +150,7 @@ def parse_ladder(problem: str, s: Section) -> Ladder | None:
         suppressed_by=s.str_list("suppressed_by", ()),
         quiet_s=s.number("quiet_s", DEFAULT_QUIET_S, minimum=0.0),
         retry_s=s.number("retry_s", DEFAULT_RETRY_S, minimum=1.0),
+        event=s.flag("event", False),
     )
     s.finish()
     if None in rungs:

@@ -288,9 +288,8 @@ class KmsgFollower:
                 break
             if raw is None:
                 break
-            now = self._clock.now()
             try:
-                line = parse_record(raw, now)
+                line = parse_record(raw, self._record_time(raw))
             except KmsgParseError:
                 self.bad_records += 1
                 continue
@@ -305,6 +304,19 @@ class KmsgFollower:
             self._last_seq = seq
             out.append(line)
         return out
+
+    def _record_time(self, raw: bytes) -> float:
+        """When the kernel printed the record, on the wall clock: now, less how long ago
+        it was printed (its usec since boot against the monotonic clock, which counts
+        from boot too). Records read from the ring at start-up keep their own time, so a
+        kill printed an hour ago is an hour old (and quiet), not news."""
+        now = self._clock.now()
+        head = raw.split(b";", 1)[0].split(b",")
+        try:
+            usec = int(head[2])
+        except (IndexError, ValueError):
+            return now
+        return now - max(0.0, self._clock.monotonic() - usec / 1e6)
 
     def _count_gap(self, seq: int) -> None:
         prev = self._last_seq

@@ -2,8 +2,9 @@
 
 Survives rotation by rename (finish the old file, then open the new one), copytruncate
 (size below our offset: start again at 0), partial lines (buffered until the newline),
-invalid UTF-8 (U+FFFD) and over-long lines (cut at `max_line_bytes` with a marker; the
-rest of the line is skipped as it streams by, so memory stays bounded). A missing file
+invalid UTF-8 (U+FFFD) and over-long lines (cut at `max_line_bytes`: the head and the end
+of the line are kept around a marker; the middle is skipped as it streams by, so memory
+stays bounded). A missing file
 is waited for, not an error. Nothing is persisted: after an agent restart a follower
 starts at the end of the file (log signatures are about what is happening now).
 """
@@ -21,8 +22,13 @@ DEFAULT_MAX_BYTES_PER_POLL = 1 << 20
 CHUNK = 64 * 1024
 
 
+#: the most of an over-long line's end that is kept (a quarter of the cap at most)
+TAIL_BYTES = 4096
+
+
 def truncation_marker(dropped: int) -> str:
-    return f" …[truncated {dropped} bytes]"
+    """What stands between the head and the tail of an over-long line."""
+    return f" …[truncated {dropped} bytes]… "
 
 
 @dataclass(frozen=True)
@@ -37,20 +43,28 @@ class LogFileStats:
 
 
 class _LineSplitter:
-    """Splits a byte stream into lines, keeping at most `cap` bytes of any one line."""
+    """Splits a byte stream into lines, keeping at most `cap` bytes of any one line.
+
+    An over-long line keeps its head and its last `tail_cap` bytes: the real end of the
+    line, where a service logs the fixed fields that follow a client-supplied one
+    (dovecot's `rip=` after `user=<...>`), so a client cannot push them out of view."""
 
     def __init__(self, cap: int) -> None:
         self.cap = cap
+        self.tail_cap = min(TAIL_BYTES, cap // 4)
+        self.head_cap = cap - self.tail_cap
         self._buf = bytearray()
+        self._tail = bytearray()
+        self._over = False
         self._dropped = 0
 
     @property
     def pending(self) -> bool:
-        return bool(self._buf) or self._dropped > 0
+        return bool(self._buf) or self._over
 
-    def feed(self, chunk: bytes) -> list[tuple[bytes, int]]:
-        """Return complete lines as (first bytes up to cap, bytes dropped)."""
-        out: list[tuple[bytes, int]] = []
+    def feed(self, chunk: bytes) -> list[tuple[bytes, int, bytes]]:
+        """Return complete lines as (head, bytes dropped, tail)."""
+        out: list[tuple[bytes, int, bytes]] = []
         pos = 0
         end = len(chunk)
         while pos < end:
@@ -64,20 +78,32 @@ class _LineSplitter:
         return out
 
     def _take(self, chunk: bytes, start: int, stop: int) -> None:
-        room = self.cap - len(self._buf)
-        n = stop - start
-        if n <= room:
-            self._buf += chunk[start:stop]
-        else:
+        if not self._over:
+            if stop - start <= self.cap - len(self._buf):
+                self._buf += chunk[start:stop]
+                return
+            self._over = True
+            rest = bytes(self._buf[self.head_cap:]) + chunk[start:stop]
+            del self._buf[self.head_cap:]
+            room = self.head_cap - len(self._buf)
             if room > 0:
-                self._buf += chunk[start : start + room]
-            self._dropped += n - max(room, 0)
+                self._buf += rest[:room]
+                rest = rest[room:]
+            self._tail += rest
+        else:
+            self._tail += chunk[start:stop]
+        excess = len(self._tail) - self.tail_cap
+        if excess > 0:
+            self._dropped += excess
+            del self._tail[:excess]
 
-    def flush_line(self) -> tuple[bytes, int]:
-        line, dropped = bytes(self._buf), self._dropped
+    def flush_line(self) -> tuple[bytes, int, bytes]:
+        line, dropped, tail = bytes(self._buf), self._dropped, bytes(self._tail)
         self._buf.clear()
+        self._tail.clear()
+        self._over = False
         self._dropped = 0
-        return line, dropped
+        return line, dropped, tail
 
 
 class LogFileFollower:
@@ -210,17 +236,19 @@ class LogFileFollower:
         if self._split.pending:
             self._emit([self._split.flush_line()], out)
 
-    def _emit(self, lines: list[tuple[bytes, int]], out: list[LogLine]) -> None:
+    def _emit(self, lines: list[tuple[bytes, int, bytes]], out: list[LogLine]) -> None:
         if not lines:
             return
         now = self._clock.now()
-        for raw, dropped in lines:
-            if raw.endswith(b"\r"):
+        for raw, dropped, tail in lines:
+            if tail:
+                tail = tail.removesuffix(b"\r")
+            elif raw.endswith(b"\r"):
                 raw = raw[:-1]
             if not raw and not dropped:
                 continue  # blank lines carry nothing to match
             text = raw.decode("utf-8", "replace")
             if dropped:
                 self.truncated_lines += 1
-                text += truncation_marker(dropped)
+                text += truncation_marker(dropped) + tail.decode("utf-8", "replace")
             out.append(LogLine(source=self.source, text=text, t=now, truncated=dropped > 0))

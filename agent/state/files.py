@@ -41,7 +41,11 @@ class Loaded:
 
 def write_json_atomic(path: Path, data: object) -> None:
     """Replace `path` with `data` as JSON, durably; StateError if it cannot be written."""
-    payload = (json.dumps(data, sort_keys=True, indent=1) + "\n").encode("utf-8")
+    write_text_atomic(path, (json.dumps(data, sort_keys=True, indent=1) + "\n").encode("utf-8"))
+
+
+def write_text_atomic(path: Path, payload: bytes) -> None:
+    """Replace `path` with `payload`, durably; StateError if it cannot be written."""
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +75,14 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def read_json(path: Path, now: float) -> Loaded:
-    """Read a JSON object; a corrupt file is moved aside and reported, never raised."""
+def _no_constant(name: str) -> Any:
+    """NaN and Infinity are not numbers a state file may hold (a NaN expiry never ends)."""
+    raise ValueError(f"{name} is not a number")
+
+
+def read_json(path: Path, now: float, *, keep_corrupt: bool = False) -> Loaded:
+    """Read a JSON object; a corrupt file is moved aside (left in place with
+    `keep_corrupt`) and reported, never raised."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -80,11 +90,13 @@ def read_json(path: Path, now: float) -> Loaded:
     except OSError as exc:
         return Loaded(None, f"cannot read {path}: {exc.strerror or exc}")
     try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         data, error = None, str(exc)
     else:
         error = "" if isinstance(data, dict) else f"top level is {type(data).__name__}"
+    if error and keep_corrupt:
+        return Loaded(None, f"{path} is corrupt ({error[:120]})")
     if error:
         kept = path.with_name(f"{path.name}.corrupt-{int(now)}")
         try:

@@ -1,6 +1,7 @@
-"""The agent's safety state under the state directory, one JSON file per concern.
+"""The agent's safety state under the state directory, one file per concern.
 
-    history.json        executions and successful fixes (budget, cooldown, flapping)
+    history.jsonl       executions and successful fixes (budget, cooldown, flapping):
+                        an append-only journal (agent/state/history.py)
     history.fault.json  present while the history is known to be broken (see below)
     approvals.json      operator approvals (`nodewarden approve`), each with an expiry
     maintenance.json    the maintenance flag (`nodewarden maintenance on --for 2h`)
@@ -10,14 +11,19 @@
 (atomically, agent/state/files.py) and a write that fails raises StateError and leaves the
 in-memory state as it was, so memory and disk never disagree.
 
-Corrupt files. Approvals, maintenance and ladders are reported (`problems`) and start
-clean: losing them is safe (an approval is asked again, a ladder starts from its first
-rung). The history must never be silently reset — that would re-open the node-restart
-budget and allow a reboot loop (DESIGN safety property 3). So a corrupt history is kept
-aside, a fault marker `history.fault.json` is written (it survives restarts), and
-`history_fault` is set: the budget guard then denies every disruptive action with that
-reason until an operator clears it with `clear_history_fault()` (the CLI:
-`nodewarden maintenance clear-history`). A new history is recorded meanwhile.
+Broken files fail closed. Approvals and ladders are reported (`problems`) and start clean:
+losing them is safe (an approval is asked again, a ladder starts from its first rung).
+The history must never be silently reset — that would re-open the node-restart budget
+and allow a reboot loop (DESIGN safety property 3) — and a maintenance flag must never be
+silently switched off. So:
+
+* a history line that cannot be read is skipped (every valid entry is kept and counts),
+  kept aside, and a fault marker `history.fault.json` is written (it survives restarts):
+  `history_fault` is set, and the budget guard denies every action but a page, with the
+  reason, until an operator clears it (`nodewarden maintenance clear-history`);
+* a maintenance file that cannot be read is left in place and `maintenance_fault` is set:
+  the maintenance guard treats maintenance as on (automatic actions wait, pages go out,
+  one says why) until an operator sets it again (`nodewarden maintenance on|off`).
 
 All times are wall-clock seconds passed in by the caller (Clock.now()): they must mean the
 same thing after a reboot.
@@ -25,51 +31,29 @@ same thing after a reboot.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import os
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.state.files import StateError, read_json, write_json_atomic
+from agent.state.files import Loaded, StateError, read_json, write_json_atomic
+from agent.state.history import (
+    DEFAULT_RETAIN_S,
+    JOURNAL,
+    LOCK,
+    Execution,
+    Fix,
+    Journal,
+)
 
-HISTORY = "history.json"
+HISTORY = JOURNAL
 HISTORY_FAULT = "history.fault.json"
-#: taken (flock) around every read-modify-write of the history: the daemon and an
-#: operator's `remediate --execute` append to the same file
-HISTORY_LOCK = "history.lock"
+HISTORY_LOCK = LOCK
 APPROVALS = "approvals.json"
 MAINTENANCE = "maintenance.json"
 LADDERS = "ladders.json"
 
-#: history older than this is dropped when writing (longer than any sane budget window)
-DEFAULT_RETAIN_S = 8 * 86400.0
-#: and at most this many entries are kept
-MAX_ENTRIES = 20000
-
-
-@dataclass(frozen=True)
-class Execution:
-    """An action that was handed to the real runner (not a dry run)."""
-
-    action: str
-    subject: str
-    t: float
-    problem: str = ""
-    finding_subject: str = ""
-    origin: str = "policy"
-
-
-@dataclass(frozen=True)
-class Fix:
-    """A finding resolved after an action ran for it: a "successful" fix (for flapping)."""
-
-    problem: str
-    subject: str
-    t: float
-    action: str = ""
+__all__ = ["DEFAULT_RETAIN_S", "Approval", "Execution", "Fix", "HistoryFault", "Maintenance",
+           "SafetyState"]
 
 
 @dataclass(frozen=True)
@@ -116,16 +100,17 @@ class SafetyState:
 
     def __init__(self, directory: Path, *, now: float, retain_s: float = DEFAULT_RETAIN_S) -> None:
         self.directory = Path(directory)
-        self.retain_s = retain_s
         #: sentences about files that were unreadable or corrupt when loaded
         self.problems: list[str] = []
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._executions: list[Execution] = []
-        self._fixes: list[Fix] = []
+        self._journal = Journal(self.directory, retain_s)
         self._approvals: list[Approval] = []
         self._maintenance: Maintenance | None = None
+        #: why the maintenance file could not be read (maintenance counts as on)
+        self.maintenance_fault: str | None = None
         self._ladders: dict[str, Any] = {}
         self.history_fault: HistoryFault | None = None
+        self._stamps: dict[str, tuple[int, int, int] | None] | None = None
         self._load_history(now)
         self._load_approvals(now)
         self._load_maintenance(now)
@@ -142,29 +127,31 @@ class SafetyState:
     def refresh(self, now: float) -> list[str]:
         """Re-read the files another process changed since the last look (the operator's
         `maintenance`, `approve` and `remediate --execute` write the same directory while
-        the daemon runs). Every write is an atomic rename, so a changed file has a new
-        (inode, mtime, size). Returns the names re-read. The first call only records."""
-        stamps = getattr(self, "_stamps", None)
-        current = {n: self._stamp(n) for n in (HISTORY, APPROVALS, MAINTENANCE)}
+        the daemon runs). Every write of those is an atomic rename (a changed file has a
+        new (inode, mtime, size)); the history is an append-only journal, read from where
+        it was left. Returns the names re-read. The first call only records."""
+        stamps = self._stamps
+        current = {n: self._stamp(n) for n in (APPROVALS, MAINTENANCE, HISTORY_FAULT)}
         self._stamps = current
-        if stamps is None:
-            return []
-        changed = [n for n in current if current[n] != stamps.get(n)]
+        changed = [n for n in current if stamps is not None and current[n] != stamps.get(n)]
         if APPROVALS in changed:
             self._approvals = []
             self._load_approvals(now)
         if MAINTENANCE in changed:
-            self._maintenance = None
+            self._maintenance, self.maintenance_fault = None, None
             self._load_maintenance(now)
-        if HISTORY in changed and current[HISTORY] is not None:
-            self._load_history(now)
+        if HISTORY_FAULT in changed:
+            self._read_fault_marker(now)
+        if self._journal.changed():
+            self._history_problems(self._journal.load(now), now)
+            changed.append(HISTORY)
         return changed
 
     # ------------------------------------------------------------------ loading
     def _path(self, name: str) -> Path:
         return self.directory / name
 
-    def _load_history(self, now: float) -> None:
+    def _read_fault_marker(self, now: float) -> None:
         fault = read_json(self._path(HISTORY_FAULT), now)
         if fault.data is not None:
             reason = fault.data.get("reason")
@@ -176,49 +163,34 @@ class SafetyState:
         elif fault.problem:
             # a damaged marker still means "the history is broken"
             self.history_fault = HistoryFault(fault.problem, now)
-        loaded = read_json(self._path(HISTORY), now)
-        problem = loaded.problem
-        if loaded.data is not None:
-            try:
-                self._executions = [self._execution(e) for e in loaded.data["executions"]]
-                self._fixes = [self._fix(e) for e in loaded.data["fixes"]]
-            except (KeyError, TypeError, ValueError) as exc:
-                self._executions, self._fixes = [], []
-                kept = self._path(f"{HISTORY}.corrupt-{int(now)}")
-                try:
-                    self._path(HISTORY).replace(kept)
-                    problem = f"{self._path(HISTORY)} has bad entries ({exc}); kept as {kept.name}"
-                except OSError as move_exc:
-                    problem = f"{self._path(HISTORY)} has bad entries ({exc}); {move_exc}"
-        if problem:
-            self.problems.append(problem)
-            self.history_fault = HistoryFault(
-                f"the action history could not be read: {problem}", now
-            )
-            try:
-                write_json_atomic(self._path(HISTORY_FAULT), asdict(self.history_fault))
-            except StateError as exc:
-                self.problems.append(str(exc))
+        else:
+            self.history_fault = None
 
-    @staticmethod
-    def _execution(e: Any) -> Execution:
-        if not isinstance(e, dict) or not _strs_ok(e, "action", "subject") or not _floats_ok(
-            e, "t"
-        ):
-            raise ValueError(f"bad execution entry {e!r}"[:160])
-        return Execution(
-            action=e["action"], subject=e["subject"], t=float(e["t"]),
-            problem=str(e.get("problem", "")), finding_subject=str(e.get("finding_subject", "")),
-            origin=str(e.get("origin", "policy")),
-        )
+    def _load_history(self, now: float) -> None:
+        self._read_fault_marker(now)
+        problems = self._journal.load_legacy(now)
+        try:
+            with self._journal.locked(now) as bad:
+                problems += bad  # kept aside; the rewrite leaves the valid entries only
+                problems += self._journal.compact(now)
+        except StateError as exc:
+            problems.append(str(exc))
+            problems += self._journal.load(now)
+        self._history_problems(problems, now)
 
-    @staticmethod
-    def _fix(e: Any) -> Fix:
-        if not isinstance(e, dict) or not _strs_ok(e, "problem", "subject") or not _floats_ok(
-            e, "t"
-        ):
-            raise ValueError(f"bad fix entry {e!r}"[:160])
-        return Fix(e["problem"], e["subject"], float(e["t"]), str(e.get("action", "")))
+    def _history_problems(self, problems: list[str], now: float) -> None:
+        """Bad history lines fault the history (valid entries are kept and count)."""
+        if not problems:
+            return
+        self.problems += problems
+        self.history_fault = HistoryFault(
+            f"the action history could not be read whole ({problems[0]}"
+            + (f"; {len(problems) - 1} more" if len(problems) > 1 else "")
+            + "); its valid entries are kept", now)
+        try:
+            write_json_atomic(self._path(HISTORY_FAULT), asdict(self.history_fault))
+        except StateError as exc:
+            self.problems.append(str(exc))
 
     def _load_approvals(self, now: float) -> None:
         loaded = read_json(self._path(APPROVALS), now)
@@ -237,11 +209,18 @@ class SafetyState:
                 ))
 
     def _load_maintenance(self, now: float) -> None:
-        loaded = read_json(self._path(MAINTENANCE), now)
-        if loaded.problem:
-            self.problems.append(f"{loaded.problem}; maintenance is off")
+        loaded = read_json(self._path(MAINTENANCE), now, keep_corrupt=True)
         d = loaded.data
-        if d and _floats_ok(d, "since", "until") and isinstance(d.get("reason"), str):
+        if loaded.problem is None and d is not None and not (
+                _floats_ok(d, "since", "until") and isinstance(d.get("reason"), str)):
+            loaded = Loaded(None, f"{self._path(MAINTENANCE)} has no valid since, until "
+                                  "and reason")
+        if loaded.problem:
+            self.maintenance_fault = loaded.problem
+            self.problems.append(f"{loaded.problem}; maintenance counts as on until an "
+                                 "operator sets it (nodewarden maintenance on|off)")
+            return
+        if d is not None:
             self._maintenance = Maintenance(
                 float(d["since"]), float(d["until"]), d["reason"], str(d.get("by", ""))
             )
@@ -253,82 +232,61 @@ class SafetyState:
         self._ladders = dict(loaded.data or {})
 
     # ------------------------------------------------------------------ history
-    def _write_history(self, executions: list[Execution], fixes: list[Fix], now: float) -> None:
-        horizon = now - self.retain_s
-        executions = [e for e in executions if e.t >= horizon][-MAX_ENTRIES:]
-        fixes = [f for f in fixes if f.t >= horizon][-MAX_ENTRIES:]
-        write_json_atomic(self._path(HISTORY), {
-            "version": 1,
-            "executions": [asdict(e) for e in executions],
-            "fixes": [asdict(f) for f in fixes],
-        })
-        self._executions, self._fixes = executions, fixes
-
     def record_execution(
         self, action: str, subject: str, now: float, *, problem: str = "",
-        finding_subject: str = "", origin: str = "policy",
+        finding_subject: str = "", origin: str = "policy", target: str = "",
     ) -> Execution:
         """Count an action for budgets and cooldowns, and consume a matching approval.
 
         Call it right before the real runner runs the plan (write-ahead): if it raises
         StateError the action must not run, because it could not be counted.
         """
-        entry = Execution(action, subject, now, problem, finding_subject, origin)
-        with self._history_locked(now):
-            self._write_history([*self._executions, entry], self._fixes, now)
+        entry = Execution(action, subject, now, problem, finding_subject, origin, target)
+        with self._journal.locked(now) as bad:
+            self._history_problems(bad, now)
+            self.problems += self._journal.append(entry, now)
         self.consume_approval(action, subject, now)
         return entry
 
-    def record_fix(self, problem: str, subject: str, now: float, action: str = "") -> Fix:
+    def record_fix(self, problem: str, subject: str, now: float, action: str = "",
+                   target: str = "") -> Fix:
         """A finding resolved after an action ran for it (the flapping guard counts these)."""
-        entry = Fix(problem, subject, now, action)
-        with self._history_locked(now):
-            self._write_history(self._executions, [*self._fixes, entry], now)
+        entry = Fix(problem, subject, now, action, target)
+        with self._journal.locked(now) as bad:
+            self._history_problems(bad, now)
+            self.problems += self._journal.append(entry, now)
         return entry
 
-    @contextlib.contextmanager
-    def _history_locked(self, now: float) -> Iterator[None]:
-        """Hold the history lock, with what other processes appended read in first, so
-        no process writes back a stale copy (a lost entry would reopen a budget)."""
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._path(HISTORY_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
-                         0o600)
-        except OSError as exc:
-            raise StateError(f"cannot lock {self._path(HISTORY_LOCK)}: "
-                             f"{exc.strerror or exc}") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            stamps: dict[str, Any] | None = getattr(self, "_stamps", None)
-            if stamps is None or self._stamp(HISTORY) != stamps.get(HISTORY):
-                self._load_history(now)
-            yield
-            if stamps is not None:
-                stamps[HISTORY] = self._stamp(HISTORY)  # our own write is not news
-        finally:
-            os.close(fd)
-
     def executions(
-        self, *, action: str | None = None, subject: str | None = None, since: float = 0.0
+        self, *, action: str | None = None, subject: str | None = None,
+        target: str | None = None, problem: str | None = None, since: float = 0.0,
     ) -> list[Execution]:
         return [
-            e for e in self._executions
-            if (action is None or e.action == action)
+            e for e in self._journal.entries
+            if isinstance(e, Execution)
+            and (action is None or e.action == action)
             and (subject is None or e.subject == subject)
+            and (target is None or e.target == target)
+            and (problem is None or e.problem == problem)
             and e.t >= since
         ]
 
-    def fixes(self, problem: str, subject: str, *, since: float = 0.0) -> list[Fix]:
-        return [f for f in self._fixes if f.problem == problem and f.subject == subject
-                and f.t >= since]
+    def fixes(self, problem: str, subject: str | None = None, *, target: str | None = None,
+              since: float = 0.0) -> list[Fix]:
+        """Fixes of `problem` for this finding subject or this target (either matches)."""
+        return [f for f in self._journal.entries
+                if isinstance(f, Fix) and f.problem == problem and f.t >= since
+                and ((subject is not None and f.subject == subject)
+                     or (target is not None and f.target == target))]
 
     def clear_history_fault(self) -> None:
-        """An operator has looked at the corrupt history: allow disruptive actions again."""
+        """An operator has looked at the broken history: allow actions again."""
         try:
             self._path(HISTORY_FAULT).unlink(missing_ok=True)
         except OSError as exc:
             raise StateError(f"cannot remove {self._path(HISTORY_FAULT)}: {exc.strerror}") from exc
         self.history_fault = None
+        self._journal.bad.clear()
 
     # ------------------------------------------------------------------ approvals
     def _write_approvals(self, approvals: list[Approval], now: float) -> None:
@@ -341,8 +299,8 @@ class SafetyState:
         reason: str = "",
     ) -> Approval:
         """Record an operator's approval of `action` on `subject` ("*" = any) until now+ttl."""
-        if ttl_s <= 0:
-            raise ValueError("an approval needs a positive lifetime")
+        if not ttl_s > 0 or ttl_s == float("inf"):
+            raise ValueError("an approval needs a positive, finite lifetime")
         entry = Approval(action, subject, now, now + ttl_s, by, reason)
         self._write_approvals([*self._approvals, entry], now)
         return entry
@@ -370,11 +328,11 @@ class SafetyState:
     def set_maintenance(
         self, now: float, duration_s: float, reason: str, *, by: str = ""
     ) -> Maintenance:
-        if duration_s <= 0:
-            raise ValueError("maintenance needs a positive duration")
+        if not duration_s > 0 or duration_s == float("inf"):
+            raise ValueError("maintenance needs a positive, finite duration")
         entry = Maintenance(now, now + duration_s, reason, by)
         write_json_atomic(self._path(MAINTENANCE), asdict(entry))
-        self._maintenance = entry
+        self._maintenance, self.maintenance_fault = entry, None
         return entry
 
     def clear_maintenance(self) -> None:
@@ -382,7 +340,7 @@ class SafetyState:
             self._path(MAINTENANCE).unlink(missing_ok=True)
         except OSError as exc:
             raise StateError(f"cannot remove {self._path(MAINTENANCE)}: {exc.strerror}") from exc
-        self._maintenance = None
+        self._maintenance, self.maintenance_fault = None, None
 
     def maintenance(self, now: float) -> Maintenance | None:
         """The maintenance flag if it is on now (an expired flag is simply off)."""
@@ -390,6 +348,16 @@ class SafetyState:
         if m is not None and m.since <= now < m.until:
             return m
         return None
+
+    # ------------------------------------------------------------------ faults
+    def faults(self) -> list[str]:
+        """What is broken and makes the guards fail closed, one sentence each."""
+        out = []
+        if self.history_fault is not None:
+            out.append(f"history: {self.history_fault.reason}")
+        if self.maintenance_fault is not None:
+            out.append(f"maintenance: {self.maintenance_fault}")
+        return out
 
     # ------------------------------------------------------------------ ladders
     def ladders(self) -> dict[str, Any]:

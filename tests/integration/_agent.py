@@ -52,7 +52,7 @@ def write_kmsg(text: str) -> None:
     """
     fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
     try:
-        os.write(fd, f"<11>nwtest: {text}\n".encode())
+        os.write(fd, f"<11>{text}\n".encode())
     finally:
         os.close(fd)
 

@@ -39,8 +39,11 @@ def test_runs_with_built_in_defaults_and_a_temp_state_dir(tmp_path: Path) -> Non
     config.write_text(f'[agent]\nstate_dir = "{state}"\n')
     with running_agent(tmp_path, config, state, watchdog_usec=1_000_000) as agent:
         status = agent.wait_notify(lambda m: "READY=1" in m)
-        assert "STATUS=no action: " in status
-        assert "findings firing; load1 " in status or "finding firing; load1 " in status
+        # "acting: ..." too: the ring may hold a real OOM kill another test provoked
+        # minutes ago (dry-run: planned, not run)
+        assert "STATUS=no action: " in status or "STATUS=acting: " in status
+        if "STATUS=no action: " in status:  # (an acting sentence is cut before the load)
+            assert "findings firing; load1 " in status or "finding firing; load1 " in status
         # the loop keeps turning: it pings the watchdog (every 0.5 s) again and again
         def three_pings(_: str) -> bool:
             return sum(m == "WATCHDOG=1" for m in agent.messages) >= 3
@@ -89,7 +92,7 @@ def test_sighup_with_a_broken_config_keeps_the_old_one_and_a_good_one_applies(
         agent.signal(signal.SIGHUP)
         log = agent.wait_log("reload refused: 2 error(s)")
         assert f"{config}: kmsg.colour: unknown key" in log
-        assert f"{config}: agent.sample_interval_s: must be a number" in log
+        assert f"{config}: agent.sample_interval_s: must be a finite number" in log
         assert agent.proc.poll() is None
         # the old configuration still runs: a kernel line is still seen
         task = token()

@@ -117,6 +117,6 @@ def test_sample_refuses_bad_config_with_file_key_reason(tmp_path: Path) -> None:
     config.write_text('[metrics]\nfs_timeout_s = "soon"\nmailq_comand = []\n')
     proc = run_sample("--config", str(config))
     assert proc.returncode == 2
-    assert f"{config}: metrics.fs_timeout_s: must be a number" in proc.stderr
+    assert f"{config}: metrics.fs_timeout_s: must be a finite number" in proc.stderr
     assert f"{config}: metrics.mailq_comand: unknown key" in proc.stderr
     assert proc.stdout == ""

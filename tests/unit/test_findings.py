@@ -75,20 +75,20 @@ def test_signature_only_finding_resolves_after_quiet() -> None:
 
 
 @pytest.mark.parametrize(("facilities", "trusted"), [
-    ((0,), True),
-    ((1,), False),          # written to /dev/kmsg from userspace
-    ((None,), False),       # a kmsg line whose facility nobody knows is not the kernel's
-    ((1, 1, 0), True),      # the kernel said it too: the trusted line alone reaches count 1
+    ((0,), [True]),
+    ((1,), [False]),          # written to /dev/kmsg from userspace
+    ((None,), [False]),       # a kmsg line whose facility nobody knows is not the kernel's
+    ((1, 1, 0), [True, False]),  # the kernel said it too: a trusted finding of its own
 ])
 def test_trust_comes_only_from_kernel_lines(facilities: tuple[int | None, ...],
-                                            trusted: bool) -> None:
+                                            trusted: list[bool]) -> None:
     det = Detectors([SignatureRule("kernel", sources=("kmsg",))])
     for i, fac in enumerate(facilities):
         det.on_match(match("hung-task", "nfsd", T0 + i, facility=fac))
-    [f] = det.active()
-    assert f.trusted is trusted
-    if not trusted:
-        assert "untrusted" in f.evidence[-1]
+    assert [f.trusted for f in det.active()] == trusted
+    assert [f.trusted for f in det.actionable()] == [t for t in trusted if t]
+    for f in det.active():
+        assert ("untrusted" in f.evidence[-1]) is (not f.trusted)
 
 
 def test_untrusted_finding_becomes_trusted_when_the_kernel_confirms_it() -> None:
@@ -101,9 +101,21 @@ def test_untrusted_finding_becomes_trusted_when_the_kernel_confirms_it() -> None
 def test_count_needs_trusted_matches_alone() -> None:
     rule = SignatureRule("hung", problems=("hung-task",), count=2, window_s=60)
     det = Detectors([rule])
-    det.on_match(match("hung-task", "nfsd", T0, facility=1))
-    [f] = det.on_match(match("hung-task", "nfsd", T0 + 1, facility=0))
-    assert f.trusted is False  # one of the two lines was spoofed
+    assert det.on_match(match("hung-task", "nfsd", T0, facility=1)) == []
+    assert det.on_match(match("hung-task", "nfsd", T0 + 1, facility=0)) == []  # 1 of 2
+    [f] = det.on_match(match("hung-task", "nfsd", T0 + 2, facility=0))
+    assert f.trusted is True and f.count == 2 and f.first_seen == T0 + 1  # no forged part
+
+
+def test_a_forged_line_first_changes_nothing_for_the_real_one() -> None:
+    """The real line is answered as if the forged one had never been: its own first-seen
+    time, count and subject."""
+    det = Detectors([SignatureRule("kernel", sources=("kmsg",))])
+    [forged] = det.on_match(match("hung-task", "nfsd", T0, facility=1))
+    [real] = det.on_match(match("hung-task", "nfsd", T0 + 30, facility=0))
+    assert (forged.trusted, real.trusted) == (False, True)
+    assert (real.first_seen, real.count) == (T0 + 30, 1)
+    assert [f.key for f in det.actionable()] == [("hung-task", "nfsd")]
 
 
 PROBE = ProbeRule("imap-down", probes=("imap*",), failures=3, latency_ms=2000, for_s=60)
@@ -180,12 +192,22 @@ def test_all_of_fires_only_when_every_part_fires_and_resolves_when_one_stops() -
     assert hang_states(out) == [("storage-hang", "nfsd", "resolved")]
 
 
-def test_all_of_with_a_spoofed_part_is_untrusted() -> None:
+def test_all_of_with_a_spoofed_part_does_not_fire() -> None:
     det = Detectors(HANG_RULES)
     det.on_match(match("hung-task", "nfsd", T0, facility=1))
     fired = det.on_metrics(metrics(T0 + 1, {"load1_per_cpu": 9, "procs_blocked": 20}))
+    assert [f for f in fired if f.problem == "storage-hang"] == []
+
+
+def test_all_of_takes_its_subject_from_trusted_evidence_only() -> None:
+    """A forged `task nfsd` line before a real hung jbd2 task must not make the storage
+    hang an nfsd one (its ladder would restart the NFS server and ask for the node)."""
+    det = Detectors(HANG_RULES)
+    det.on_match(match("hung-task", "nfsd", T0, facility=1))
+    det.on_match(match("hung-task", "jbd2/dm-0-8", T0 + 5, facility=0))
+    fired = det.on_metrics(metrics(T0 + 6, {"load1_per_cpu": 9, "procs_blocked": 20}))
     [hang] = [f for f in fired if f.problem == "storage-hang"]
-    assert hang.trusted is False
+    assert (hang.subject, hang.trusted) == ("jbd2/dm-0-8", True)
 
 
 def test_all_of_resolves_when_the_signature_part_goes_quiet() -> None:

@@ -13,6 +13,7 @@ import pytest
 from agent.clock import FakeClock
 from agent.guards import GuardChain, GuardSettings, build_chain
 from agent.guards.base import Lease
+from agent.guards.stateful import Budget
 from agent.guards.windows import parse_window
 from agent.model import Proposal
 from agent.policy.engine import Policy
@@ -73,7 +74,8 @@ def test_budget_survives_agent_restart_and_denies_the_third_node_restart(tmp_pat
     result = c.evaluate(RESTART, clock.now())
     assert not result.allowed and "budget" in result.denied_by
     [reason] = [v.reason for v in result.verdicts if v.guard == "budget"]
-    assert reason.startswith("budget: 2 of 2 node-restart in the last 24h (next allowed at ")
+    assert reason.startswith("budget: 2 of 2 node-restart on this host in the last 24h "
+                             "(next allowed at ")
     assert result.lease is None  # no lease taken for a denied action
     clock.advance(DAY - 6 * 3600)  # the first restart leaves the window
     c, _ = chain(tmp_path, lease_client=GrantingCoordinator())
@@ -184,7 +186,7 @@ def test_every_verdict_is_reported_not_just_the_first_deny(tmp_path: Path) -> No
     result = c.evaluate(proposal("node-restart", "nas1", disruptive=True, trusted=False), T0)
     assert {"mode", "trust", "maintenance"} <= set(result.denied_by)
     assert [v.guard for v in result.verdicts] == [
-        "mode", "trust", "maintenance", "cooldown", "budget", "flapping", "approval"]
+        "mode", "trust", "maintenance", "cooldown", "budget", "flapping", "fold", "approval"]
     assert result.summary().startswith("denied node-restart nas1: mode: observe")
 
 
@@ -214,11 +216,104 @@ def test_guard_config_errors_carry_file_key_reason() -> None:
 
 
 def test_guard_config_is_applied() -> None:
-    cfg, errors = config({"guards": {"budget": {"node-restart": {"max": 1, "window_s": 3600}},
-                                     "cooldown": {"default_s": 30, "page": 5}}})
+    cfg, errors = config({"guards": {
+        "budget": {"node-restart": {"max": 1, "window_s": 3600},
+                   "restart-service": {"max": 3, "per": "host"}},
+        "cooldown": {"default_s": 30, "exec": 5}, "page": {"fold_s": 600}}})
     assert errors == []
-    assert cfg.guards.budgets["node-restart"] == (1, 3600.0)
-    assert (cfg.guards.cooldown_s, cfg.guards.cooldowns["page"]) == (30.0, 5.0)
+    assert cfg.guards.budgets["node-restart"] == Budget(1, 3600.0, "host")
+    assert cfg.guards.budgets["restart-service"] == Budget(3, 3600.0, "host")
+    assert cfg.guards.budgets["block-addresses"].per == "problem"
+    assert (cfg.guards.cooldown_s, cfg.guards.cooldowns["exec"]) == (30.0, 5.0)
+    assert cfg.guards.page_fold_s == 600.0
+
+
+@pytest.mark.parametrize(("table", "reason"), [
+    ({"budget": {"page": {"max": 5}}}, "never budgeted"),
+    ({"cooldown": {"page": 60}}, "folded"),
+    ({"budget": {"exec": {"max": 1, "per": "planet"}}}, "must be one of problem, host"),
+])
+def test_pages_cannot_be_budgeted_or_cooled_down(table: dict[str, object], reason: str) -> None:
+    _, errors = config({"guards": table})
+    assert len(errors) == 1 and reason in errors[0].reason
+
+
+# --------------------------------------------------------------------------- pages go out
+def test_a_page_is_never_denied_by_a_budget_and_junk_cannot_spend_another_problem(
+        tmp_path: Path) -> None:
+    """25 junk OOM kills of distinct names used to spend the page budget (20/h) and then
+    a real raid-degraded page was denied; and the restart budget an IMAP outage needs."""
+    c, state = chain(tmp_path)
+    for i in range(25):
+        p = proposal("page", f"oom-kill-no-unit junk{i} on mx1", problem="oom-kill-no-unit",
+                     finding_subject=f"junk{i}")
+        assert c.evaluate(p, T0 + i).allowed
+        state.record_execution("page", p.subject, T0 + i, problem=p.problem,
+                               finding_subject=p.finding_subject)
+        c.fold.sent(p, T0 + i)  # type: ignore[union-attr]
+    raid = proposal("page", "raid-degraded md0 on nas1", problem="raid-degraded",
+                    finding_subject="md0")
+    assert c.evaluate(raid, T0 + 30).allowed
+    for i in range(6):  # junk restarts spend oom-kill's restart budget only
+        state.record_execution("restart-service", f"junk{i}.service", T0 + i,
+                               problem="oom-kill", target=f"junk{i}.service")
+    junk = proposal("restart-service", "junk7.service", problem="oom-kill",
+                    target="junk7.service")
+    assert not c.evaluate(junk, T0 + 40).allowed
+    imap = proposal("restart-service", "dovecot.service", problem="imap-down",
+                    finding_subject="imap", target="dovecot.service")
+    allow, reason = verdict(c, imap, T0 + 40, "budget")
+    assert allow and reason == "budget: 0 of 6 restart-service for imap-down in the last 1h"
+
+
+def test_repeated_pages_fold_into_one_per_problem_and_subject_with_a_count(
+        tmp_path: Path) -> None:
+    c, _ = chain(tmp_path, settings=GuardSettings(page_fold_s=3600))
+    fold = c.fold
+    assert fold is not None
+    page = proposal("page", "oom-kill dovecot.service on mx1", problem="oom-kill",
+                    finding_subject="dovecot.service")
+    assert c.evaluate(page, T0).allowed
+    fold.sent(page, T0)
+    for i in (1, 2, 3):
+        allow, reason = verdict(c, page, T0 + 600 * i, "fold")
+        assert not allow and f"({i} folded since;" in reason
+    other = proposal("page", "oom-kill rspamd.service on mx1", problem="oom-kill",
+                     finding_subject="rspamd.service")
+    assert c.evaluate(other, T0 + 60).allowed  # another subject is another page
+    assert c.evaluate(page, T0 + 3600).allowed  # the window is over
+    assert fold.annotate(page) == " (3 similar pages folded since the last one)"
+    fold.sent(page, T0 + 3600)
+    assert fold.annotate(page) == ""
+    operator = proposal("page", page.subject, problem="oom-kill", origin="operator")
+    assert c.evaluate(operator, T0 + 3601).allowed  # an operator's page is theirs
+
+
+def test_fold_remembers_pages_that_went_out_before_a_restart(tmp_path: Path) -> None:
+    _, state = chain(tmp_path, settings=GuardSettings(page_fold_s=3600))
+    state.record_execution("page", "raid-degraded md0 on nas1", T0, problem="raid-degraded",
+                           finding_subject="md0")
+    c2, _ = chain(tmp_path, settings=GuardSettings(page_fold_s=3600))  # a new agent
+    page = proposal("page", "raid-degraded md0 on nas1", problem="raid-degraded",
+                    finding_subject="md0")
+    allow, _ = verdict(c2, page, T0 + 60, "fold")
+    assert not allow
+
+
+def test_cooldown_and_flapping_are_keyed_on_the_target_not_its_spelling(
+        tmp_path: Path) -> None:
+    c, state = chain(tmp_path)
+    state.record_execution("restart-service", "dovecot", T0, problem="oom-kill",
+                           target="dovecot.service")
+    again = proposal("restart-service", "dovecot.service", problem="oom-kill",
+                     finding_subject="dovecot.service", target="dovecot.service")
+    allow, reason = verdict(c, again, T0 + 10, "cooldown")
+    assert not allow and "dovecot.service ran 10s ago" in reason
+    for i in range(3):
+        state.record_fix("oom-kill", "dovecot", T0 + i, "restart-service",
+                         target="dovecot.service")
+    allow, reason = verdict(c, again, T0 + 700, "flapping")
+    assert not allow and "page a person" in reason
 
 
 @pytest.mark.parametrize(("text", "inside", "outside"), [

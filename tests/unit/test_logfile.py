@@ -145,20 +145,21 @@ def test_unreadable_path_is_an_error_not_a_crash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("line", "cap", "kept", "dropped"),
+    ("line", "cap", "head", "dropped", "tail"),
     [
-        (b"x" * 10, 10, "x" * 10, 0),
-        (b"x" * 11, 10, "x" * 10, 1),
-        (b"abc" * 100, 7, "abcabca", 293),
+        (b"x" * 10, 10, "x" * 10, 0, ""),
+        (b"x" * 11, 10, "x" * 8, 1, "xx"),
+        (b"abc" * 100, 7, "abcabc", 293, "c"),
+        (b"H" * 100 + b"M" * 5000 + b"T" * 40, 160, "H" * 100 + "M" * 20, 4980, "T" * 40),
     ],
 )
-def test_over_long_line_is_cut_with_marker(
-    tmp_path: Path, line: bytes, cap: int, kept: str, dropped: int
+def test_over_long_line_keeps_head_and_tail_around_a_marker(
+    tmp_path: Path, line: bytes, cap: int, head: str, dropped: int, tail: str
 ) -> None:
     log = tmp_path / "mail.log"
     log.write_bytes(line + b"\nnext\n")
     lines = follow(log, cap=cap, from_start=True).poll()
-    assert lines[0].text == kept + (truncation_marker(dropped) if dropped else "")
+    assert lines[0].text == head + (truncation_marker(dropped) if dropped else "") + tail
     assert lines[0].truncated == (dropped > 0)
     assert lines[1].text == "next" and not lines[1].truncated
 
@@ -180,7 +181,7 @@ def test_ten_megabyte_line_with_bounded_memory(tmp_path: Path) -> None:
     finally:
         tracemalloc.stop()
     assert [ln.truncated for ln in lines] == [True, False]
-    assert lines[0].text == "A" * 16384 + truncation_marker(size - 16384)
+    assert lines[0].text == "A" * 12288 + truncation_marker(size - 16384) + "A" * 4096
     assert lines[1].text == "after the monster"
     assert peak < 2 * 1024 * 1024  # the line was never held whole
 

@@ -10,6 +10,7 @@ from agent.detect.catalog import MAX_MATCH_CHARS, Catalog
 from agent.detect.matcher import Matcher, choose_engine
 from agent.detect.scanner import ScanStats, scan_stream
 from agent.model import LogLine
+from agent.sources.lineformat import parse_line
 from tests.unit._signatures import BENIGN, builtin
 
 ENGINES = ["hyperscan", "portable"]
@@ -25,7 +26,12 @@ def matcher(request: pytest.FixtureRequest) -> Matcher:
 
 
 def _line(sig_id: str, text: str) -> LogLine:
-    return LogLine(source=builtin().by_id(sig_id).source, text=text, t=0.0)
+    """The line as its source hands it over: the kernel gives the bare message (an example
+    may carry a dmesg/syslog prefix), a log file the whole line."""
+    source = builtin().by_id(sig_id).source
+    if source == "kmsg":
+        return parse_line(text, source="kmsg")
+    return LogLine(source=source, text=text, t=0.0)
 
 
 @pytest.mark.parametrize(("sig_id", "line", "subject"), EXAMPLES)
@@ -97,10 +103,11 @@ def test_candidate_lines_map_offsets_to_lines(matcher: Matcher) -> None:
 def _corpus() -> bytes:
     """Examples in every line format, interleaved with benign lines."""
     out: list[str] = []
-    for i, (_sig, line, _subj) in enumerate(EXAMPLES):
+    for i, (sig, line, _subj) in enumerate(EXAMPLES):
         prefix = ("", "[  12.345678] ", "Oct 20 03:18:44 host kernel: ",
                   f"6,{i},123456,-;", "<3>[   5.000001] ")[i % 5]
-        out.append(prefix + line)
+        kernel = builtin().by_id(sig).source == "kmsg" and parse_line(line).text == line
+        out.append(prefix + line if kernel else line)
         out.append(BENIGN[i % len(BENIGN)])
     return ("\n".join(out) + "\n").encode()
 
@@ -127,7 +134,8 @@ def test_batch_agrees_with_per_line_match() -> None:
         for i, raw in enumerate(lines):
             text = raw.decode()
             for s in m.sources:
-                for hit in m.match(LogLine(source=s, text=text, t=0.0)):
+                line = parse_line(text) if s == "kmsg" else LogLine(source=s, text=text, t=0.0)
+                for hit in m.match(line):
                     assert i in cands, (engine, text)
                     assert builtin().signatures.index(builtin().by_id(hit.signature)) in cands[i]
 
@@ -140,3 +148,16 @@ def test_choose_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_engine() == "hyperscan"  # installed on every supported machine
     with pytest.raises(ValueError, match="unknown matcher engine"):
         choose_engine("re2")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_match_after_another_with_the_same_prefix_is_not_lost(engine: str) -> None:
+    """Vectorscan 5.4.12 (python-hyperscan 0.8.0 and later) reports only the first of these
+    two in one block: the second line's finding would be silently missed by `scan`. The
+    pinned 0.7.21 (Vectorscan 5.4.11) reports both (docs/facts.md)."""
+    block = (b"{42}[Hardware Error]: Hardware error from APEI Generic Hardware Error Source: 1"
+             b"\nbenign\n{2}[Hardware Error]: event severity: recoverable")
+    m = Matcher(builtin(), engine)
+    cands = m.candidates(block)
+    ids = {i: {builtin().signatures[s].id for s in sigs} for i, sigs in cands.items()}
+    assert "mce.ghes" in ids[0] and "mce.ghes-uncorrected" in ids[2]

@@ -81,7 +81,7 @@ def test_clear_history_lifts_the_fault_the_budget_guard_denies_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "state").mkdir()
-    (tmp_path / "state" / "history.json").write_text("{not json")
+    (tmp_path / "state" / "history.jsonl").write_text("{not json\n")
     assert state(tmp_path).history_fault is not None
     code, out, _ = cli(capsys, "maintenance", "clear-history", "--config",
                        str(config_file(tmp_path)))
@@ -134,7 +134,8 @@ def test_status_shows_findings_ladders_budgets_maintenance_and_last_actions(
     pipeline.observe(LogLine("kmsg", "INFO: task nfsd:1234 blocked for more than 120 "
                              "seconds.", now, facility=0))
     pipeline.decide(now)
-    pipeline.state.record_execution("restart-service", "nfs-server.service", now - 60)
+    pipeline.state.record_execution("restart-service", "nfs-server.service", now - 60,
+                                    problem="hung-task", finding_subject="nfsd")
     (tmp_path / "state" / "audit.jsonl").write_text(json.dumps({
         "t": now - 60, "kind": "outcome", "action": "restart-service",
         "subject": "nfs-server.service", "ok": True, "executed": True,
@@ -151,6 +152,7 @@ def test_status_shows_findings_ladders_budgets_maintenance_and_last_actions(
         ("hung-task", 2, 2)]
     budget = next(b for b in s["budgets"] if b["action"] == "restart-service")
     assert (budget["used"], budget["limit"], budget["exhausted"]) == (1, 1, True)
+    assert (budget["per"], budget["problem"]) == ("problem", "hung-task")
     assert budget["next_allowed"] == pytest.approx(now - 60 + 3600)
     assert [c["action"] for c in s["cooldowns"]] == ["restart-service"]
     assert s["maintenance"]["on"] is True and s["maintenance"]["reason"] == "disk swap"
@@ -158,8 +160,9 @@ def test_status_shows_findings_ladders_budgets_maintenance_and_last_actions(
 
     code, text, _ = cli(capsys, "status", "--config", str(cfg))
     assert code == 1
-    for needle in ("hung-task nfsd (error)", "rung 2 of 2", "restart-service: 1/1 per 1h",
-                   "maintenance on until", "disk swap", "last actions: 1"):
+    for needle in ("hung-task nfsd (error)", "rung 2 of 2",
+                   "restart-service for hung-task: 1/1 per 1h", "maintenance on until",
+                   "disk swap", "last actions: 1"):
         assert needle in text
 
 

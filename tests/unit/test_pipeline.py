@@ -18,7 +18,7 @@ from agent.execute import Executor, RecordingRunner
 from agent.model import LogLine, MetricSample, Outcome, StepResult
 from agent.pipeline import CYCLE_FILE, DecisionPipeline, build_pipeline
 from agent.pipeline_api import Decision, Event
-from agent.state import SafetyState
+from agent.state import SafetyState, StateError
 
 T0 = 1_790_000_000.0
 HUNG = "INFO: task nfsd:1234 blocked for more than 120 seconds."
@@ -46,6 +46,19 @@ def make(tmp_path: Path, raw: dict[str, Any] | None = None, *,
 
 def kline(text: str, t: float, facility: int = 0) -> LogLine:
     return LogLine(source="kmsg", text=text, t=t, facility=facility)
+
+
+def oom_kill(p: DecisionPipeline, t: float, memcg: str, task: str, pid: int,
+             facility: int = 0) -> list[Event]:
+    """The two lines the kernel prints for an OOM kill (5.0+): the summary, the kill."""
+    events = list(p.observe(kline(
+        f"oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+        f"oom_memcg={memcg},task_memcg={memcg},task={task},pid={pid},uid=109", t, facility)))
+    events += p.observe(kline(
+        f"Memory cgroup out of memory: Killed process {pid} ({task}) total-vm:1024kB, "
+        "anon-rss:512kB, file-rss:0kB, shmem-rss:0kB, UID:109 pgtables:8kB oom_score_adj:0",
+        t, facility))
+    return events
 
 
 def run(pipeline: DecisionPipeline, clock: FakeClock, seconds: int,
@@ -94,7 +107,7 @@ def test_kernel_hung_task_line_becomes_a_finding_and_a_dry_run_plan(tmp_path: Pa
     assert plan.fields["execute"] is False and plan.fields["problem"] == "hung-task"
     guards = [e.fields["guard"] for e in of(list(events), "verdict")]
     assert guards == ["mode", "trust", "maintenance", "cooldown", "budget", "flapping",
-                      "approval", "lease"]
+                      "fold", "approval", "lease"]
     # dry-run: the recording runner, nothing executed; nothing counted for budgets
     out = p.complete(d, Executor(RecordingRunner(), clock).run(d.plan))
     assert out[0].kind == "outcome" and out[0].fields["executed"] is False
@@ -107,9 +120,23 @@ def test_userspace_kmsg_line_is_reported_untrusted_and_never_planned(tmp_path: P
     assert found[0].fields["trusted"] is False
     events = run(p, clock, 1200)
     assert not of(events, "plan")
-    denials = of(events, "verdict", allow=False)
-    assert [e.fields["guard"] for e in denials] == ["trust"]
+    assert not of(events, "verdict")  # untrusted evidence is never proposed at all
     assert p.state.executions() == []
+
+
+def test_a_forged_line_first_does_not_hold_the_real_one(tmp_path: Path) -> None:
+    """Issue 7: a forged line first used to hold the ladder for the whole episode, so the
+    real kernel line that followed got no answer."""
+    p, clock, _ = make(tmp_path, {"agent": {"role": "storage", "mode": "enforce"}})
+    p.observe(kline(HUNG, clock.now(), facility=1))
+    events = run(p, clock, 60)
+    assert not of(events, "plan") and not of(events, "verdict")
+    assert "untrusted (written from userspace): reported, never acted on" in p.sentence()
+    p.observe(kline(HUNG, clock.now(), facility=0))
+    _, decisions = p.decide(clock.now())
+    assert [(d.plan.action, d.plan.subject) for d in decisions] == [
+        ("restart-service", "nfs-server.service")]
+    assert decisions[0].proposal.rung == 0
 
 
 def test_enforce_records_the_execution_before_handing_the_plan_over(tmp_path: Path) -> None:
@@ -245,10 +272,9 @@ def test_complete_after_a_failed_run_climbs_at_once(tmp_path: Path) -> None:
 def test_flapping_guard_pages_once_per_episode(tmp_path: Path) -> None:
     p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
     for when in (1000.0, 2000.0, 3000.0):  # three earlier "successful" fixes
-        p.state.record_fix("oom-kill", "dovecot", clock.now() - when, "restart-service")
-    p.observe(kline("Out of memory: Killed process 812 (dovecot) total-vm:1024kB, "
-                    "anon-rss:512kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:8kB "
-                    "oom_score_adj:0", clock.now()))
+        p.state.record_fix("oom-kill", "dovecot", clock.now() - when, "restart-service",
+                           target="dovecot.service")
+    oom_kill(p, clock.now(), "/system.slice/dovecot.service", "dovecot", 812)
     events = run(p, clock, 5, OkRunner())
     flap = of(events, "verdict", guard="flapping", allow=False)
     assert [e.fields["action"] for e in flap] == ["restart-service"]
@@ -323,3 +349,61 @@ def test_a_reload_with_the_same_rules_keeps_what_fires(tmp_path: Path) -> None:
     other, _, _ = make(tmp_path, {"agent": {"role": "mail"}})  # other rules
     assert not other.carry_over(old)
     assert other.active() == []
+
+
+# --------------------------------------------------------------------------- issue 7
+def test_an_oom_kill_restarts_the_service_its_report_names_not_its_process_name(
+        tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
+    found = oom_kill(p, clock.now(), "/system.slice/dovecot.service", "reboot.target", 812)
+    assert [(e.fields["problem"], e.fields["subject"]) for e in of(found, "finding")] == [
+        ("oom-kill", "dovecot.service")]
+    events = run(p, clock, 2, OkRunner())
+    assert [(e.fields["action"], e.fields["subject"]) for e in of(events, "plan")] == [
+        ("restart-service", "dovecot.service")]
+    user = oom_kill(p, clock.now(), "/user.slice/user-1000.slice/session-4.scope",
+                    "reboot.target", 813)
+    assert [(e.fields["problem"], e.fields["subject"]) for e in of(user, "finding")] == [
+        ("oom-kill-no-unit", "user-1000.slice")]
+    events = run(p, clock, 2, OkRunner())
+    assert [e.fields["action"] for e in of(events, "plan")] == ["page"]
+
+
+def test_an_untrusted_oom_report_is_never_placed(tmp_path: Path) -> None:
+    """Lines written from userspace do not reach the report correlation at all."""
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
+    found = oom_kill(p, clock.now(), "/system.slice/sshd.service", "sshd", 1, facility=1)
+    assert [(e.fields["subject"], e.fields["trusted"]) for e in of(found, "finding")] == [
+        ("sshd", False)]
+    assert not of(run(p, clock, 5, OkRunner()), "plan")
+
+
+class FailingState:
+    """Wraps the pipeline's state so that the write-ahead record fails: a full disk."""
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+
+    def record_execution(self, *args: Any, **kw: Any) -> Any:
+        raise StateError("cannot write /var/lib/nodewarden/history.jsonl: No space left on "
+                         "device (the previous state is kept)")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._state, name)
+
+
+def test_a_write_ahead_that_fails_denies_the_action_and_the_page_says_so(
+        tmp_path: Path) -> None:
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
+    p.state = FailingState(p.state)  # type: ignore[assignment]
+    oom_kill(p, clock.now(), "/system.slice/dovecot.service", "dovecot", 812)
+    events, decisions = p.decide(clock.now())
+    [denied] = of(list(events), "verdict", action="restart-service", allow=False)
+    assert denied.fields["guard"] == "budget" and "No space left" in denied.fields["reason"]
+    pages = [d for d in decisions if d.plan.action == "page"]
+    assert pages, "a page always goes out, even when it cannot be recorded"
+    message = pages[0].proposal.params["message"]
+    assert "restart-service dovecot.service denied" in message
+    assert "this page could not be recorded" in message
+    notes = [e for e in events if e.kind == "note"]
+    assert any("goes out anyway" in e.fields["text"] for e in notes)

@@ -69,13 +69,16 @@ def test_denied_rung_climbs_but_maintenance_holds_it() -> None:
     assert nxt.action == "node-restart"  # a hard deny climbs towards page at once
 
 
-def test_untrusted_finding_gets_one_proposal_marked_untrusted_and_never_climbs() -> None:
+def test_an_untrusted_finding_gets_no_proposal_and_holds_nothing() -> None:
     policy = Policy([HANG], hostname="nas1")
-    spoof = [finding("storage-hang", "nfsd", trusted=False)]
-    [p] = policy.step(spoof, T0)
-    assert p.trusted is False
-    policy.record(p, T0, "denied", denied_by=("trust",))
-    assert policy.step(spoof, T0 + 10_000) == []
+    spoof = finding("storage-hang", "nfsd", trusted=False)
+    assert policy.step([spoof], T0) == []
+    assert policy.notes == ["storage-hang nfsd: untrusted (written from userspace): "
+                            "reported, never acted on"]
+    assert policy.positions() == []
+    # the real one next is answered at once, from the first rung
+    [p] = policy.step([spoof, finding("storage-hang", "nfsd")], T0 + 5)
+    assert (p.rung, p.trusted) == (0, True)
 
 
 def test_subjects_and_suppressed_by_filter_ladders() -> None:

@@ -24,6 +24,8 @@ from remediations import (
     load,
     module_name,
     names,
+    target_of,
+    value_errors,
 )
 from remediations import stop_process as stop_process_action
 from remediations._common import fill_argv
@@ -71,7 +73,33 @@ def test_every_module_describes_itself(action: str) -> None:
     doc = inspect.cleandoc(r.__doc__ or "")
     for section in ("## When", "## Verify", "## Undo", "## Safety"):
         assert section in doc, f"{action}: runbook lacks {section}"
-    assert callable(r.plan) and callable(r.preconditions)
+    assert callable(r.plan) and callable(r.preconditions) and callable(r.target)
+    assert isinstance(r.SUBJECT, ParamSpec) and r.SUBJECT.description
+    # the documented example passes every check the configuration applies
+    assert value_errors(r.SUBJECT, r.EXAMPLE.subject) == []
+    for key, value in r.EXAMPLE.params.items():
+        assert value_errors(r.PARAMS[key], value) == [], key
+    for name, setting in r.EXAMPLE.settings.items():
+        assert value_errors(r.SETTINGS[name], setting) == [], name
+
+
+@pytest.mark.parametrize(("action", "subject", "params", "target"), [
+    ("restart-service", "dovecot", {}, "dovecot.service"),
+    ("restart-service", "dovecot.service", {}, "dovecot.service"),
+    ("restart-service", "x", {"unit": "postfix"}, "postfix.service"),
+    ("reload-service", " postfix ", {}, "postfix.service"),
+    ("throttle-unit", "spamd", {}, "spamd.service"),
+    ("stop-process", "prov", {"unit": "prov"}, "prov.service"),
+    ("stop-process", " 812 ", {}, "812"),
+    ("block-addresses", "2001:DB8:0::7, 192.0.2.1", {}, "2001:db8::7,192.0.2.1"),
+    ("block-addresses", "x", {"addresses": "::ffff:192.0.2.9"}, "192.0.2.9"),
+    ("page", "raid-degraded md0 on nas1", {}, "raid-degraded md0 on nas1"),
+    ("node-restart", "nas1", {}, "nas1"),
+])
+def test_target_is_one_spelling_of_what_is_acted_on(
+        action: str, subject: str, params: dict[str, str], target: str) -> None:
+    """Cooldowns, budgets and flapping are keyed on it: `dovecot` = `dovecot.service`."""
+    assert target_of(action, subject, params) == target
 
 
 def test_disruptive_actions_need_a_lease() -> None:
@@ -118,10 +146,10 @@ CASES: list[tuple[str, str, dict[str, str], dict[str, object], list[tuple[str, .
     ("reload-service", "spamd", {"fallback": "restart"}, {}, [
         ("systemctl", "reload-or-restart", "--", "spamd.service"),
         ("systemctl", "is-active", "--quiet", "--", "spamd.service")]),
-    ("throttle-unit", "prov.scope", {"cpu_quota": "35", "io_weight": "50"}, {}, [
-        ("systemctl", "set-property", "--runtime", "--", "prov.scope", "CPUQuota=35%",
+    ("throttle-unit", "prov.service", {"cpu_quota": "35", "io_weight": "50"}, {}, [
+        ("systemctl", "set-property", "--runtime", "--", "prov.service", "CPUQuota=35%",
          "IOWeight=50"),
-        (PY, "-m", "agent.execute.unit_props", "prov.scope", "CPUQuota=35%", "IOWeight=50")]),
+        (PY, "-m", "agent.execute.unit_props", "prov.service", "CPUQuota=35%", "IOWeight=50")]),
     ("block-addresses", "203.0.113.5, ::ffff:198.51.100.1,2001:db8::7",
      {"timeout": "15m"}, {}, [
         NFT_ENSURE,
@@ -222,6 +250,25 @@ BAD: list[tuple[str, str, dict[str, str], dict[str, object], str]] = [
     ("restart-service", "x", {"timeout": "1y"}, {}, "is not a duration"),
     ("restart-service", "x", {"timeout": "0s"}, {}, "must be between"),
     ("reload-service", "x", {"fallback": "always"}, {}, "must be 'none' or 'restart'"),
+    # a process or cgroup named like a unit must never reach systemctl as anything but a
+    # .service, and never as one that changes the node's state (issue 7)
+    ("restart-service", "reboot.target", {}, {}, "is not a .service"),
+    ("restart-service", "poweroff.target", {}, {}, "is not a .service"),
+    ("restart-service", "ssh.socket", {}, {}, "is not a .service"),
+    ("restart-service", "x", {"unit": "kexec.target"}, {}, "is not a .service"),
+    ("restart-service", "nodewarden", {}, {}, "protected unit"),
+    ("restart-service", "sshd.service", {}, {}, "protected unit"),
+    ("restart-service", "systemd-reboot.service", {}, {}, "protected unit"),
+    ("restart-service", "rescue.service", {}, {}, "node's state"),
+    ("restart-service", "emergency", {}, {}, "node's state"),
+    ("restart-service", "kexec-load.service", {}, {}, "node's state"),
+    ("reload-service", "halt.target", {}, {}, "is not a .service"),
+    ("reload-service", "dbus.service", {}, {}, "protected unit"),
+    ("throttle-unit", "session-4.scope", {}, {}, "is not a .service"),
+    ("throttle-unit", "user.slice", {}, {}, "is not a .service"),
+    ("stop-process", "x", {"unit": "session-4.scope"}, {}, "is not a .service"),
+    ("stop-process", "x", {"unit": "reboot.target"}, {}, "is not a .service"),
+    ("stop-process", "x", {"unit": "nodewarden.service"}, {}, "protected unit"),
     ("throttle-unit", "ssh.service", {}, {}, "protected unit"),
     ("throttle-unit", "systemd-journald.service", {}, {}, "protected unit"),
     ("throttle-unit", "dbus.service", {}, {}, "protected unit"),

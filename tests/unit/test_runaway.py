@@ -106,12 +106,13 @@ def test_policy_throttles_then_stops_the_unit_then_pages(detectors: Detectors) -
 @pytest.mark.parametrize(("unit", "settings", "reason"), [
     ("ssh.service", {}, "ssh.service is a protected unit (matches 'ssh*')"),
     ("nodewarden.service", {}, "nodewarden.service is a protected unit"),
-    ("init.scope", {}, "init.scope is a protected unit (matches 'init.scope')"),
+    ("init.scope", {}, "unit init.scope is not a .service"),
+    ("session-4.scope", {}, "unit session-4.scope is not a .service"),
     ("systemd-journald.service", {}, "protected unit (matches 'systemd-*')"),
     ("dbus-broker.service", {}, "protected unit (matches 'dbus*')"),
     ("serial-getty@ttyS0.service", {}, "protected unit (matches '*getty*')"),
     ("dovecot.service", {"protect": ["dovecot*", "postfix*"]}, "matches 'dovecot*'"),
-    ("user.slice", {}, "is not a .service or .scope"),
+    ("user.slice", {}, "is not a .service"),
     ("-rf", {}, "is not a unit name"),
 ])
 def test_stop_unit_refuses_protected_units(unit: str, settings: dict[str, object],

@@ -25,7 +25,7 @@ MIXED = [
     ("12,813,123456790,-;EXT4-fs (dm-0): Remounting filesystem read-only", "fs-readonly", "dm-0", 1),
     ("<4>[  200.000000] NETDEV WATCHDOG: eth0 (e1000e): transmit queue 0 timed out 5120 ms", "nic-tx-timeout", "eth0", None),
     ("2021-10-20T03:18:44,123456+00:00 possible SYN flooding on port 25. Sending cookies.", "syn-flood", "25", None),
-    ("Oct 20 03:18:44 mx1 logger: Out of memory: Killed process 1234 (dovecot) total-vm:1kB", "oom-kill", "dovecot", 1),
+    ("Oct 20 03:18:44 mx1 logger: Out of memory: Killed process 1234 (dovecot) total-vm:1kB, anon-rss:1kB", "oom-kill", "dovecot", 1),
     ("watchdog: BUG: soft lockup - CPU#3 stuck for 23s! [nfsd:1234]", "soft-lockup", "3", None),
     ("Oct 20 03:18:44 mx1 postfix/smtpd[123]: warning: unknown[203.0.113.9]: SASL LOGIN authentication failed: UGFzc3dvcmQ6", "auth-failure", "203.0.113.9", 1),
     ("Oct 20 03:18:44 mx1 dovecot: imap-login: Disconnected (auth failed, 1 attempts in 2 secs): user=<x>, method=PLAIN, rip=203.0.113.5, lip=192.0.2.1, session=<a>", "auth-failure", "203.0.113.5", 1),
@@ -122,12 +122,12 @@ def test_ten_megabyte_line(nodir: str, engine: str) -> None:
 
 
 def test_invalid_utf8(nodir: str) -> None:
-    data = b"\xff\xfe\xc3( nfs: server caf\xc3\xa9 not responding, still trying\n\xe9t\xe9\n"
+    data = b"nfs: server caf\xc3\xa9 not responding, still trying \xff\xfe\xc3(\n\xe9t\xe9\n"
     r = run_scan("-", "--json", "--signatures-dir", nodir, stdin=data)
     assert r.returncode == 0
     (g,) = json_lines(r.stdout)
     assert g["subject"] == "caf\u00e9"
-    assert g["text"].startswith("\ufffd\ufffd\ufffd(")
+    assert g["text"].endswith("\ufffd\ufffd\ufffd(")
     assert b"2 with invalid UTF-8 (replaced)" in r.stderr
 
 

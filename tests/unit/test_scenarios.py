@@ -183,14 +183,106 @@ def test_spoofed_kernel_line_is_reported_never_acted_on() -> None:
     assert findings and all(e.fields["trusted"] is False for e in findings)
     assert not kinds(timeline, "plan")
     assert not kinds(timeline, "outcome")
-    denials = kinds(timeline, "verdict", allow=False)
-    assert denials and {e.fields["guard"] for e in denials} == {"trust"}
-    assert len(kinds(timeline, "verdict", guard="trust")) == 1  # held, never proposed again
+    assert not kinds(timeline, "verdict")  # untrusted evidence is never even proposed
+
+
+# --------------------------------------------------------------------------- issue 7
+def test_oom_kill_once_is_one_restart_verified_and_no_page() -> None:
+    timeline = replay("oom_kill_once")
+    assert key_points(timeline) == [
+        ("finding", "oom-kill dovecot.service", True),
+        ("plan", "restart-service dovecot.service", True),
+        ("resolved", "oom-kill dovecot.service", True)]
+    [resolved] = kinds(timeline, "resolved")
+    assert resolved.t == 180  # verified 120 s after the restart: no new kill, unit active
+    assert "fixed by restart-service dovecot.service" in resolved.fields["evidence"][-1]
+    assert not kinds(timeline, "plan", action="page")  # no false "still firing" page
+
+
+def test_oom_kill_every_15_minutes_restarts_until_flapping_then_one_page() -> None:
+    timeline = replay("oom_kill_every_15")
+    restarts = kinds(timeline, "plan", action="restart-service")
+    assert [e.t for e in restarts] == [30, 930, 1830]  # a restart each time ...
+    flap = kinds(timeline, "verdict", guard="flapping", allow=False)
+    assert [e.t for e in flap] == [2730 + 900 * i for i in range(6)]  # ... until it stops
+    pages = kinds(timeline, "plan", action="page")
+    assert [(e.t, e.fields["problem"]) for e in pages] == [(2730, "oom-kill")]  # one page
+    assert "came back after 3 fixes" in pages[0].fields["reason"]
+    folded = kinds(timeline, "verdict", guard="fold", allow=False)
+    assert folded and all("folded into the page" in e.fields["reason"] for e in folded)
+    # every kill is an episode of its own: it fires, and it ends
+    assert len(kinds(timeline, "finding", problem="oom-kill")) == 9
+    assert len(kinds(timeline, "resolved", problem="oom-kill")) == 9
+
+
+def test_attack_process_names_never_name_a_unit_and_junk_spends_nothing() -> None:
+    timeline = replay("attack_oom")
+    plans = kinds(timeline, "plan")
+    # no unit named by a process, nothing restarted for the user's kills: pages only
+    assert {e.fields["action"] for e in plans if e.fields["problem"].startswith("oom-kill")
+            } == {"page"}
+    assert not [e for e in plans if e.fields["action"] != "page"
+                and e.fields["problem"] != "imap-down"]
+    problems = {(e.fields["problem"], e.fields["subject"]) for e in kinds(timeline, "finding")}
+    assert ("oom-kill-no-unit", "user-1000.slice") in problems
+    assert ("oom-kill-no-unit", "ambiguous report") in problems  # the smuggled task_memcg
+    assert not [p for p in problems if p[0] == "oom-kill"]
+    # 32 junk kills fold into one page per where; the real RAID page still goes out
+    junk_pages = [e for e in plans if e.fields["finding_subject"] == "user-1000.slice"]
+    assert len(junk_pages) == 1
+    assert kinds(timeline, "plan", action="page", problem="raid-degraded")
+    # and the restart budget a real IMAP outage needs is untouched
+    assert [e.fields["subject"] for e in kinds(timeline, "plan", action="restart-service")] == [
+        "dovecot.service"]
+    assert not kinds(timeline, "verdict", guard="budget", allow=False)
+
+
+def test_attack_mail_log_injection_blocks_no_chosen_address_restarts_nothing() -> None:
+    timeline = replay("attack_mail")
+    blocks = kinds(timeline, "plan", action="block-addresses")
+    assert [e.fields["subject"] for e in blocks] == ["203.0.113.50"]  # the real flood only
+    # neither the address a HELO named nor the one a user name forged is a subject or argv
+    subjects = {e.fields["subject"] for e in timeline if e.kind in ("plan", "finding")}
+    assert not {"192.0.2.1", "198.51.100.250"} & subjects
+    argv = [x for e in kinds(timeline, "plan") for step in e.fields["steps"] for x in step]
+    assert "192.0.2.1" not in argv and "198.51.100.250" not in argv
+    assert not kinds(timeline, "finding", problem="spamfilter-loop")
+    assert not kinds(timeline, "plan", action="restart-service")
+    # the backend failing is the server's fault: a finding of its own, a page ...
+    [failing] = kinds(timeline, "finding", problem="auth-service-failing")
+    assert failing.fields["subject"] == "dovecot-auth"
+    assert kinds(timeline, "plan", action="page", problem="auth-service-failing")
+    # ... no address is blamed for it, and the flood ladder holds meanwhile
+    flood = kinds(timeline, "finding", problem="auth-flood")
+    assert [e.fields["subject"] for e in flood] == ["203.0.113.50", "203.0.113.77"]
+    assert not kinds(timeline, "plan", action="block-addresses", finding_subject="203.0.113.77")
+
+
+def test_attack_forged_kernel_lines_change_no_plan() -> None:
+    timeline = replay("attack_forged")
+    # a file named like another signature's line, at the end of a real segfault line
+    assert not kinds(timeline, "finding", problem="fs-error")
+    assert not kinds(timeline, "finding", problem="raid-degraded")
+    # a forged `task nfsd` beside a real hung jbd2 task: the hang is jbd2's, no nfs restart
+    [hang] = kinds(timeline, "finding", problem="storage-hang")
+    assert (hang.fields["subject"], hang.fields["trusted"]) == ("jbd2/dm-0-8", True)
+    early = [e for e in kinds(timeline, "plan") if e.t < 900]
+    assert early == []
+    assert not kinds(timeline, "plan", action="node-restart")
+    # a forged line first, then the real one: answered as if the forged had never been
+    [restart] = kinds(timeline, "plan", action="restart-service")
+    assert (restart.t, restart.fields["subject"]) == (1030, "nfs-server.service")
+    assert restart.fields["reason"].startswith("rung 1 of 2")
 
 
 def test_every_shipped_scenario_has_a_test() -> None:
-    names = sorted(p.name.split("_")[0] for p in SCENARIOS.glob("*.jsonl"))
-    assert names == ["000", "001", "002", "003", "004", "flapping", "spoofed"]
+    names = sorted(p.name.removesuffix(".jsonl") for p in SCENARIOS.glob("*.jsonl"))
+    assert names == ["000_storage_kernel_hang", "001_auth_flood_dos",
+                     "002_rspamd_processing_loop", "003_provisioning_script_runaway",
+                     "004_degraded_cloud_hardware", "attack_forged_kernel_lines",
+                     "attack_mail_log_injection", "attack_oom_process_names",
+                     "flapping_fix_does_not_stick", "oom_kill_every_15_min", "oom_kill_once",
+                     "spoofed_kernel_line"]
 
 
 # --------------------------------------------------------------------------- modes, CLI
@@ -202,12 +294,13 @@ def test_observe_mode_plans_nothing_and_reports_every_finding() -> None:
 
 
 def test_simulate_json_lines_carry_t_kind_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
-    path = next(SCENARIOS.glob("spoofed*.jsonl"))
+    path = next(SCENARIOS.glob("attack_forged*.jsonl"))
     code = cli_main(["simulate", str(path), "--json", "--config", str(SCENARIOS / "isolated.toml")])
     assert code == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert lines[0]["t"] == 20 and lines[0]["kind"] == "finding"
     assert lines[0]["problem"] == "hung-task" and lines[0]["subject"] == "nfsd"
+    assert lines[0]["trusted"] is False
     verdict = next(x for x in lines if x["kind"] == "verdict")
     assert {"action", "guard", "allow", "reason"} <= set(verdict)
 
@@ -259,4 +352,4 @@ def test_simulate_cli_refuses_a_bad_host_config_with_key_and_reason(
                    '{"t": 0, "kmsg": "x"}\n')
     code = cli_main(["simulate", str(bad), "--config", str(SCENARIOS / "isolated.toml")])
     assert code == 2
-    assert "guards.cooldown.default_s: must be a number" in capsys.readouterr().err
+    assert "guards.cooldown.default_s: must be a finite number" in capsys.readouterr().err

@@ -35,8 +35,10 @@ def test_round_trip_across_instances(tmp_path: Path) -> None:
     assert again.maintenance(T0 + 7200) is None
     assert again.ladders() == {"version": 1, "positions": []}
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "approvals.json", "history.json", "history.lock", "ladders.json",
+        "approvals.json", "history.jsonl", "history.lock", "ladders.json",
         "maintenance.json"]  # no tmp left
+    lines = (tmp_path / "history.jsonl").read_text().splitlines()
+    assert [json.loads(x)["kind"] for x in lines] == ["execution", "fix"]
 
 
 def test_two_processes_appending_lose_nothing(tmp_path: Path) -> None:
@@ -57,10 +59,36 @@ def test_history_is_pruned_by_age(tmp_path: Path) -> None:
     s = SafetyState(tmp_path, now=T0, retain_s=100)
     s.record_execution("page", "a", T0)
     s.record_execution("page", "b", T0 + 150)
-    assert [e.subject for e in SafetyState(tmp_path, now=T0 + 150).executions()] == ["b"]
+    assert [e.subject for e in SafetyState(tmp_path, now=T0 + 150, retain_s=100).executions()
+            ] == ["b"]
+    assert len((tmp_path / "history.jsonl").read_text().splitlines()) == 1  # compacted
 
 
-@pytest.mark.parametrize("name", ["approvals.json", "maintenance.json", "ladders.json"])
+def test_an_append_from_another_process_is_read_incrementally(tmp_path: Path) -> None:
+    daemon = SafetyState(tmp_path, now=T0)
+    assert daemon.refresh(T0) == []  # the first refresh only records what is there
+    daemon.record_execution("restart-service", "dovecot", T0, target="dovecot.service")
+    assert daemon.refresh(T0) == []  # its own append is not news
+    operator = SafetyState(tmp_path, now=T0 + 1)
+    operator.record_execution("restart-service", "dovecot.service", T0 + 1, origin="operator")
+    assert daemon.refresh(T0 + 2) == ["history.jsonl"]
+    assert [e.target for e in daemon.executions(action="restart-service")] == [
+        "dovecot.service", "dovecot.service"]  # one unit, however it was spelt
+
+
+def test_the_earlier_history_format_is_converted(tmp_path: Path) -> None:
+    (tmp_path / "history.json").write_text(json.dumps({"version": 1, "executions": [
+        {"action": "node-restart", "subject": "nas1", "t": T0, "problem": "storage-hang"}],
+        "fixes": [{"problem": "storage-hang", "subject": "nfsd", "t": T0 + 5}]}))
+    s = SafetyState(tmp_path, now=T0 + 10)
+    assert s.history_fault is None and s.problems == []
+    assert [(e.action, e.target) for e in s.executions()] == [("node-restart", "nas1")]
+    assert len(s.fixes("storage-hang", "nfsd")) == 1
+    assert not (tmp_path / "history.json").exists()
+    assert SafetyState(tmp_path, now=T0 + 11).executions()  # the journal has them now
+
+
+@pytest.mark.parametrize("name", ["approvals.json", "ladders.json"])
 @pytest.mark.parametrize("content", [b'{"approvals": [', b"\xff\xfe", b"[1, 2]", b""])
 def test_corrupt_soft_state_is_reported_kept_aside_and_starts_clean(
     tmp_path: Path, name: str, content: bytes
@@ -70,36 +98,81 @@ def test_corrupt_soft_state_is_reported_kept_aside_and_starts_clean(
     assert len(s.problems) == 1 and name in s.problems[0]
     assert s.history_fault is None
     assert (tmp_path / f"{name}.corrupt-{int(T0)}").read_bytes() == content
-    assert s.approvals(T0) == [] and s.maintenance(T0) is None and s.ladders() == {}
+    assert s.approvals(T0) == [] and s.ladders() == {}
 
 
 @pytest.mark.parametrize("content", [
-    b'{"version": 1, "executions": [{"action": "node-res',   # truncated by a crash
-    b'{"version": 1, "executions": [{"action": 3}], "fixes": []}',  # bad entry
-    b'{"version": 1}',                                          # missing lists
+    b'{"since": 1790000000.0, "until": 17', b"\xff\xfe", b"[1, 2]", b"",
+    b'{"since": 1790000000.0, "until": NaN, "reason": "x"}',  # a NaN flag never ends
+    b'{"since": "yesterday", "until": 1790009999.0, "reason": "x"}',
 ])
-def test_corrupt_history_denies_disruptive_actions_until_cleared(
+def test_a_corrupt_maintenance_file_fails_closed_until_an_operator_sets_it(
     tmp_path: Path, content: bytes
 ) -> None:
-    (tmp_path / "history.json").write_bytes(content)
-    for i in range(2):  # the fault survives an agent restart, though history.json is new
+    (tmp_path / "maintenance.json").write_bytes(content)
+    for _ in range(2):  # the file is left in place: the fault survives an agent restart
+        s = SafetyState(tmp_path, now=T0)
+        assert s.maintenance_fault is not None and any("maintenance" in p for p in s.problems)
+        chain = build_chain(GuardSettings(), mode="enforce", state=s)
+        result = chain.evaluate(proposal("restart-service", "dovecot.service"), T0)
+        [v] = [v for v in result.verdicts if v.guard == "maintenance"]
+        assert not v.allow and "counts as on" in v.reason
+        assert result.page is not None and "maintenance" in result.page
+        assert chain.evaluate(proposal("page", "x"), T0).allowed  # a person is paged
+    assert (tmp_path / "maintenance.json").read_bytes() == content
+    s.clear_maintenance()  # `nodewarden maintenance off`
+    s2 = SafetyState(tmp_path, now=T0)
+    assert s2.maintenance_fault is None
+    assert build_chain(GuardSettings(), mode="enforce", state=s2).evaluate(
+        proposal("restart-service", "dovecot.service"), T0).allowed
+
+
+GOOD_LINE = json.dumps({"kind": "execution", "action": "node-restart", "subject": "nas1",
+                        "t": T0 - 10, "problem": "storage-hang"})
+
+
+@pytest.mark.parametrize("bad", [
+    b'{"kind": "execution", "action": "node-res',            # torn by a crash
+    b'{"kind": "execution", "action": 3, "subject": "x", "t": 1}',  # bad entry
+    b'{"kind": "execution", "action": "x", "subject": "x", "t": NaN}',
+    b'{"kind": "mystery", "t": 1}',
+    b"\xff\xfe garbage",
+    b"[" * 100000,                                            # a nesting bomb
+])
+def test_a_corrupt_history_keeps_its_valid_entries_and_fails_closed_until_cleared(
+    tmp_path: Path, bad: bytes
+) -> None:
+    (tmp_path / "history.jsonl").write_bytes(
+        GOOD_LINE.encode() + b"\n" + bad + b"\n" + GOOD_LINE.encode() + b"\n")
+    for i in range(2):  # the fault survives an agent restart
         s = SafetyState(tmp_path, now=T0)
         assert s.history_fault is not None and "history" in s.history_fault.reason
+        assert len(s.executions(action="node-restart")) == 2  # the valid entries count
         chain = build_chain(GuardSettings(), mode="enforce", state=s)
-        result = chain.evaluate(proposal("node-restart", "nas1", disruptive=True), T0)
-        [v] = [v for v in result.verdicts if v.guard == "budget"]
-        assert not v.allow and "clear-history" in v.reason
-        assert result.page is not None
+        for p in (proposal("node-restart", "nas1", disruptive=True),
+                  proposal("restart-service", "dovecot.service")):  # budgeted, too
+            result = chain.evaluate(p, T0)
+            [v] = [v for v in result.verdicts if v.guard == "budget"]
+            assert not v.allow and "clear-history" in v.reason
+            assert result.page is not None
         assert chain.evaluate(proposal("page", f"x{i}"), T0).allowed  # a person is paged
         s.record_execution("page", f"x{i}", T0)  # new history is kept meanwhile
-    assert any(p.name.startswith("history.json.corrupt-") for p in tmp_path.iterdir())
+    assert any(p.name.startswith("history.jsonl.corrupt-") for p in tmp_path.iterdir())
     s.clear_history_fault()
     s2 = SafetyState(tmp_path, now=T0)
     assert s2.history_fault is None and len(s2.executions(action="page")) == 2
+    assert len(s2.executions(action="node-restart")) == 2
     chain = build_chain(GuardSettings(), mode="enforce", state=s2)
-    [v] = [v for v in chain.evaluate(proposal("node-restart", "nas1", disruptive=True),
+    [v] = [v for v in chain.evaluate(proposal("restart-service", "dovecot.service"),
                                      T0).verdicts if v.guard == "budget"]
     assert v.allow
+
+
+def test_a_corrupt_legacy_history_faults_too(tmp_path: Path) -> None:
+    (tmp_path / "history.json").write_bytes(b'{"version": 1, "executions": [{"action": "no')
+    s = SafetyState(tmp_path, now=T0)
+    assert s.history_fault is not None
+    assert any(p.name.startswith("history.json.corrupt-") for p in tmp_path.iterdir())
 
 
 def test_approval_for_any_subject_and_validation(tmp_path: Path) -> None:
@@ -115,13 +188,16 @@ def test_approval_for_any_subject_and_validation(tmp_path: Path) -> None:
 def test_write_failure_raises_and_keeps_old_state(tmp_path: Path) -> None:
     s = SafetyState(tmp_path, now=T0)
     s.record_execution("page", "a", T0)
-    before = (tmp_path / "history.json").read_bytes()
-    blocker = tmp_path / ".history.json.tmp"
-    blocker.mkdir()  # the tmp file cannot be created: a write that fails
-    with pytest.raises(StateError, match=r"cannot write .*history\.json.*previous state is kept"):
+    before = (tmp_path / ".approvals.json.tmp")
+    before.mkdir()  # the tmp file cannot be created: a write that fails
+    with pytest.raises(StateError, match=r"cannot write .*approvals\.json.*previous state"):
+        s.approve("page", "b", T0, 60)
+    assert s.approvals(T0) == []  # memory agrees with disk
+    (tmp_path / "history.jsonl").unlink()
+    (tmp_path / "history.jsonl").mkdir()  # the journal cannot be opened for writing
+    with pytest.raises(StateError, match=r"cannot write .*history\.jsonl"):
         s.record_execution("page", "b", T0 + 1)
-    assert [e.subject for e in s.executions()] == ["a"]  # memory agrees with disk
-    assert (tmp_path / "history.json").read_bytes() == before
+    assert [e.subject for e in s.executions()] == ["a"]
 
 
 @pytest.fixture

@@ -34,6 +34,7 @@ from agent.daemon_sources import Sources
 from agent.model import MetricSample, Observation, Outcome
 from agent.pipeline_api import Decision, Event, Pipeline
 from agent.report.audit import AUDIT_FILE, AuditLog
+from agent.report.text import printable
 from agent.watchdog import Notifier, WatchdogPinger, status_message
 from agent.workers import WakeupPipe, Worker
 
@@ -496,7 +497,12 @@ def _decision_part(config: Config) -> dict[str, Any]:
 
 
 def describe(event: Event) -> str:
-    """One log line that says what happened and why."""
+    """One log line that says what happened and why (control characters in the text of
+    others, a process or user name, show as \\xNN: agent/report/text.py)."""
+    return printable(_describe(event))
+
+
+def _describe(event: Event) -> str:
     f = event.fields
     kind = event.kind
     if kind == "note":

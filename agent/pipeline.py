@@ -325,7 +325,10 @@ class DecisionPipeline:
         firing = self.detectors.active()
         for _ in range(MAX_STEPS):
             queue = list(self.policy.step(firing, now))
-            events += self._end_episodes(now)
+            ended = self._end_episodes(now)
+            if ended:  # an episode the policy just ended must not be proposed again
+                events += ended
+                firing = self.detectors.active()
             if not queue:
                 break
             while queue:
@@ -461,6 +464,15 @@ class DecisionPipeline:
         if lease is not None and not keep:
             self._release(lease)
         events = [outcome_event(decision, outcome, now)]
+        if decision.plan.action == "page" and outcome.executed and not outcome.ok:
+            # a page that did not go out is tried again (the ladder retries its page rung
+            # after retry_s; a guard's page on its next deny), and nothing folds into it
+            fold = self.chain.fold
+            if fold is not None:
+                fold.failed(decision.proposal)
+            self._paged.discard((decision.proposal.problem, decision.proposal.finding_subject))
+            events.append(note_event(f"page {decision.plan.subject} FAILED: "
+                                     f"{outcome.detail}; it will be tried again", now))
         for warning in self.policy.warnings:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()

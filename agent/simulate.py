@@ -54,6 +54,7 @@ from agent.model import (
 )
 from agent.pipeline import build_pipeline
 from agent.pipeline_api import Event
+from agent.report.text import printable
 from agent.sources.metrics import METRICS
 
 #: where the simulated clock starts unless the host line says `start` (fixed: reproducible)
@@ -467,7 +468,11 @@ def clock_text(t: float) -> str:
 
 
 def render(event: Event) -> str:
-    """One human line of the timeline."""
+    """One human line of the timeline (control characters shown as \\xNN)."""
+    return printable(_render(event))
+
+
+def _render(event: Event) -> str:
     f = event.fields
     head = f"{clock_text(event.t):>9}  {event.kind:<8}"
     if event.kind in ("finding", "resolved"):

@@ -147,6 +147,7 @@ def _main(args: argparse.Namespace) -> int:
         params=MappingProxyType(dict(params)), disruptive=bool(module.DISRUPTIVE),
         needs_lease=bool(module.NEEDS_LEASE), origin="operator", finding_subject=subject,
         reason=f"operator request by {_who()}",
+        target=remediations.target_of(args.action, subject, params),
     )
     result = chain.evaluate(proposal, now)
     report: dict[str, Any] = {
@@ -159,7 +160,8 @@ def _main(args: argparse.Namespace) -> int:
     if args.execute and result.allowed:
         try:
             state.record_execution(args.action, subject, now, problem="operator",
-                                   finding_subject=subject, origin="operator")
+                                   finding_subject=subject, origin="operator",
+                                   target=proposal.acted_on)
         except Exception as exc:  # StateError: it could not be counted, so it does not run
             report["allowed"] = False
             report["verdicts"].append({"guard": "budget", "allow": False,

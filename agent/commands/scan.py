@@ -13,6 +13,7 @@ from agent.config import DEFAULT_SIGNATURES_DIR
 from agent.detect.catalog import load_catalog
 from agent.detect.matcher import Matcher
 from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats, scan_stream
+from agent.report.text import printable
 
 HELP = (
     "Scan a kernel or mail log (FILE, or - for stdin) for known failure signatures: one "
@@ -37,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 #: control characters (binary input) are shown escaped in the text form, never raw
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127) if c != 9}
 
 
 def render(hit: ScanHit, as_json: bool) -> str:
@@ -50,8 +50,8 @@ def render(hit: ScanHit, as_json: bool) -> str:
             "groups": dict(m.groups), "truncated": m.line.truncated,
         }, ensure_ascii=False)
     tag = f"[{m.signature}]" + (" RECOVERY" if m.recovery else "")
-    text = m.line.text.translate(_CONTROL)
-    return f"{hit.line_no} {m.problem} {m.subject.translate(_CONTROL)} {tag} {text}"
+    text = printable(m.line.text)
+    return f"{hit.line_no} {m.problem} {printable(m.subject)} {tag} {text}"
 
 
 def _scan(stream: BinaryIO, matcher: Matcher, as_json: bool) -> ScanStats:

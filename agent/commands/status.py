@@ -159,6 +159,25 @@ def collect(config: Any, now: float) -> dict[str, Any]:
 
 
 def render(s: dict[str, Any]) -> str:
+    """The status for a terminal (control characters in others' text shown as \\xNN)."""
+    return _render(_printable(s))
+
+
+def _printable(value: Any) -> Any:
+    """Every string in the status, its control characters shown as \\xNN (a subject
+    holds a process or user name: a terminal escape there would rewrite the screen)."""
+    from agent.report.text import printable
+
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {k: _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
+def _render(s: dict[str, Any]) -> str:
     from agent.guards.base import iso, span
 
     lines = [f"{s['host']} ({s['role']}, mode {s['mode']}; state {s['state_dir']})"]

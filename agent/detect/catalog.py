@@ -33,7 +33,10 @@ of the line, where the fixed fields after a client-supplied one are), never on a
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -561,6 +564,28 @@ def _builtin_files() -> Iterator[tuple[str, bytes]]:
             yield f"agent/signatures/{entry.name}", entry.read_bytes()
 
 
+#: a signature file is a few KiB; anything this big is not one
+MAX_SIGNATURE_FILE = 4 << 20
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_SIGNATURE_FILE; OSError otherwise (a
+    FIFO would block `check` for ever, /dev/zero would fill memory)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        if st.st_size > MAX_SIGNATURE_FILE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_SIGNATURE_FILE >> 20} MiB")
+        data = os.read(fd, MAX_SIGNATURE_FILE + 1)
+        if len(data) > MAX_SIGNATURE_FILE:
+            raise OSError(errno.EFBIG, f"larger than {MAX_SIGNATURE_FILE >> 20} MiB")
+        return data
+    finally:
+        os.close(fd)
+
+
 def _user_files(user_dir: Path) -> Iterator[tuple[str, bytes | OSError]]:
     try:
         paths = sorted(user_dir.glob("*.toml"))
@@ -569,7 +594,7 @@ def _user_files(user_dir: Path) -> Iterator[tuple[str, bytes | OSError]]:
         return
     for path in paths:
         try:
-            yield str(path), path.read_bytes()
+            yield str(path), _read_regular(path)
         except OSError as exc:
             yield str(path), exc
 

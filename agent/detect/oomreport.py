@@ -13,7 +13,9 @@ to restart after an OOM kill is read only from the report the kernel prints for 
 The summary line is parsed whole against the kernel's format (mm/oom_kill.c
 dump_oom_summary / dump_oom_victim, kernel/cgroup/cpuset.c, mm/memcontrol.c
 mem_cgroup_print_oom_context), so a separator inside a name (a comma in a cgroup, a cpuset
-or a task name) makes the report ambiguous rather than splitting it differently. The kill
+or a task name) makes the report ambiguous rather than splitting it differently; and a
+summary long enough to have been cut by the kernel's record size is ambiguous too
+(MAX_SUMMARY_CHARS: the kernel prints it in pieces, and a full record ends early). The kill
 line must name the same pid, within REPORT_WINDOW_S of the summary. Only then, and only
 for a task in a `.service` directly under `/system.slice/` (or a sub-slice of it:
 `system-getty.slice/getty@tty1.service`) — a unit root started — is the finding
@@ -49,6 +51,12 @@ UNPLACED = "oom-kill-no-unit"
 REPORT_WINDOW_S = 10.0
 #: summaries waiting for their kill line (a bound, not a tuning knob)
 MAX_PENDING = 64
+#: a summary this long may have been split: the kernel ends a record that is full (992 or
+#: 1024 bytes) and carries the next piece over to a new one, so a user who pads a cgroup
+#: name of its own can make a record end in text it chose (`...,task_memcg=/system.slice/
+#: dovecot.service,task=x,pid=N,uid=0`). A genuine summary with unit paths is a few
+#: hundred characters; one this long is ambiguous.
+MAX_SUMMARY_CHARS = 768
 
 _LIST = r"(?:\(null\)|[0-9,-]*)"
 _SUMMARY = re.compile(
@@ -74,7 +82,10 @@ class Summary:
 
 
 def parse_summary(text: str) -> Summary | None:
-    """The summary line of an OOM report, when it has exactly the kernel's format."""
+    """The summary line of an OOM report, when it has exactly the kernel's format and is
+    short enough that the kernel cannot have split it (MAX_SUMMARY_CHARS)."""
+    if len(text) >= MAX_SUMMARY_CHARS:
+        return None
     m = _SUMMARY.fullmatch(text)
     if m is None:
         return None

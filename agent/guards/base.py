@@ -74,8 +74,12 @@ class NoCoordinator:
 
 
 def iso(t: float) -> str:
-    """UTC time to the minute, as reasons print it: 2026-11-26T03:10Z."""
-    return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
+    """UTC time to the minute, as reasons print it: 2026-11-26T03:10Z (a time no calendar
+    holds, from a configured window of 1e20 s, is said, never raised)."""
+    try:
+        return time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime(t))
+    except (OverflowError, ValueError, OSError):
+        return "never" if t > 0 else "the beginning of time"
 
 
 def span(seconds: float) -> str:
@@ -158,6 +162,8 @@ class PageFold(Protocol):
     def annotate(self, proposal: Proposal) -> str: ...
 
     def sent(self, proposal: Proposal, now: float) -> None: ...
+
+    def failed(self, proposal: Proposal) -> None: ...
 
 
 class GuardChain:

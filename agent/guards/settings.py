@@ -47,6 +47,8 @@ DEFAULT_COOLDOWNS: Mapping[str, float] = MappingProxyType({
 #: one page per problem and subject per this long (Alertmanager's repeat_interval)
 DEFAULT_FOLD_S = 14400.0
 BUDGET_PER = ("problem", "host")
+#: no guard window is longer than a year (a typo such as 1e20 is refused, not lived with)
+YEAR_S = 366 * 86400.0
 
 
 @dataclass(frozen=True)
@@ -93,13 +95,14 @@ def parse_guards(top: Section) -> GuardSettings:
     maint.finish()
 
     cool = g.table("cooldown")
-    default_s = cool.number("default_s", d.cooldown_s, minimum=0.0)
+    default_s = cool.number("default_s", d.cooldown_s, minimum=0.0, maximum=YEAR_S)
     cooldowns = dict(d.cooldowns)
     for a in [k for k in cool.raw if k != "default_s"]:
         if a == "page":
             cool.refuse(a, "pages are not cooled down: they are folded ([guards.page] fold_s)")
         elif _action_key(cool, a):
-            cooldowns[a] = cool.number(a, cooldowns.get(a, default_s), minimum=0.0)
+            cooldowns[a] = cool.number(a, cooldowns.get(a, default_s), minimum=0.0,
+                                       maximum=YEAR_S)
     cool.finish()
 
     bud = g.table("budget")
@@ -113,7 +116,8 @@ def parse_guards(top: Section) -> GuardSettings:
         if _action_key(bud, a):
             old = budgets.get(a, Budget(0, 3600.0))
             budgets[a] = Budget(sub.integer("max", old.max, minimum=0),
-                                sub.number("window_s", old.window_s, minimum=1.0),
+                                sub.number("window_s", old.window_s, minimum=1.0,
+                                           maximum=YEAR_S),
                                 sub.choice("per", BUDGET_PER, old.per))
             if not sub.has("max"):
                 sub.error("max", "is required")
@@ -126,15 +130,15 @@ def parse_guards(top: Section) -> GuardSettings:
 
     flap = g.table("flapping")
     max_fixes = flap.integer("max_fixes", d.flapping_max_fixes, minimum=1)
-    flap_window = flap.number("window_s", d.flapping_window_s, minimum=1.0)
+    flap_window = flap.number("window_s", d.flapping_window_s, minimum=1.0, maximum=YEAR_S)
     flap.finish()
 
     lease = g.table("lease")
-    ttl = lease.number("ttl_s", d.lease_ttl_s, minimum=10.0)
+    ttl = lease.number("ttl_s", d.lease_ttl_s, minimum=10.0, maximum=YEAR_S)
     lease.finish()
 
     appr = g.table("approval")
-    appr_ttl = appr.number("ttl_s", d.approval_ttl_s, minimum=1.0)
+    appr_ttl = appr.number("ttl_s", d.approval_ttl_s, minimum=1.0, maximum=YEAR_S)
     appr.finish()
     g.finish()
     return GuardSettings(

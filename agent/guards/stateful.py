@@ -177,6 +177,7 @@ class PageFoldGuard:
         self.state = state
         self.fold_s = fold_s
         self._sent: dict[tuple[str, str], float] = {}
+        self._before: dict[tuple[str, str], float | None] = {}
         self._folded: dict[tuple[str, str], int] = {}
         self._last_fold: dict[tuple[str, str], float] = {}
         self._seeded = False
@@ -219,9 +220,21 @@ class PageFoldGuard:
 
     def sent(self, proposal: Proposal, now: float) -> None:
         key = self.key(proposal)
+        self._before[key] = self._sent.get(key)
         self._sent[key] = now
         self._folded.pop(key, None)
         self._last_fold[key] = now  # a page sent in this cycle: its twin is no repeat
+
+    def failed(self, proposal: Proposal) -> None:
+        """The page did not go out (the paging command failed): nothing folds into it,
+        and the next try is not a repeat."""
+        key = self.key(proposal)
+        before = self._before.pop(key, None)
+        if before is None:
+            self._sent.pop(key, None)
+        else:
+            self._sent[key] = before
+        self._last_fold.pop(key, None)
 
 
 class ApprovalGuard:

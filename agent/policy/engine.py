@@ -331,7 +331,10 @@ class Policy:
             pos.executed = True
             pos.fix_action, pos.fix_subject = proposal.action, proposal.subject
             pos.fix_params, pos.fix_target = dict(proposal.params), proposal.acted_on
-        if outcome == "failed":
+        if outcome == "failed" and proposal.action == "page" and ladder is not None:
+            # a page that did not go out is tried again after retry_s, never climbed past
+            pos.next_rung, pos.due_at, pos.denied = proposal.rung, now + ladder.retry_s, True
+        elif outcome == "failed":
             pos.due_at, pos.failed = now, True  # it did not work: climb at the next step
         if outcome == "denied":
             recent = self._recent_run(proposal, ladder, now) if set(denied_by) == {

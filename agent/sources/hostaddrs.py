@@ -262,8 +262,23 @@ def _source_addresses(source: str) -> Iterator[str]:
             yield addr
 
 
+#: file systems any user may mount (fusermount) and name as they like (`-o fsname=`)
+USER_MOUNTABLE = ("fuse", "fuseblk")
+
+
+def _mounted_by_root(fstype: str, options: str) -> bool:
+    """A FUSE mount counts only when root mounted it (`user_id=0`, which the kernel
+    sets to the mounting user's uid): a user's own FUSE mount may name any "server", and
+    must not make an address unblockable (glusterfs, mounted by root, still counts)."""
+    if fstype.split(".", 1)[0] not in USER_MOUNTABLE:
+        return True
+    return "user_id=0" in options.split(",")
+
+
 def mount_servers(root: Path) -> Iterator[tuple[str, str]]:
     for fstype, source, point, options in _mounts(root):
+        if not _mounted_by_root(fstype, options):
+            continue
         reason = f"server of the {_printable(fstype)} mount {_printable(point)}"
         seen: list[str] = []
         for addr in (*_option_addresses(options), *_source_addresses(source)):

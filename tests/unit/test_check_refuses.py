@@ -5,6 +5,7 @@ not what they claim, and every value a remediation would refuse only when it pla
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,11 @@ BAD: list[tuple[str, str, str, str, str]] = [
      "actions.failover-service.haproxy_server", "BACKEND/SERVER"),
     ("a page budget (pages always go out)", "", "[guards.budget.page]\nmax = 5\n",
      "guards.budget.page", "never budgeted"),
+    ("a cooldown of 1e20 s (it crashed the first denial)", "",
+     "[guards.cooldown]\ndefault_s = 1e20\n", "guards.cooldown.default_s", "at most"),
+    ("a budget window of 1e20 s", "",
+     "[guards.budget.exec]\nmax = 1\nwindow_s = 1e20\n", "guards.budget.exec.window_s",
+     "at most"),
 ]
 
 
@@ -166,3 +172,22 @@ def test_a_scenario_with_nan_is_refused_with_its_line() -> None:
                               "<s>")
     with pytest.raises(Exception, match="finite"):
         scenario_config(scenario, str(ROOT / "tests/scenarios/isolated.toml"))
+
+
+@pytest.mark.parametrize("make", ["fifo", "dev-zero", "huge"])
+def test_a_signature_file_that_is_not_one_is_an_error_not_a_hang(
+        tmp_path: Path, make: str) -> None:
+    """A FIFO named *.toml used to block `check` for ever; /dev/zero filled memory."""
+    sigs = tmp_path / "signatures.d"
+    sigs.mkdir()
+    bad = sigs / "site.toml"
+    if make == "fifo":
+        os.mkfifo(bad)
+    elif make == "dev-zero":
+        bad.symlink_to("/dev/zero")
+    else:
+        bad.write_bytes(b"# " + b"x" * (5 << 20) + b"\n")
+    errors = errors_for(tmp_path, "")
+    [e] = [e for e in errors if e.file == str(bad)]
+    assert "cannot read" in e.reason
+    assert ("not a regular file" in e.reason) == (make != "huge")

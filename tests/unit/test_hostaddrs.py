@@ -203,8 +203,17 @@ MOUNTS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("lustre NIDs", mountinfo("/f", "lustre", "192.0.2.40@tcp:192.0.2.41@tcp1:/fs", "rw"),
      [("192.0.2.40", "server of the lustre mount /f"),
       ("192.0.2.41", "server of the lustre mount /f")]),
-    ("sshfs user@address", mountinfo("/g", "fuse.sshfs", "backup@192.0.2.4:/srv", "rw"),
+    ("sshfs user@address, mounted by root", mountinfo("/g", "fuse.sshfs",
+                                                      "backup@192.0.2.4:/srv",
+                                                      "rw,user_id=0,group_id=0"),
      [("192.0.2.4", "server of the fuse.sshfs mount /g")]),
+    # a user's own FUSE mount (fusermount sets user_id to the mounting user) may name any
+    # "server": it must not make an address unblockable (red-team M6)
+    ("a user's FUSE mount", mountinfo("/home/eve/m", "fuse.evil", "203.0.113.5@tcp:/x",
+                                      "rw,nosuid,nodev,user_id=1000,group_id=1000"), []),
+    ("a user's FUSE mount naming an NFS-like source",
+     mountinfo("/home/eve/n", "fuse", "203.0.113.6:/srv", "rw,user_id=1000,group_id=1000"),
+     []),
     ("escaped and control characters in the mount point",
      mountinfo("/srv/a\\040b\\012c", "nfs", "192.0.2.5:/x", "rw"),
      [("192.0.2.5", "server of the nfs mount /srv/a b?c")]),

@@ -46,6 +46,11 @@ def test_the_summary_is_parsed_in_the_kernels_format(line: str, pid: str,
     "ssh.service,mems_allowed=0,global_oom,task_memcg=/user.slice,task=x,pid=5,uid=0",
     # a report split by a concurrent printk (pr_cont)
     "oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom",
+    # a record the kernel ended because it was full: the user padded its own oom_memcg so
+    # that the record ends in text it chose (the real `,task_memcg=` went to a new record)
+    "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+    "oom_memcg=/user.slice/user-1000.slice/user@1000.service/" + "p" * 800
+    + "/a,task_memcg=/system.slice/dovecot.service,task=x,pid=5,uid=0",
 ])
 def test_a_summary_with_a_separator_inside_a_name_is_not_parsed(line: str) -> None:
     assert parse_summary(line) is None

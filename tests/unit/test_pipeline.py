@@ -3,8 +3,13 @@ guards and planning, driven the way the daemon drives it (observe, decide, compl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +20,10 @@ from agent.config import Config, parse_config
 from agent.detect.catalog import load_catalog
 from agent.detect.matcher import Matcher
 from agent.execute import Executor, RecordingRunner
-from agent.model import LogLine, MetricSample, Outcome, StepResult
+from agent.model import LogLine, MetricSample, Outcome, Step, StepResult
 from agent.pipeline import CYCLE_FILE, DecisionPipeline, build_pipeline
 from agent.pipeline_api import Decision, Event
-from agent.state import SafetyState, StateError
+from agent.state import SafetyState
 
 T0 = 1_790_000_000.0
 HUNG = "INFO: task nfsd:1234 blocked for more than 120 seconds."
@@ -378,24 +383,37 @@ def test_an_untrusted_oom_report_is_never_placed(tmp_path: Path) -> None:
     assert not of(run(p, clock, 5, OkRunner()), "plan")
 
 
-class FailingState:
-    """Wraps the pipeline's state so that the write-ahead record fails: a full disk."""
+@pytest.fixture
+def full_fs() -> Iterator[Path]:
+    """A 256 KiB tmpfs (unmounted and removed afterwards even on failure)."""
+    mnt = Path(tempfile.mkdtemp(prefix="nw-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "nwfull", str(mnt)],
+                   check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
 
-    def __init__(self, state: Any) -> None:
-        self._state = state
 
-    def record_execution(self, *args: Any, **kw: Any) -> Any:
-        raise StateError("cannot write /var/lib/nodewarden/history.jsonl: No space left on "
-                         "device (the previous state is kept)")
+def fill(directory: Path) -> None:
+    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"\0" * 4096)
+    finally:
+        os.close(fd)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._state, name)
 
-
-def test_a_write_ahead_that_fails_denies_the_action_and_the_page_says_so(
-        tmp_path: Path) -> None:
-    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
-    p.state = FailingState(p.state)  # type: ignore[assignment]
+@pytest.mark.realparts
+def test_on_a_full_state_disk_actions_are_denied_and_the_page_still_goes_out(
+        full_fs: Path) -> None:
+    """The write-ahead record applied to pages: a full state file system denied every
+    page. Now a page goes out (and says it could not be recorded); any other action whose
+    execution cannot be recorded does not run, and the page says why."""
+    p, clock, _ = make(full_fs, {"agent": {"mode": "enforce"}})
+    fill(full_fs)
     oom_kill(p, clock.now(), "/system.slice/dovecot.service", "dovecot", 812)
     events, decisions = p.decide(clock.now())
     [denied] = of(list(events), "verdict", action="restart-service", allow=False)
@@ -407,3 +425,49 @@ def test_a_write_ahead_that_fails_denies_the_action_and_the_page_says_so(
     assert "this page could not be recorded" in message
     notes = [e for e in events if e.kind == "note"]
     assert any("goes out anyway" in e.fields["text"] for e in notes)
+
+
+def test_an_episode_verified_over_is_not_proposed_again_in_the_same_cycle(
+        tmp_path: Path) -> None:
+    """The policy steps again in a cycle where another finding proposes something; the
+    finding whose episode just ended must not get a new position (red-team M7)."""
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}})
+    oom_kill(p, clock.now(), "/system.slice/dovecot.service", "dovecot", 812)
+    run(p, clock, 120, OkRunner())  # restarted; verified at +120 s, in the next cycle ...
+    oom_kill(p, clock.now(), "/system.slice/rspamd.service", "rspamd", 813)  # ... with this
+    events = run(p, clock, 2, OkRunner())
+    assert [(e.fields["action"], e.fields["subject"]) for e in of(events, "plan")] == [
+        ("restart-service", "rspamd.service")]
+    assert [e.fields["subject"] for e in of(events, "resolved")] == ["dovecot.service"]
+    assert not of(events, "verdict", allow=False)
+
+
+class PagerDownOnce:
+    """Runs every step OK, but the paging command fails the first time (a gateway down)."""
+
+    executes = True
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def run(self, step: Step) -> StepResult:
+        if step.argv[0] == "/usr/local/bin/page-oncall" and not self.failed:
+            self.failed = True
+            return StepResult(argv=step.argv, exit_code=1, duration_s=0.0,
+                              stderr="502 Bad Gateway")
+        return StepResult(argv=step.argv, exit_code=0, duration_s=0.0)
+
+
+def test_a_page_that_did_not_go_out_is_tried_again(tmp_path: Path) -> None:
+    """Red-team H5: a failed paging command used to be the end of it (the fold guard took
+    it as sent, and a page is the ladder's last rung)."""
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}, "actions": {"page": {
+        "command": ["/usr/local/bin/page-oncall", "{subject}"]}}})
+    p.observe(kline("md/raid1:md0: Disk failure on sdb1, disabling device.", clock.now()))
+    events = run(p, clock, 400, PagerDownOnce())
+    outcomes = of(events, "outcome", action="page")
+    assert [e.fields["ok"] for e in outcomes] == [False, True]
+    assert outcomes[1].t - outcomes[0].t == pytest.approx(300)  # the ladder's retry_s
+    assert any("FAILED" in e.fields["text"] and "tried again" in e.fields["text"]
+               for e in of(events, "note"))
+    assert not of(events, "verdict", guard="fold", allow=False)  # nothing folds into it

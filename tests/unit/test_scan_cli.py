@@ -180,3 +180,17 @@ def test_user_signature_is_used(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     (g,) = json_lines(r.stdout)
     assert (g["signature"], g["subject"]) == ("site.nas-gone", "/srv/mail")
+
+
+def test_terminal_escapes_in_others_text_are_shown_not_obeyed() -> None:
+    """A process name with `\\x1b[1A\\x1b[2K` (erase the line above) in a kernel record."""
+    from agent.pipeline_api import Event
+    from agent.report.text import printable
+    from agent.simulate import render
+
+    evil = "nfsd\x1b[1A\x1b[2K\rok"
+    assert printable(evil) == "nfsd\\x1b[1A\\x1b[2K\\x0dok"
+    line = render(Event(0.0, "finding", {"problem": "hung-task", "subject": evil,
+                                          "severity": "error", "trusted": True,
+                                          "evidence": [f"INFO: task {evil}:1 blocked"]}))
+    assert "\x1b" not in line and "\r" not in line and "\\x1b[2K" in line

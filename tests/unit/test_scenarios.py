@@ -258,6 +258,20 @@ def test_attack_mail_log_injection_blocks_no_chosen_address_restarts_nothing() -
     assert not kinds(timeline, "plan", action="block-addresses", finding_subject="203.0.113.77")
 
 
+def test_a_flood_that_overloads_auth_is_still_blocked_and_the_overload_pages() -> None:
+    """Red-team H6: the flood's own symptoms (auth workers queued, process_limit) used to
+    count as the auth service failing, which holds the flood ladder: incident 001 would
+    never have been blocked."""
+    timeline = replay("attack_flood_overloads")
+    [overload] = kinds(timeline, "finding", problem="auth-service-overloaded")
+    assert kinds(timeline, "plan", action="page", problem="auth-service-overloaded")
+    blocks = kinds(timeline, "plan", action="block-addresses", problem="auth-flood")
+    assert sorted(e.fields["subject"] for e in blocks) == [
+        "192.0.2.44", "198.51.100.7", "203.0.113.5"]
+    assert all(e.t > overload.t for e in blocks)  # blocked while the overload fires
+    assert not kinds(timeline, "finding", problem="auth-service-failing")
+
+
 def test_attack_forged_kernel_lines_change_no_plan() -> None:
     timeline = replay("attack_forged")
     # a file named like another signature's line, at the end of a real segfault line
@@ -279,7 +293,8 @@ def test_every_shipped_scenario_has_a_test() -> None:
     names = sorted(p.name.removesuffix(".jsonl") for p in SCENARIOS.glob("*.jsonl"))
     assert names == ["000_storage_kernel_hang", "001_auth_flood_dos",
                      "002_rspamd_processing_loop", "003_provisioning_script_runaway",
-                     "004_degraded_cloud_hardware", "attack_forged_kernel_lines",
+                     "004_degraded_cloud_hardware", "attack_flood_overloads_auth",
+                     "attack_forged_kernel_lines",
                      "attack_mail_log_injection", "attack_oom_process_names",
                      "flapping_fix_does_not_stick", "oom_kill_every_15_min", "oom_kill_once",
                      "spoofed_kernel_line"]

@@ -41,8 +41,8 @@ def test_kernel_problem_ids_are_exactly_the_issue_list() -> None:
 
 def test_mail_problems_present() -> None:
     mail = {s.problem for s in builtin().signatures if s.source == "log:mail"}
-    assert mail == {"auth-failure", "auth-service-failing", "mail-deferred",
-                    "mail-queue-warning", "spamfilter-error"}
+    assert mail == {"auth-failure", "auth-service-failing", "auth-service-overloaded",
+                    "mail-deferred", "mail-queue-warning", "spamfilter-error"}
 
 
 @pytest.mark.parametrize("sig_id", ALL_IDS)

@@ -38,7 +38,7 @@ import os
 import re
 import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -50,6 +50,7 @@ from typing import Any
 
 from agent.config import DEFAULT_SIGNATURES_DIR, ConfigError, parse_toml
 from agent.detect.linear import LinearRegex, encode
+from agent.detect.prefilter import literals_of, prefilter_pattern
 from agent.model import Severity
 from agent.sources.lineformat import parse_line
 from agent.sources.logrecord import parse_record
@@ -247,89 +248,6 @@ def regex_problems(parsed: Any) -> list[str]:
     return sorted(set(found))
 
 
-def _best(cands: list[list[str]]) -> list[str] | None:
-    """The alternative set whose shortest literal is longest (the most selective)."""
-    good = [c for c in cands if c and all(c)]
-    if not good:
-        return None
-    return max(good, key=lambda c: (min(map(len, c)), -len(c)))
-
-
-def _required(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
-    """A set of literals one of which every match of this sequence contains."""
-    cands: list[list[str]] = []
-    run: list[str] = []
-
-    def flush() -> None:
-        if run:
-            cands.append(["".join(run)])
-            run.clear()
-
-    for op, av in items:
-        if op is sre_c.LITERAL:
-            run.append(chr(av))
-            continue
-        if op is sre_c.AT:  # \b: zero-width, the literal run goes on
-            continue
-        flush()
-        if op is sre_c.SUBPATTERN:
-            sub = _required(av[-1])
-            if sub:
-                cands.append(sub)
-        elif op is sre_c.BRANCH:
-            alts = [_required(b) for b in av[1]]
-            if all(alts):
-                cands.append(sorted({x for a in alts if a for x in a}))
-        elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT) and av[0] >= 1:
-            sub = _required(av[2])
-            if sub:
-                cands.append(sub)
-    flush()
-    return _best(cands)
-
-
-def required_literals(regex: str) -> tuple[str, ...]:
-    """Literals one of which every match must contain (empty if none can be derived)."""
-    best = _required(sre_parse.parse(regex).data)
-    return tuple(best or ())
-
-
-def prefilter_pattern(regex: str) -> str:
-    """The pattern a prefilter searches for: the regex with every bounded repeat opened
-    (`{0,80}` -> `{0,}`) and without `$`. It matches wherever the regex does (a prefilter
-    may say "maybe" too often, never too rarely), and hyperscan compiles it in a fraction
-    of the time a large bounded repeat costs."""
-    out: list[str] = []
-    i, n, in_class = 0, len(regex), False
-    while i < n:
-        c = regex[i]
-        if c == "\\":
-            out.append(regex[i:i + 2])
-            i += 2
-            continue
-        if in_class:
-            in_class = c != "]" or (bool(out) and out[-1] in ("[", "[^"))
-        elif c == "[":
-            in_class = True
-            if regex[i + 1:i + 2] == "^":
-                out.append("[^")
-                i += 2
-                continue
-        elif c == "{":
-            m = _BOUNDED.match(regex, i)
-            if m is not None:
-                out.append("{" + m.group(1) + ",}")
-                i = m.end()
-                continue
-        elif c == "$":
-            i += 1
-            continue
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-_BOUNDED = re.compile(r"\{(\d+),\d+\}")
 #: the line database's flags (PREFILTER: hyperscan may approximate, the signature confirms)
 HYPERSCAN_FLAGS = ("HS_FLAG_SINGLEMATCH", "HS_FLAG_PREFILTER")
 
@@ -462,7 +380,7 @@ def _parse_one(raw: Any, file: str, index: int, errors: list[ConfigError]) -> Si
         else:
             for problem_text in regex_problems(parsed):
                 err("regex", problem_text)
-            literals = tuple(_required(parsed.data) or ())
+            literals = literals_of(parsed.data)
             if not literals or min(map(len, literals)) < MIN_LITERAL:
                 err("regex", f"needs a literal of at least {MIN_LITERAL} characters that every "
                     "match contains (the portable prefilter uses it)")

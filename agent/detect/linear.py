@@ -37,7 +37,7 @@ def encode(text: str) -> bytes:
 class LinearRegex:
     """One compiled pattern; ValueError with RE2's reason when it cannot be compiled."""
 
-    __slots__ = ("_groups", "_re", "pattern")
+    __slots__ = ("_groups", "_re", "group_names", "pattern")
 
     def __init__(self, pattern: str) -> None:
         options = re2.Options()
@@ -50,13 +50,11 @@ class LinearRegex:
         self._re = compiled
         self._groups = tuple((name.decode("utf-8"), index)
                              for name, index in compiled.NamedCapturingGroups())
-
-    @property
-    def group_names(self) -> frozenset[str]:
-        return frozenset(name for name, _ in self._groups)
+        self.group_names = frozenset(name for name, _ in self._groups)
 
     def match(self, data: bytes) -> Mapping[str, str] | None:
-        """Named groups of a match at the start of `data` (None: no match)."""
+        """Named groups of a match at the start of `data` (None: no match): the caller's
+        to keep (a new dict, or a read-only empty mapping)."""
         spans = self._re.Match(_START, data, 0, len(data))
         if spans[0] == _NONE:
             return None

@@ -21,6 +21,7 @@ engine call (scan, bench), and scan confirms each candidate with `confirm`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from types import MappingProxyType
@@ -32,13 +33,16 @@ from agent.detect.catalog import (
     Signature,
     hyperscan_database,
     match_window,
-    prefilter_pattern,
 )
 from agent.detect.linear import encode
+from agent.detect.prefilter import prefilter_pattern
 from agent.model import LogLine, SignatureMatch
 from agent.sources.logrecord import parse_record
 
 ENGINE_ENV = "NODEWARDEN_MATCHER"
+#: how a raw kmsg record writes an unprintable byte (`\\xNN`): the parsed text is
+#: unescaped, so in a block of raw lines one holding it is a candidate for every signature
+ESCAPE = b"\\x"
 ENGINES = ("hyperscan", "portable")
 
 
@@ -59,7 +63,7 @@ def hyperscan_available() -> bool:
 
 
 class _HyperscanPrefilter:
-    """Two hyperscan databases of the prefilter patterns (catalog.prefilter_pattern):
+    """Two hyperscan databases of the prefilter patterns (agent/detect/prefilter.py):
     single-match per line (the catalog's, when it compiled one), all-matches for blocks
     (compiled when `scan` first asks)."""
 
@@ -67,7 +71,9 @@ class _HyperscanPrefilter:
         self._patterns = [prefilter_pattern(s.regex) for s in sigs]
         self._line_db = line_db if line_db is not None else hyperscan_database(self._patterns)
         self._block_db: Any = None
+        # the last id is the escape: a line holding one is a candidate for every signature
         self._single = [frozenset((i,)) for i in range(len(sigs))]
+        self._single.append(frozenset(range(len(sigs))))
 
     def line(self, text: str) -> set[int]:
         found: set[int] = set()
@@ -80,7 +86,8 @@ class _HyperscanPrefilter:
 
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
         if self._block_db is None:
-            self._block_db = hyperscan_database(self._patterns, ("HS_FLAG_PREFILTER",))
+            self._block_db = hyperscan_database([*self._patterns, re.escape(ESCAPE.decode())],
+                                                ("HS_FLAG_PREFILTER",))
         hits: list[tuple[int, frozenset[int]]] = []
         append = hits.append
         single = self._single
@@ -107,6 +114,8 @@ class _AhoCorasickPrefilter:
         for lit, idx in owners.items():
             self._text.add_word(lit, frozenset(idx))
             self._bytes.add_word(lit.encode().decode("latin-1"), frozenset(idx))
+        # a line holding an escape is a candidate for every signature (blocks only)
+        self._bytes.add_word(ESCAPE.decode("latin-1"), frozenset(range(len(sigs))))
         self._text.make_automaton()
         self._bytes.make_automaton()
         self._empty = not owners
@@ -205,7 +214,7 @@ class Matcher:
             out.append(SignatureMatch(
                 signature=sig.id, problem=sig.problem, subject=sig.subject_of(groups),
                 severity=sig.severity, line=line, recovery=sig.recovery,
-                groups=MappingProxyType(dict(groups)),
+                groups=MappingProxyType(groups),
             ))
         return out
 
@@ -223,8 +232,8 @@ class Matcher:
         `block` is lines joined by `\\n`; one engine call covers the whole block. A
         candidate is only a maybe: confirm it with `confirm`. Every signature that would
         match a line's message text is a candidate for that line, because the prefilter
-        runs over the raw line, which contains the text (except for kmsg records with
-        escaped bytes, which the caller treats as candidates for every signature).
+        runs over the raw line, which contains the text; a line holding an ESCAPE (a kmsg
+        record's escaped byte: its text is unescaped) is a candidate for every signature.
         """
         if self._prefilter is None or not block:
             return {}

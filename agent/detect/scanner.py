@@ -198,10 +198,6 @@ def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterato
     for block, lines in reader:
         first = stats.lines - len(lines)
         candidates = matcher.candidates(block)
-        if b"\\x" in block:  # kmsg records escape bytes; the parsed text is unescaped
-            for i, raw in enumerate(lines):
-                if b"\\x" in raw:
-                    candidates[i] = set(everything)
         if reader.longest > MAX_MATCH_CHARS:
             # a long line is matched on the head and tail of its message, which the
             # prefilter has not seen as such: every signature is a candidate

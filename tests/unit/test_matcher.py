@@ -125,6 +125,19 @@ def test_engines_agree_on_the_scan_corpus() -> None:
     ]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_an_escaped_byte_in_a_raw_kmsg_record_does_not_hide_it(engine: str) -> None:
+    """`/dev/kmsg` writes unprintable bytes as \\xNN; the record's text is unescaped, so
+    a signature's literal may span an escape that the raw line does not spell out."""
+    lines = [BENIGN[0], "0,7,123456,-;Kernel\\x20panic - not syncing: Fatal exception",
+             BENIGN[1]]
+    stats = ScanStats()
+    block = ("\n".join(lines) + "\n").encode()
+    hits = list(scan_stream(io.BytesIO(block), Matcher(builtin(), engine), stats))
+    assert [(h.line_no, h.match.signature) for h in hits] == [
+        (2, "kernel-panic.not-syncing")]
+
+
 def test_batch_agrees_with_per_line_match() -> None:
     corpus = _corpus()
     for engine in ENGINES:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +17,6 @@ from agent.detect.catalog import (
     load_catalog,
     markdown_table,
     parse_signature_file,
-    prefilter_pattern,
-    required_literals,
 )
 from tests.unit._signatures import GOOD, REPO, builtin
 
@@ -82,14 +79,6 @@ def test_check_examples_clean_for_builtin() -> None:
 
 def test_ids_are_unique() -> None:
     assert len(ALL_IDS) == len(set(ALL_IDS))
-
-
-def test_required_literals() -> None:
-    assert required_literals(r"nfs: server (?P<s>\S+) not responding") == (" not responding",)
-    # sre_parse factors out the common prefix "O"; what is left is still required
-    assert set(required_literals(r"(?:Out of memory|OOM here): x")) == {"ut of memory",
-                                                                        "OM here"}
-    assert required_literals(r"\d+\s+") == ()
 
 
 # --------------------------------------------------------------------------- user files
@@ -245,22 +234,3 @@ def test_markdown_cli() -> None:
     out = subprocess.run([sys.executable, "-m", "agent.detect.catalog", "--markdown"],
                          capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout == markdown_table(builtin())
-
-
-@pytest.mark.parametrize(("regex", "prefilter"), [
-    (r"a{0,80}b{2,3}c{4}", r"a{0,}b{2,}c{4}"),
-    (r"x\{1,2\}[{1,2}$]y$", r"x\{1,2\}[{1,2}$]y"),
-    (r"(?:a|b$)[]{0,9}]z{1,5}$", r"(?:a|b)[]{0,9}]z{1,}"),
-    (r"[^]$]\${0,1}", r"[^]$]\${0,}"),
-])
-def test_prefilter_pattern_only_widens(regex: str, prefilter: str) -> None:
-    """Bounded repeats open and `$` goes: hyperscan compiles it fast, and it matches
-    wherever the regex does (a prefilter may say maybe too often, never too rarely)."""
-    assert prefilter_pattern(regex) == prefilter
-
-
-def test_prefilter_pattern_matches_whatever_the_signature_matches() -> None:
-    for sig in builtin().signatures:
-        widened = re.compile(prefilter_pattern(sig.regex), re.ASCII)
-        for ex in sig.examples:
-            assert widened.search(ex.line), (sig.id, ex.line)

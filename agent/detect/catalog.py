@@ -219,6 +219,9 @@ class Catalog:
 
 
 # --------------------------------------------------------------------------- regex analysis
+_INLINE_FLAGS = "inline flags (?i) (?m) (?s) (?x) (also scoped: (?i:...)) are not supported"
+
+
 def regex_problems(parsed: Any) -> list[str]:
     """Constructs the engines cannot honour or that break anchoring, found by walking the
     parsed regex (`$` is allowed: it pins the end of the message on every engine)."""
@@ -231,6 +234,8 @@ def regex_problems(parsed: Any) -> list[str]:
             elif op is sre_c.AT and av in _FORBIDDEN_AT:
                 found.append(_FORBIDDEN_AT[av])
             elif op is sre_c.SUBPATTERN:
+                if av[1] or av[2]:  # (?i:...): the required literal would be case-bound
+                    found.append(_INLINE_FLAGS)
                 walk(av[-1])
             elif op is sre_c.BRANCH:
                 for branch in av[1]:
@@ -244,7 +249,7 @@ def regex_problems(parsed: Any) -> list[str]:
 
     walk(parsed.data)
     if parsed.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE):
-        found.append("inline flags (?i) (?m) (?s) (?x) are not supported")
+        found.append(_INLINE_FLAGS)
     return sorted(set(found))
 
 

@@ -146,6 +146,15 @@ def test_lookaround_refused(tmp_path: Path) -> None:
     assert "lookarounds" in e.reason
 
 
+@pytest.mark.parametrize(("plain", "flagged"), [("'nasd:", "'(?i)nasd:"),
+                                                ("vanished'", "(?i:vanished)'")])
+def test_inline_flags_refused_even_scoped(tmp_path: Path, plain: str, flagged: str) -> None:
+    """A case-insensitive part would make its required literal (the portable engine's
+    prefilter) miss the other spellings: the engines would disagree."""
+    e = _one_error(tmp_path, GOOD.replace(plain, flagged))
+    assert e.key == "signature[site.nas-gone].regex" and "inline flags" in e.reason
+
+
 def test_missing_id(tmp_path: Path) -> None:
     e = _one_error(tmp_path, GOOD.replace('id = "site.nas-gone"\n', ""))
     assert e.key == "signature[#0].id" and "required" in e.reason

@@ -32,16 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.clock import FakeClock
-from agent.config import (
-    MODES,
-    ROLES,
-    Config,
-    ConfigError,
-    ConfigInvalid,
-    config_path,
-    parse_config,
-    parse_toml,
-)
+from agent.config import ROLES, Config, config_path, parse_config
 from agent.execute import Executor, RecordingRunner
 from agent.model import (
     DeviceEvent,
@@ -52,9 +43,10 @@ from agent.model import (
     Step,
     StepResult,
 )
-from agent.pipeline import build_pipeline
-from agent.pipeline_api import Event
+from agent.pipeline.api import Event
+from agent.pipeline.build import build_pipeline
 from agent.report.text import printable
+from agent.schema import MODES, ConfigError, ConfigInvalid, parse_toml
 from agent.sources.metrics import METRICS
 
 #: where the simulated clock starts unless the host line says `start` (fixed: reproducible)

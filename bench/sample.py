@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 from agent.clock import FakeClock
-from agent.config import MetricsSettings
 from agent.sources import procfs
 from agent.sources.cgroups import UnitCpu
 from agent.sources.fsusage import FsUsage
@@ -44,6 +43,7 @@ from agent.sources.metrics import (
     UNIT_CPU_INTERVAL_S,
     MetricsSampler,
 )
+from agent.sources.settings import MetricsSettings
 
 CPU_BUDGET_US = 1000.0
 RSS_BUDGET_MIB = 25.0

@@ -56,7 +56,7 @@ from remediations._common import (
 
 if TYPE_CHECKING:
     from agent.clock import Clock
-    from agent.pipeline_api import Event
+    from agent.pipeline.api import Event
 
 NAME = "node-restart"
 SUMMARY = "Reboot this host after an optional drain and a write-ahead intent record."
@@ -116,7 +116,7 @@ def reconcile_intents(
     state_dir: Path, clock: Clock, boot_id: str | None = None
 ) -> list[Event]:
     """At start-up: complete pending node-restart intents, as timeline "outcome" events."""
-    from agent.pipeline_api import Event
+    from agent.pipeline.api import Event
 
     done = intents.reconcile(state_dir, boot_id or read_boot_id(), clock.now())
     return [Event(clock.now(), "outcome", {

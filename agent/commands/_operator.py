@@ -8,8 +8,9 @@ import os
 import sys
 from pathlib import Path
 
-from agent.config import Config, ConfigInvalid, load_config
+from agent.config import Config, load_config
 from agent.durations import EXAMPLES, parse_duration
+from agent.schema import ConfigInvalid
 from agent.state import SafetyState
 
 

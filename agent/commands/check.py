@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from agent.config import Config, ConfigError, read_config
+from agent.config import Config, read_config
+from agent.schema import ConfigError
 
 HELP = (
     "Validate the configuration file, every signature (built-in and "

@@ -104,7 +104,7 @@ def _main(args: argparse.Namespace) -> int:
     from agent.execute import Executor, RecordingRunner, SubprocessRunner
     from agent.execute.runner import SAFE_ENV
     from agent.guards import GuardChain, NoCoordinator
-    from agent.pipeline import action_contexts, guard_chain
+    from agent.pipeline.contexts import action_contexts, guard_chain
 
     config = load("remediate", args.config)
     if config is None:

@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from agent.config import Config, ConfigError, read_config
+from agent.config import Config, read_config
+from agent.schema import ConfigError
 
 HELP = (
     "Run the agent in the foreground: follow the kernel log, log files, metrics, devices "
@@ -56,8 +57,8 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
     from agent.clock import SystemClock
-    from agent.daemon import Daemon
-    from agent.watchdog import notifier_from_env, watchdog_interval
+    from agent.daemon.loop import Daemon
+    from agent.daemon.watchdog import notifier_from_env, watchdog_interval
 
     daemon = Daemon(
         config,

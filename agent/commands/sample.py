@@ -11,8 +11,10 @@ from typing import Any, TextIO
 
 from agent.cli import EXIT_OK, EXIT_USAGE
 from agent.clock import Clock, SystemClock
-from agent.config import Config, ConfigInvalid, ProbeSettings, load_config
+from agent.config import Config, load_config
 from agent.model import DeviceEvent, MetricSample, ProbeResult
+from agent.schema import ConfigInvalid
+from agent.sources.settings import ProbeSettings
 
 #: seconds between the sampler's priming read and the sample, so rates exist
 RATE_WINDOW_S = 1.0

@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from agent.config import DEFAULT_SIGNATURES_DIR
-from agent.detect.catalog import load_catalog
+from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, load_catalog
 from agent.detect.matcher import Matcher
 from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats, scan_stream
 from agent.report.text import printable

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from agent.cli import EXIT_OK, EXIT_USAGE
-from agent.config import MODES, ConfigInvalid
+from agent.schema import MODES, ConfigInvalid
 
 HELP = (
     "Replay a scenario (JSON lines: kernel lines, log lines, metrics, probe results, "

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli import EXIT_OK, EXIT_PROBLEM, EXIT_RUNTIME, EXIT_USAGE
-from agent.pipeline import CYCLE_FILE
 from agent.report.audit import AUDIT_FILE
+from agent.report.status_file import CYCLE_FILE
 
 HELP = (
     "Show the agent's state: the last cycle's summary, firing findings, ladder positions, "

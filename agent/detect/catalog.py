@@ -48,10 +48,10 @@ from re import _constants as sre_c  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any
 
-from agent.config import DEFAULT_SIGNATURES_DIR, ConfigError, parse_toml
 from agent.detect.linear import LinearRegex, encode
 from agent.detect.prefilter import literals_of, prefilter_pattern
 from agent.model import Severity
+from agent.schema import ConfigError, parse_toml
 from agent.sources.lineformat import parse_line
 from agent.sources.logrecord import parse_record
 
@@ -67,6 +67,8 @@ TAIL_CHARS = 1024
 #: what stands for the part of a long message that is not matched
 CUT_MARK = " \u2026[cut]\u2026 "
 MIN_LITERAL = 3
+#: where operators add their own signature files (agent.signatures_dir)
+DEFAULT_SIGNATURES_DIR = Path("/etc/nodewarden/signatures.d")
 
 #: the kernel problems the catalog must cover, exactly (issue 3)
 KERNEL_PROBLEMS = (

@@ -40,7 +40,7 @@ from agent.detect.template import placeholders
 from agent.model import Severity
 
 if TYPE_CHECKING:
-    from agent.config import ConfigError, Section
+    from agent.schema import ConfigError, Section
 
 RULE_KINDS = ("threshold", "signature", "probe", "device", "all_of")
 OPS = (">", ">=", "<", "<=")
@@ -278,8 +278,8 @@ def parse_rules(top: Section, role: str) -> tuple[Rule, ...]:
 
     Errors (in the user's file or, if ever, in a shipped file) go to `top.errors`.
     """
-    from agent.config import ConfigError, Section
     from agent.policy.shipped import shipped_tables
+    from agent.schema import ConfigError, Section
 
     merged: dict[str, _Parsed] = {}
     for file, raw in shipped_tables(role):

@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
-from agent.guards.simple import MODES
 from agent.guards.stateful import Budget
 from agent.guards.windows import Window, parse_window
 from agent.policy.actions import action_traits
+from agent.schema import MODES
 from remediations import UnknownAction
 
 if TYPE_CHECKING:
-    from agent.config import Section
+    from agent.schema import Section
 
 #: budgets per action; node restarts and failovers are counted per host (DESIGN safety
 #: property 3: at most R node restarts per host per 24 h), the rest per action and problem

@@ -6,8 +6,7 @@ from collections.abc import Mapping
 
 from agent.guards.base import allow, deny
 from agent.model import EMPTY, Proposal, Verdict
-
-MODES = ("observe", "dry-run", "enforce")
+from agent.schema import MODES
 
 
 class TrustGuard:

@@ -42,7 +42,7 @@ from agent.policy.actions import action_traits
 from remediations import ParamSpec, UnknownAction, value_errors
 
 if TYPE_CHECKING:
-    from agent.config import Section
+    from agent.schema import Section
 
 PLACEHOLDERS = frozenset({"subject", "problem", "host"})
 DEFAULT_VERIFY_S = 300.0
@@ -173,8 +173,8 @@ def _parse_tables(top: Section, into: dict[str, Ladder]) -> None:
 
 def parse_policy(top: Section, role: str) -> tuple[Ladder, ...]:
     """The effective ladders: the role's shipped defaults, then the user's `[policy.*]`."""
-    from agent.config import Section
     from agent.policy.shipped import shipped_tables
+    from agent.schema import Section
 
     merged: dict[str, Ladder] = {}
     for file, raw in shipped_tables(role):

@@ -26,13 +26,13 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.clock import Clock
-from agent.config import MetricsSettings
 from agent.model import MetricSample
 from agent.sources import procfs
 from agent.sources.cgroups import UnitCpu, UnitReading, details_of, metric_name
 from agent.sources.fsusage import FsReading, FsUsage
 from agent.sources.mailq import MailQueue, QueueReading
 from agent.sources.periodic import Periodic
+from agent.sources.settings import MetricsSettings
 
 #: default cadences of the slow parts (seconds)
 DSTATE_INTERVAL_S = 5.0

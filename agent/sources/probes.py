@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.clock import Clock
-from agent.config import ProbeSettings
 from agent.model import ProbeResult
+from agent.sources.settings import ProbeSettings
 
 if TYPE_CHECKING:  # ssl and http.client cost ~4.5 MiB RSS: imported when a probe runs
     import ssl

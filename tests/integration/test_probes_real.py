@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from agent.clock import SystemClock
-from agent.config import ProbeSettings
 from agent.model import ProbeResult
 from agent.sources.probes import run_probe
+from agent.sources.settings import ProbeSettings
 from tests.integration._mailservers import (
     LOOPBACK,
     Dovecot,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.config import Config, ConfigError, parse_config
+from agent.config import Config, parse_config
 from agent.model import Finding, LogLine, MetricSample, Proposal, SignatureMatch
+from agent.schema import ConfigError
 
 T0 = 1_790_000_000.0  # a fixed wall-clock origin for tests
 

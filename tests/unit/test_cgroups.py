@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from agent.clock import FakeClock
-from agent.config import MetricsSettings
 from agent.sources.cgroups import (
     Layout,
     TopProcess,
@@ -27,6 +26,7 @@ from agent.sources.cgroups import (
     read_proc_ticks,
 )
 from agent.sources.metrics import MetricsSampler
+from agent.sources.settings import MetricsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_SLOW = MetricsSettings(filesystems=(), mailq_command=())

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands.check import collect_errors
-from agent.config import ConfigError
+from agent.schema import ConfigError
 from agent.simulate import ScenarioError, parse_scenario, scenario_config
 
 # ruff: noqa: E501  (the user signature below holds its regex on one line, as TOML does)

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
-    ConfigInvalid,
-    Section,
-    load_config,
-    parse_config,
-    read_config,
-)
+from agent.config import load_config, parse_config, read_config
+from agent.schema import ConfigInvalid, Section
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.clock import FakeClock
-from agent.config import Config, KmsgSettings, LogSourceSettings, MetricsSettings, UdevSettings
-from agent.daemon_sources import Sources
+from agent.config import Config
+from agent.daemon.sources import Sources
+from agent.sources.settings import KmsgSettings, LogSourceSettings, MetricsSettings, UdevSettings
 
 
 def test_missing_kernel_log_is_reported_and_the_other_sources_run(tmp_path: Path) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from agent.clock import FakeClock
-from agent.config import MetricsSettings
 from agent.sources import procfs
 from agent.sources.fsusage import FsUsage, parse_answer, used_pct
 from agent.sources.mailq import MailQueue, count_queue
 from agent.sources.metrics import METRICS, PSI_NAMES, MetricsSampler
 from agent.sources.metricsdoc import render
+from agent.sources.settings import MetricsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SYS = FIXTURES / "proc_sys"

@@ -15,7 +15,7 @@ from agent.clock import FakeClock
 from agent.config import load_config
 from agent.guards.stateful import ApprovalGuard, MaintenanceGuard
 from agent.model import LogLine, Proposal
-from agent.pipeline import build_pipeline
+from agent.pipeline.build import build_pipeline
 from agent.state import SafetyState
 
 

@@ -1,4 +1,4 @@
-"""The decision pipeline (agent/pipeline.py): composition of matcher, detectors, policy,
+"""The decision pipeline (agent/pipeline/): composition of matcher, detectors, policy,
 guards and planning, driven the way the daemon drives it (observe, decide, complete)."""
 
 from __future__ import annotations
@@ -21,8 +21,10 @@ from agent.detect.catalog import load_catalog
 from agent.detect.matcher import Matcher
 from agent.execute import Executor, RecordingRunner
 from agent.model import LogLine, MetricSample, Outcome, Step, StepResult
-from agent.pipeline import CYCLE_FILE, DecisionPipeline, build_pipeline
-from agent.pipeline_api import Decision, Event
+from agent.pipeline.api import Decision, Event
+from agent.pipeline.build import build_pipeline
+from agent.pipeline.decide import DecisionPipeline
+from agent.report.status_file import CYCLE_FILE
 from agent.state import SafetyState
 
 T0 = 1_790_000_000.0
@@ -327,7 +329,7 @@ def test_idle_only_while_nothing_fires(tmp_path: Path) -> None:
 def test_precondition_checks_are_capped_below_the_watchdog() -> None:
     """decide() runs on the loop: a site check asking for 30 s gets PRECONDITION_TIMEOUT_S."""
     from agent.model import Step
-    from agent.pipeline import PRECONDITION_TIMEOUT_S, CappedRunner
+    from agent.pipeline.contexts import PRECONDITION_TIMEOUT_S, CappedRunner
 
     seen: list[float] = []
 

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from agent.clock import Clock, FakeClock, SystemClock
-from agent.config import ProbeSettings
 from agent.model import ProbeResult
 from agent.sources.probes import MAX_LINE_BYTES, MAX_REPLY_LINES, ProbeScheduler, run_probe
+from agent.sources.settings import ProbeSettings
 from tests.unit._scripted_server import (
     Call,
     Close,

@@ -184,7 +184,7 @@ def test_user_signature_is_used(tmp_path: Path) -> None:
 
 def test_terminal_escapes_in_others_text_are_shown_not_obeyed() -> None:
     """A process name with `\\x1b[1A\\x1b[2K` (erase the line above) in a kernel record."""
-    from agent.pipeline_api import Event
+    from agent.pipeline.api import Event
     from agent.report.text import printable
     from agent.simulate import render
 

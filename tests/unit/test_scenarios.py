@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agent.cli import main as cli_main
-from agent.pipeline_api import Event
+from agent.pipeline.api import Event
 from agent.simulate import ScenarioError, parse_scenario, simulate_file
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"

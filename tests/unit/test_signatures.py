@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import ConfigError
 from agent.detect.catalog import (
     KERNEL_PROBLEMS,
     SEVERITIES,
@@ -18,6 +17,7 @@ from agent.detect.catalog import (
     markdown_table,
     parse_signature_file,
 )
+from agent.schema import ConfigError
 from tests.unit._signatures import GOOD, REPO, builtin
 
 ALL_IDS = [s.id for s in builtin().signatures]

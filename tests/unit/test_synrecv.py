@@ -14,9 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from agent.clock import FakeClock
-from agent.config import MetricsSettings
 from agent.sources import procfs
 from agent.sources.metrics import SYNRECV_INTERVAL_S, SYNRECV_LINGER_S, MetricsSampler
+from agent.sources.settings import MetricsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NO_SLOW = MetricsSettings(filesystems=(), mailq_command=())

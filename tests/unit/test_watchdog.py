@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import FakeClock
-from agent.watchdog import (
+from agent.daemon.watchdog import (
     MAX_STATUS_CHARS,
     SocketNotifier,
     WatchdogPinger,

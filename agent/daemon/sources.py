@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
-from agent.config import Config, KmsgSettings, LogSourceSettings, MetricsSettings, ProbeSettings
+from agent.config import Config
+from agent.sources.settings import KmsgSettings, LogSourceSettings, MetricsSettings, ProbeSettings
 
 if TYPE_CHECKING:
     from agent.sources.kmsg import KmsgFollower

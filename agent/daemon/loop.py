@@ -28,15 +28,16 @@ from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
-from agent.config import Config, ConfigError
-from agent.daemon_pipeline import build_pipeline, execute_decision
-from agent.daemon_sources import Sources
+from agent.config import Config
+from agent.daemon.execution import build_pipeline, execute_decision
+from agent.daemon.sources import Sources
+from agent.daemon.watchdog import Notifier, WatchdogPinger, status_message
+from agent.daemon.workers import WakeupPipe, Worker
 from agent.model import MetricSample, Observation, Outcome
-from agent.pipeline_api import Decision, Event, Pipeline
+from agent.pipeline.api import Decision, Event, Pipeline
 from agent.report.audit import AUDIT_FILE, AuditLog
 from agent.report.text import printable
-from agent.watchdog import Notifier, WatchdogPinger, status_message
-from agent.workers import WakeupPipe, Worker
+from agent.schema import ConfigError
 
 if TYPE_CHECKING:
     from agent.sources.logfile import LogFileFollower
@@ -379,7 +380,7 @@ class Daemon:
         """The cycle's sentence (STYLE.md 3), shown as systemd STATUS= and in the log."""
         load = "n/a" if self._last_load1 is None else f"{self._last_load1:.1f}"
         sentence = getattr(self.pipeline, "sentence", None)
-        if sentence is not None:  # the pipeline's own cycle sentence (agent/pipeline.py)
+        if sentence is not None:  # the pipeline's own cycle sentence (agent/pipeline/decide.py)
             return f"{sentence()}; load1 {load}"
         firing = f"{len(self._firing)} finding{'' if len(self._firing) == 1 else 's'} firing"
         if self._cycle_actions:

@@ -20,10 +20,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from agent.config import Section
+from agent.schema import Section
 
 DEFAULT_PROTECTED_UNITS: tuple[str, ...] = (
     "nodewarden.service", "ssh.service", "sshd.service", "systemd-journald.service",

@@ -1,6 +1,6 @@
 """How the daemon obtains its decision pipeline and carries out decisions.
 
-The pipeline (agent/pipeline.py, contract in agent/pipeline_api.py) only decides; the
+The pipeline (agent/pipeline/decide.py, contract in agent/pipeline/api.py) only decides; the
 daemon feeds it and carries decisions out here, in its execution worker thread.
 Both imports are lazy so `nodewarden --help` does not load the catalog or the guards.
 """
@@ -10,12 +10,12 @@ from __future__ import annotations
 from agent.clock import Clock
 from agent.config import Config
 from agent.model import Outcome
-from agent.pipeline_api import Decision, Pipeline
+from agent.pipeline.api import Decision, Pipeline
 
 
 def build_pipeline(config: Config, clock: Clock) -> Pipeline:
     """The pipeline the daemon runs: catalog from the config, safety state in state_dir."""
-    from agent.pipeline import build_pipeline as build
+    from agent.pipeline.build import build_pipeline as build
 
     return build(config, clock)
 

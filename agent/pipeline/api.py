@@ -1,6 +1,6 @@
 """The contract between the decision pipeline and its drivers (the daemon, `simulate`).
 
-The pipeline (agent/pipeline.py) is pure decision code: observations in, timeline events
+The pipeline (agent/pipeline/decide.py) is pure decision code: observations in, timeline events
 and decisions out. A driver feeds it and carries out what it decides:
 
     events = pipeline.observe(obs)          # match, detect: "finding" / "resolved" events

@@ -5,7 +5,7 @@
         ──Proposal──> GuardChain ──allowed──> remediations.load(action).plan() ──> Decision
 
 The contract with the drivers (the daemon, `simulate`, `remediate`) is
-agent/pipeline_api.py: `observe(obs)`, `decide(now)`, `complete(decision, outcome)`.
+agent/pipeline/api.py: `observe(obs)`, `decide(now)`, `complete(decision, outcome)`.
 This module only decides; a driver carries a Decision out with an Executor and hands the
 Outcome back. Events carry absolute wall-clock `t`; `simulate` re-bases them.
 
@@ -37,12 +37,8 @@ lease runs out by itself, covering the time the node takes to come back).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Any
 
 from agent.clock import Clock
 from agent.config import Config
@@ -51,9 +47,8 @@ from agent.detect.matcher import Matcher
 from agent.detect.oomreport import OomReports
 from agent.detect.rules import ProbeRule
 from agent.detect.template import render
-from agent.guards import GuardChain, Lease, LeaseClient, NoCoordinator, build_chain
+from agent.guards import Lease, LeaseClient, NoCoordinator
 from agent.guards.base import PAGE_A_PERSON
-from agent.guards.costly import PreconditionGuard
 from agent.model import (
     DeviceEvent,
     Finding,
@@ -61,91 +56,26 @@ from agent.model import (
     MetricSample,
     Observation,
     Outcome,
-    Plan,
     ProbeResult,
     Proposal,
-    Step,
-    StepResult,
     Verdict,
 )
-from agent.pipeline_api import Decision, Event, EventKind
-from agent.policy.engine import Policy
-from agent.state import SafetyState, StateError
-from remediations import (
-    ActionContext,
-    InvalidParams,
-    ReadOnlyRunner,
-    UnknownAction,
-    build_plan,
-    target_of,
+from agent.pipeline.api import Decision, Event
+from agent.pipeline.contexts import ActionContexts, guard_chain
+from agent.pipeline.events import (
+    finding_event,
+    note_event,
+    outcome_event,
+    plan_event,
+    verdict_event,
 )
-
-
-def finding_event(f: Finding, t: float) -> Event:
-    kind: EventKind = "finding" if f.state == "firing" else "resolved"
-    return Event(t, kind, MappingProxyType({
-        "problem": f.problem, "subject": f.subject, "state": f.state,
-        "trusted": f.trusted, "severity": f.severity, "rule": f.rule, "count": f.count,
-        "first_seen": f.first_seen, "evidence": list(f.evidence),
-    }))
-
-
-def verdict_event(p: Proposal, v: Verdict, t: float) -> Event:
-    return Event(t, "verdict", MappingProxyType({
-        "action": p.action, "subject": p.subject, "problem": p.problem,
-        "finding_subject": p.finding_subject, "rung": p.rung, "origin": p.origin,
-        "guard": v.guard, "allow": v.allow, "reason": v.reason,
-    }))
-
-
-def plan_event(p: Proposal, plan: Plan, execute: bool, t: float) -> Event:
-    return Event(t, "plan", MappingProxyType({
-        "action": plan.action, "subject": plan.subject, "problem": p.problem,
-        "finding_subject": p.finding_subject, "rung": p.rung, "origin": p.origin,
-        "execute": execute, "summary": plan.summary, "reason": p.reason,
-        "steps": [list(s.argv) for s in plan.steps],
-        "verify": [list(s.argv) for s in plan.verify],
-    }))
-
-
-def outcome_event(d: Decision, o: Outcome, t: float) -> Event:
-    return Event(t, "outcome", MappingProxyType({
-        "action": o.action, "subject": o.subject, "problem": d.proposal.problem,
-        "finding_subject": d.proposal.finding_subject, "ok": o.ok, "executed": o.executed,
-        "detail": o.detail,
-        "results": [{"argv": list(r.argv), "exit_code": r.exit_code, "ran": r.ran,
-                     "timed_out": r.timed_out} for r in o.results],
-    }))
-
-
-def note_event(text: str, t: float, **extra: Any) -> Event:
-    return Event(t, "note", MappingProxyType({"text": text, **extra}))
-
-
-#: `nodewarden status` reads the last cycle here (in the state directory)
-CYCLE_FILE = "cycle.json"
-#: the status file is rewritten at most this often while the findings stay the same
-STATUS_EVERY_S = 5.0
+from agent.policy.engine import Policy
+from agent.report.status_file import StatusFile
+from agent.state import SafetyState, StateError
+from remediations import InvalidParams, UnknownAction, build_plan, target_of
 
 #: policy steps per decide() (a ladder longer than this climbs over several cycles)
 MAX_STEPS = 8
-
-
-#: the longest a read-only precondition check may take (decide() runs on the daemon's
-#: loop, which pings the watchdog every WatchdogSec/2 = 15 s)
-PRECONDITION_TIMEOUT_S = 5.0
-
-
-@dataclasses.dataclass(frozen=True)
-class CappedRunner:
-    """A read-only runner whose steps get at most `cap_s` each, whatever they ask for."""
-
-    runner: ReadOnlyRunner
-    cap_s: float
-
-    def run(self, step: Step) -> StepResult:
-        return self.runner.run(dataclasses.replace(step, timeout_s=min(step.timeout_s,
-                                                                         self.cap_s)))
 
 
 def _with_message(p: Proposal, extra: str) -> Proposal:
@@ -166,89 +96,8 @@ def with_page_defaults(p: Proposal) -> Proposal:
     return dataclasses.replace(p, params=MappingProxyType(params))
 
 
-class ActionPreconditions:
-    """The preconditions guard with each action's own `[actions.NAME]` settings."""
-
-    name = "preconditions"
-
-    def __init__(self, contexts: ActionContexts) -> None:
-        self.contexts = contexts
-
-    def check(self, proposal: Proposal, now: float) -> Verdict:
-        return PreconditionGuard(self.contexts.for_action(proposal.action)).check(proposal, now)
-
-
-#: how old the host's never-block addresses may be when a block is planned
-NEVER_BLOCK_MAX_AGE_S = 30.0
-
-
-class NeverBlockCache:
-    """The addresses block-addresses must never block (agent/sources/hostaddrs.py), read
-    again when older than NEVER_BLOCK_MAX_AGE_S (a new address or route is seen soon)."""
-
-    def __init__(self, clock: Clock, read: Callable[[], tuple[tuple[str, str], ...]]) -> None:
-        self.clock = clock
-        self.read = read
-        self._value: tuple[tuple[str, str], ...] = ()
-        self._at: float | None = None
-
-    def get(self) -> tuple[tuple[str, str], ...]:
-        now = self.clock.now()
-        if self._at is None or not 0 <= now - self._at < NEVER_BLOCK_MAX_AGE_S:
-            self._value, self._at = self.read(), now
-        return self._value
-
-
-@dataclasses.dataclass(frozen=True)
-class ActionContexts:
-    """One ActionContext per action: the same host facts, that action's settings."""
-
-    base: ActionContext
-    per_action: Mapping[str, Mapping[str, object]]
-    #: the host's own addresses, gateways, resolvers, filers (None: a pure replay)
-    never_block: NeverBlockCache | None = None
-
-    def for_action(self, action: str) -> ActionContext:
-        settings = self.per_action.get(action, MappingProxyType({}))
-        ctx = dataclasses.replace(self.base, settings=settings)
-        if action == "block-addresses" and self.never_block is not None:
-            ctx = dataclasses.replace(ctx, never_block=self.never_block.get())
-        return ctx
-
-
-def action_contexts(
-    config: Config, clock: Clock, runner: ReadOnlyRunner | None = None,
-    agent_pid: int | None = None, *, read_host: bool = True,
-) -> ActionContexts:
-    """Contexts for every action; `read_host` False for pure replays (`simulate`), which
-    never read the machine they run on."""
-    base = ActionContext(
-        hostname=config.agent.hostname, state_dir=config.agent.state_dir,
-        agent_pid=os.getpid() if agent_pid is None else agent_pid, clock=clock,
-        runner=runner, protected_units=config.actions.protected_units,
-    )
-    never_block = None
-    if read_host:
-        from agent.sources.hostaddrs import read_never_block
-
-        never_block = NeverBlockCache(clock, read_never_block)
-    return ActionContexts(base, config.actions.per_action, never_block)
-
-
-def guard_chain(
-    config: Config, state: SafetyState, contexts: ActionContexts, *,
-    lease_client: LeaseClient, check_preconditions: bool, mode: str | None = None,
-) -> GuardChain:
-    """build_chain's standard chain, with per-action settings for the preconditions."""
-    chain = build_chain(config.guards, mode=mode or config.agent.mode, state=state,
-                        lease_client=lease_client)
-    costly = [ActionPreconditions(contexts)] if check_preconditions else []
-    return GuardChain(chain.mode, chain.guards, costly=costly, lease=chain.lease,
-                      page_guards=chain.page_guards)
-
-
 class DecisionPipeline:
-    """Detectors, policy, guards and planning for one agent (agent/pipeline_api.py)."""
+    """Detectors, policy, guards and planning for one agent (agent/pipeline/api.py)."""
 
     def __init__(
         self,
@@ -260,11 +109,10 @@ class DecisionPipeline:
         contexts: ActionContexts,
         lease_client: LeaseClient | None = None,
         check_preconditions: bool = True,
-        status_file: Path | None = None,
+        status: StatusFile | None = None,
     ) -> None:
         self.config = config
-        self.status_file = status_file
-        self._status_written: tuple[float, Any] | None = None
+        self.status = status
         self.matcher = matcher
         self.state = state
         self.clock = clock
@@ -344,7 +192,8 @@ class DecisionPipeline:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()
         self._sentence = self._summarize(acted, events, firing)
-        self._write_status(now, firing)
+        if self.status is not None:
+            self.status.write(now, self._sentence, firing)
         return events, decisions
 
     def _end_episodes(self, now: float) -> list[Event]:
@@ -511,33 +360,6 @@ class DecisionPipeline:
         """Nothing is firing: a decide() now would propose nothing (cheap to ask)."""
         return not self.detectors.any_firing()
 
-    def _write_status(self, now: float, firing: Sequence[Finding]) -> None:
-        """`nodewarden status` (another process) reads the sentence and the findings here.
-
-        Written when the findings change, else at most every STATUS_EVERY_S; not fsync'd
-        (it is a view, rebuilt every cycle, not safety state)."""
-        if self.status_file is None:
-            return
-        keys = [(f.problem, f.subject, f.trusted) for f in firing]
-        last = self._status_written
-        if last is not None and last[1] == keys and now - last[0] < STATUS_EVERY_S:
-            return
-        findings = [{
-            "problem": f.problem, "subject": f.subject, "severity": f.severity,
-            "trusted": f.trusted, "first_seen": f.first_seen, "count": f.count,
-            "rule": f.rule, "evidence": list(f.evidence[-1:]),
-        } for f in firing]
-        body = {"t": now, "sentence": self._sentence, "mode": self.config.agent.mode,
-                "role": self.config.agent.role, "host": self.config.agent.hostname,
-                "findings": findings}
-        tmp = self.status_file.with_name(f".{self.status_file.name}.tmp")
-        try:
-            tmp.write_text(json.dumps(body, default=str) + "\n", encoding="utf-8")
-            tmp.replace(self.status_file)
-        except OSError:
-            return  # status is a convenience; the audit log has the truth
-        self._status_written = (now, keys)
-
     def _summarize(
         self, acted: list[str], events: list[Event], firing: Sequence[Finding]
     ) -> str:
@@ -551,46 +373,3 @@ class DecisionPipeline:
         if self.policy.notes:
             return f"no action: {self.policy.notes[0]}; {n}"
         return f"no action: {n}"
-
-
-def build_pipeline(
-    config: Config,
-    clock: Clock,
-    *,
-    lease_client: LeaseClient | None = None,
-    runner: ReadOnlyRunner | None = None,
-    state_dir: Path | None = None,
-    check_preconditions: bool = True,
-    matcher: Matcher | None = None,
-    write_status: bool = True,
-) -> DecisionPipeline:
-    """The pipeline the daemon runs: the catalog from config, state in the state dir.
-
-    Raises ConfigInvalid when the signature catalog has errors (the daemon refuses them
-    before it gets here). `runner` runs the preconditions' read-only checks (default: the
-    subprocess runner).
-    """
-    if matcher is None:
-        from agent.config import ConfigInvalid
-        from agent.detect.catalog import load_catalog
-
-        catalog, errors = load_catalog(config.agent.signatures_dir)
-        if errors:
-            raise ConfigInvalid(errors)
-        matcher = Matcher(catalog)
-    if runner is None and check_preconditions:
-        from agent.execute import SubprocessRunner
-
-        # decide() runs on the daemon's loop: a hung check (a peer_check, an HAProxy
-        # socket) must not outlast a watchdog ping, so every check is capped
-        runner = CappedRunner(SubprocessRunner(clock), PRECONDITION_TIMEOUT_S)
-    directory = state_dir or config.agent.state_dir
-    state = SafetyState(directory, now=clock.now())
-    contexts = action_contexts(config, clock, runner, read_host=check_preconditions)
-    if state_dir is not None:
-        contexts = dataclasses.replace(
-            contexts, base=dataclasses.replace(contexts.base, state_dir=state_dir))
-    return DecisionPipeline(config, matcher=matcher, state=state, clock=clock,
-                            contexts=contexts, lease_client=lease_client,
-                            check_preconditions=check_preconditions,
-                            status_file=directory / CYCLE_FILE if write_status else None)

@@ -1,4 +1,4 @@
-"""One configuration path: `load_config()` is used by `run`, `check` and SIGHUP alike.
+"""One configuration path: `load_config()` is used by every command that reads agent.toml.
 
 The file is TOML (default `/etc/nodewarden/agent.toml`, overridden by `--config` or
 `NODEWARDEN_CONFIG`). Every key has a built-in default, so no file is needed. Errors carry
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.detect.catalog import DEFAULT_SIGNATURES_DIR
+from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, Catalog, check_examples, load_catalog
 from agent.detect.rules import Rule, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
 from agent.policy.ladder import Ladder, parse_policy
@@ -34,6 +34,7 @@ from agent.sources.settings import (
     parse_probe,
     parse_udev,
 )
+from remediations import broken_modules, module_name
 from remediations._settings import ActionSettings, parse_actions
 
 DEFAULT_CONFIG_PATH = Path("/etc/nodewarden/agent.toml")
@@ -164,26 +165,71 @@ def config_path(explicit: str | os.PathLike[str] | None) -> tuple[Path, bool]:
     return DEFAULT_CONFIG_PATH, False
 
 
-def read_config(explicit: str | os.PathLike[str] | None = None) -> tuple[Config, list[ConfigError]]:
-    """Read and parse the configuration; returns every error found (empty = valid)."""
+def merge_tables(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """`over` laid on `base`, table by table (a scenario's host line on agent.toml)."""
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_tables(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_config(
+    explicit: str | os.PathLike[str] | None = None, *,
+    overlay: Mapping[str, Any] | None = None, overlay_label: str = "",
+) -> tuple[Config, list[ConfigError]]:
+    """Read and parse the configuration file (or the built-in defaults), with `overlay`
+    laid over it; every error found (empty = valid)."""
     path, required = config_path(explicit)
-    if not path.exists():
-        if required:
-            return Config(), [ConfigError(str(path), "-", "file not found")]
-        return Config(sources=("<built-in defaults>",)), []
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return Config(), [ConfigError(str(path), "-", f"cannot read: {exc.strerror}")]
-    raw, errors = parse_toml(data, str(path))
-    if raw is None:
-        return Config(), errors
-    return parse_config(raw, str(path))
+    raw: dict[str, Any] = {}
+    name = "<built-in defaults>"
+    if path.exists():
+        name = str(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            return Config(), [ConfigError(name, "-", f"cannot read: {exc.strerror or exc}")]
+        parsed, errors = parse_toml(data, name)
+        if parsed is None:
+            return Config(), errors
+        raw = parsed
+    elif required:
+        return Config(), [ConfigError(str(path), "-", "file not found")]
+    if overlay:
+        return parse_config(merge_tables(raw, overlay), f"{name} + {overlay_label}")
+    if not raw and name == "<built-in defaults>":
+        return Config(sources=(name,)), []
+    return parse_config(raw, name)
 
 
-def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
-    """The configuration, or ConfigInvalid listing every error: never half a config."""
-    config, errors = read_config(explicit)
+@dataclass(frozen=True)
+class Loaded:
+    """A configuration and what it names, each validated once: the signature catalog
+    (built-in and the operator's, every example checked) and every remediation module."""
+
+    config: Config
+    catalog: Catalog
+
+
+def load_config(
+    explicit: str | os.PathLike[str] | None = None, *,
+    signatures_dir: Path | None = None,
+    overlay: Mapping[str, Any] | None = None, overlay_label: str = "",
+) -> tuple[Loaded | None, list[ConfigError]]:
+    """The one way every command loads its configuration (`run`, SIGHUP, `check`, the
+    operator commands, `simulate`): the file or the built-in defaults, an overlay (a
+    scenario's host line), then the catalog and the remediation modules it names.
+
+    Returns every error with file, key and reason, and Loaded only when there is none:
+    never half a configuration. The catalog is checked even when the file has errors, so
+    `check` reports everything at once."""
+    config, errors = read_config(explicit, overlay=overlay, overlay_label=overlay_label)
+    catalog, catalog_errors = load_catalog(signatures_dir or config.agent.signatures_dir)
+    errors = [*errors, *catalog_errors, *check_examples(catalog)]
+    errors += [ConfigError(f"remediations/{module_name(action)}.py", action, reason)
+               for action, reason in broken_modules()]
     if errors:
-        raise ConfigInvalid(errors)
-    return config
+        return None, errors
+    return Loaded(config, catalog), []

@@ -153,6 +153,18 @@ def load(action: str) -> Remediation:
     return cast("Remediation", module)
 
 
+def broken_modules() -> list[tuple[str, str]]:
+    """(action, reason) for each shipped module that cannot be imported (a broken plugin
+    is reported with the configuration's errors, never a traceback mid-incident)."""
+    out = []
+    for action in names():
+        try:
+            load(action)
+        except Exception as exc:  # any error at import time: reported, locally
+            out.append((action, f"cannot load: {type(exc).__name__}: {exc}"))
+    return out
+
+
 def resolve_params(
     remediation: Remediation, given: Mapping[str, str]
 ) -> tuple[Mapping[str, str], list[str]]:

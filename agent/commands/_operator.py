@@ -1,5 +1,6 @@
-"""Shared by the operator commands (status, remediate, maintenance, approve): loading the
-configuration and the safety state the same way, durations as people type them."""
+"""Shared by the operator commands (status, remediate, maintenance, approve, sample):
+loading the configuration and the safety state the same way, durations as people type
+them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ from pathlib import Path
 
 from agent.config import Config, load_config
 from agent.durations import EXAMPLES, parse_duration
-from agent.schema import ConfigInvalid
 from agent.state import SafetyState
 
 
@@ -40,15 +40,16 @@ def operator_name() -> str:
 
 
 def load(command: str, config_file: str | None) -> Config | None:
-    """load_config, or None after printing every error (file: key: reason)."""
-    try:
-        return load_config(config_file)
-    except ConfigInvalid as exc:
-        for err in exc.errors:
+    """The configuration as `run` would load it (agent/config.py load_config: the catalog
+    and the remediation modules validated too), or None after printing every error."""
+    loaded, errors = load_config(config_file)
+    if loaded is None:
+        for err in errors:
             print(f"nodewarden {command}: {err}", file=sys.stderr)
-        print(f"nodewarden {command}: refusing a configuration with {len(exc.errors)} "
-              "error(s)", file=sys.stderr)
+        print(f"nodewarden {command}: refusing a configuration with {len(errors)} "
+              "error(s) (nodewarden check lists them)", file=sys.stderr)
         return None
+    return loaded.config
 
 
 def open_state(command: str, state_dir: Path, now: float) -> SafetyState | None:

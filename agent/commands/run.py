@@ -7,8 +7,7 @@ import logging
 import os
 import sys
 
-from agent.config import Config, read_config
-from agent.schema import ConfigError
+from agent.config import load_config
 
 HELP = (
     "Run the agent in the foreground: follow the kernel log, log files, metrics, devices "
@@ -31,16 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="log to stderr at this level and above (default: info)")
 
 
-def load(config_file: str | None) -> tuple[Config, list[ConfigError]]:
-    """The configuration and every error `check` would report (run, SIGHUP: the same path)."""
-    from agent.commands.check import catalog_and_action_errors
-
-    config, errors = read_config(config_file)
-    if errors:
-        return config, errors
-    return config, catalog_and_action_errors(config, None)
-
-
 def main(args: argparse.Namespace) -> int:
     from agent.cli import EXIT_USAGE
 
@@ -48,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
         stream=sys.stderr, level=args.log_level.upper(),
         format="%(levelname)s %(name)s: %(message)s",  # journald adds the time
     )
-    config, errors = load(args.config)
-    if errors:
+    loaded, errors = load_config(args.config)
+    if loaded is None:
         for err in errors:
             print(f"nodewarden run: {err}", file=sys.stderr)
         print(f"nodewarden run: refusing to start: {len(errors)} error(s) "
@@ -61,8 +50,8 @@ def main(args: argparse.Namespace) -> int:
     from agent.daemon.watchdog import notifier_from_env, watchdog_interval
 
     daemon = Daemon(
-        config,
-        reload_config=lambda: load(args.config),
+        loaded,
+        reload_config=lambda: load_config(args.config),
         clock=SystemClock(),
         notifier=notifier_from_env(os.environ),
         watchdog_interval_s=watchdog_interval(os.environ, os.getpid()),

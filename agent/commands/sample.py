@@ -11,9 +11,8 @@ from typing import Any, TextIO
 
 from agent.cli import EXIT_OK, EXIT_USAGE
 from agent.clock import Clock, SystemClock
-from agent.config import Config, load_config
+from agent.config import Config
 from agent.model import DeviceEvent, MetricSample, ProbeResult
-from agent.schema import ConfigInvalid
 from agent.sources.settings import ProbeSettings
 
 #: seconds between the sampler's priming read and the sample, so rates exist
@@ -41,11 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigInvalid as exc:
-        for error in exc.errors:
-            print(f"nodewarden sample: {error}", file=sys.stderr)
+    from agent.commands._operator import load
+
+    config = load("sample", args.config)
+    if config is None:
         return EXIT_USAGE
     clock = SystemClock()
     sample, devices, probes = collect(config, clock)

@@ -34,19 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from agent.simulate import (
-        ScenarioError,
-        read_scenario,
-        render,
-        replay,
-        scenario_config,
-        to_json_line,
-    )
+    from agent.simulate.render import render, to_json_line
+    from agent.simulate.replay import replay, scenario_config
+    from agent.simulate.scenario import ScenarioError, read_scenario
 
     try:
         scenario = read_scenario(args.scenario)
-        config = scenario_config(scenario, args.config, args.mode)
-        timeline = replay(scenario, config)
+        loaded = scenario_config(scenario, args.config, args.mode)
+        timeline = replay(scenario, loaded)
     except ScenarioError as exc:
         print(f"nodewarden simulate: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -55,6 +50,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"nodewarden simulate: {err}", file=sys.stderr)
         return EXIT_USAGE
     out = sys.stdout
+    config = loaded.config
     if not args.json:
         out.write(f"# {scenario.file}: role {config.agent.role}, mode {config.agent.mode}, "
                   f"host {config.agent.hostname}, {scenario.end:g} s simulated\n")

@@ -8,16 +8,16 @@ Both imports are lazy so `nodewarden --help` does not load the catalog or the gu
 from __future__ import annotations
 
 from agent.clock import Clock
-from agent.config import Config
+from agent.config import Loaded
 from agent.model import Outcome
 from agent.pipeline.api import Decision, Pipeline
 
 
-def build_pipeline(config: Config, clock: Clock) -> Pipeline:
-    """The pipeline the daemon runs: catalog from the config, safety state in state_dir."""
+def build_pipeline(loaded: Loaded, clock: Clock) -> Pipeline:
+    """The pipeline the daemon runs: the loaded catalog, safety state in state_dir."""
     from agent.pipeline.build import build_pipeline as build
 
-    return build(config, clock)
+    return build(loaded.config, clock, catalog=loaded.catalog)
 
 
 def execute_decision(decision: Decision, clock: Clock) -> Outcome:

@@ -28,7 +28,7 @@ from types import FrameType, MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
-from agent.config import Config
+from agent.config import Config, Loaded
 from agent.daemon.execution import build_pipeline, execute_decision
 from agent.daemon.sources import Sources
 from agent.daemon.watchdog import Notifier, WatchdogPinger, status_message
@@ -57,8 +57,8 @@ DECIDE_MIN_GAP_S = 0.1
 #: an operator changed is still picked up; idle CPU stays low — bench/latency.py)
 IDLE_DECIDE_S = 10.0
 
-ConfigLoader = Callable[[], tuple[Config, list[ConfigError]]]
-PipelineFactory = Callable[[Config, Clock], Pipeline]
+ConfigLoader = Callable[[], tuple[Loaded | None, list[ConfigError]]]
+PipelineFactory = Callable[[Loaded, Clock], Pipeline]
 DecisionRunner = Callable[[Decision, Clock], Outcome]
 
 
@@ -67,7 +67,7 @@ class Daemon:
 
     def __init__(
         self,
-        config: Config,
+        loaded: Loaded,
         *,
         reload_config: ConfigLoader,
         clock: Clock,
@@ -76,7 +76,8 @@ class Daemon:
         pipeline_factory: PipelineFactory = build_pipeline,
         run_decision: DecisionRunner = execute_decision,
     ) -> None:
-        self.config = config
+        self.loaded = loaded
+        self.config = config = loaded.config
         self._reload_config = reload_config
         self.clock = clock
         self.notifier = notifier
@@ -132,7 +133,7 @@ class Daemon:
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake.read_fd, selectors.EVENT_READ, self._on_wake)
         self._emit(self._reconcile_intents())  # safety state first (STYLE.md 9)
-        self.pipeline = self._pipeline_factory(self.config, self.clock)
+        self.pipeline = self._pipeline_factory(self.loaded, self.clock)
         self.sources = Sources(self.clock, self.state_dir)
         for change in self.sources.apply(self.config):
             log.info("%s", change)
@@ -432,8 +433,8 @@ class Daemon:
         """SIGHUP: validate the whole new configuration; on any error keep the old one."""
         self.notifier.notify("RELOADING=1")
         try:
-            config, errors = self._reload_config()
-            if errors:
+            loaded, errors = self._reload_config()
+            if loaded is None:
                 for err in errors:
                     log.error("reload refused: %s", err)
                 text = (f"reload refused: {len(errors)} error(s) in the configuration; "
@@ -441,13 +442,13 @@ class Daemon:
                 self._emit([Event(self.clock.now(), "note", {
                     "text": text, "errors": [str(e) for e in errors]})], logging.ERROR)
                 return
-            self._apply(config)
+            self._apply(loaded)
         finally:
             self.notifier.notify("READY=1\n" + status_message(self.summary()))
 
-    def _apply(self, new: Config) -> None:
+    def _apply(self, loaded: Loaded) -> None:
         assert self.sources is not None
-        old = self.config
+        new, old = loaded.config, self.config
         if new.agent.state_dir != old.agent.state_dir:
             log.warning("agent.state_dir changed to %s: takes effect at the next restart; "
                         "still using %s", new.agent.state_dir, self.state_dir)
@@ -458,9 +459,10 @@ class Daemon:
         # of the new configuration has been applied yet. Guard state (budgets, cooldowns,
         # intents) lives in the state directory, so it survives; with the same rules the
         # findings carry over (kernel evidence is not read twice).
-        pipeline = self._pipeline_factory(new, self.clock)
+        loaded = dataclasses.replace(loaded, config=new)
+        pipeline = self._pipeline_factory(loaded, self.clock)
         kept = self.pipeline is not None and pipeline.carry_over(self.pipeline)
-        self.config = new
+        self.loaded, self.config = loaded, new
         self.host = new.agent.hostname
         changes = self.sources.apply(new)
         self._register_sources()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.clock import Clock
 from agent.config import Config
+from agent.detect.catalog import Catalog
 from agent.detect.matcher import Matcher
 from agent.guards import LeaseClient
 from agent.pipeline.contexts import PRECONDITION_TIMEOUT_S, CappedRunner, action_contexts
@@ -25,22 +26,16 @@ def build_pipeline(
     runner: ReadOnlyRunner | None = None,
     state_dir: Path | None = None,
     check_preconditions: bool = True,
+    catalog: Catalog | None = None,
     matcher: Matcher | None = None,
     write_status: bool = True,
 ) -> DecisionPipeline:
-    """The pipeline the daemon runs: the catalog from config, state in the state dir.
-
-    Raises ConfigInvalid when the signature catalog has errors (the daemon refuses them
-    before it gets here). `runner` runs the preconditions' read-only checks (default: the
-    subprocess runner).
-    """
+    """The pipeline a driver runs, over the catalog load_config validated (or a matcher
+    of one), with its safety state in the state directory. `runner` runs the
+    preconditions' read-only checks (default: the subprocess runner, capped)."""
     if matcher is None:
-        from agent.detect.catalog import load_catalog
-        from agent.schema import ConfigInvalid
-
-        catalog, errors = load_catalog(config.agent.signatures_dir)
-        if errors:
-            raise ConfigInvalid(errors)
+        if catalog is None:
+            raise ValueError("build_pipeline needs the loaded catalog or a matcher")
         matcher = Matcher(catalog)
     if runner is None and check_preconditions:
         from agent.execute import SubprocessRunner

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.commands.check import collect_errors
+from agent.config import load_config
 from agent.schema import ConfigError
-from agent.simulate import ScenarioError, parse_scenario, scenario_config
+from agent.simulate.replay import scenario_config
+from agent.simulate.scenario import ScenarioError, parse_scenario
 
 # ruff: noqa: E501  (the user signature below holds its regex on one line, as TOML does)
 
@@ -27,7 +28,7 @@ def errors_for(tmp_path: Path, body: str, *, agent: str = "") -> list[ConfigErro
     path = tmp_path / "agent.toml"
     state = "" if "state_dir" in agent else f'state_dir = "{tmp_path}/state"\n'
     path.write_text(f'[agent]\nsignatures_dir = "{sigs}"\n{state}{agent}\n{body}')
-    return collect_errors(str(path), None)
+    return load_config(str(path))[1]
 
 
 # (what, the agent table's extra lines, the rest of the file, the key, words of the reason)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import load_config, parse_config, read_config
-from agent.schema import ConfigInvalid, Section
+from agent.schema import Section
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -22,7 +22,9 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_no_file_gives_builtin_defaults_in_dry_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NODEWARDEN_CONFIG", raising=False)
     monkeypatch.setattr("agent.config.DEFAULT_CONFIG_PATH", Path("/nonexistent/agent.toml"))
-    config = load_config()
+    loaded, errors = load_config()
+    assert errors == [] and loaded is not None
+    config = loaded.config
     assert config.agent.mode == "dry-run"
     assert [(s.name, str(s.path)) for s in config.logs] == [("mail", "/var/log/mail.log")]
     assert config.sources == ("<built-in defaults>",)
@@ -36,7 +38,8 @@ def test_explicit_missing_file_is_an_error(tmp_path: Path) -> None:
 def test_env_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, '[agent]\nmode = "enforce"\n')
     monkeypatch.setenv("NODEWARDEN_CONFIG", str(path))
-    assert load_config().agent.mode == "enforce"
+    loaded, _errors = load_config()
+    assert loaded is not None and loaded.config.agent.mode == "enforce"
 
 
 @pytest.mark.parametrize(
@@ -58,10 +61,10 @@ def test_errors_carry_file_key_and_reason(
     tmp_path: Path, text: str, key: str, reason: str
 ) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigInvalid) as info:
-        load_config(path)
-    matching = [e for e in info.value.errors if e.key == key]
-    assert matching, info.value.errors
+    loaded, errors = load_config(path)
+    assert loaded is None
+    matching = [e for e in errors if e.key == key]
+    assert matching, errors
     assert reason in matching[0].reason
     assert matching[0].file == str(path)
 

@@ -125,12 +125,15 @@ def test_status_shows_findings_ladders_budgets_maintenance_and_last_actions(
 ) -> None:
     cfg = config_file(tmp_path, '[guards.budget]\nrestart-service = { max = 1, '
                                 'window_s = 3600 }\n')
-    config = load_config(cfg)
+    loaded, _errors = load_config(cfg)
+    assert loaded is not None
+    config = loaded.config
     now = time.time()
     clock = FakeClock(now)
     # what the daemon leaves behind: a cycle with a finding and a ladder position,
     # an execution in the history, and an outcome in the audit log
-    pipeline = build_pipeline(config, clock, check_preconditions=False)
+    pipeline = build_pipeline(config, clock, check_preconditions=False,
+                              catalog=loaded.catalog)
     pipeline.observe(LogLine("kmsg", "INFO: task nfsd:1234 blocked for more than 120 "
                              "seconds.", now, facility=0))
     pipeline.decide(now)

@@ -186,7 +186,7 @@ def test_terminal_escapes_in_others_text_are_shown_not_obeyed() -> None:
     """A process name with `\\x1b[1A\\x1b[2K` (erase the line above) in a kernel record."""
     from agent.pipeline.api import Event
     from agent.report.text import printable
-    from agent.simulate import render
+    from agent.simulate.render import render
 
     evil = "nfsd\x1b[1A\x1b[2K\rok"
     assert printable(evil) == "nfsd\\x1b[1A\\x1b[2K\\x0dok"

@@ -16,7 +16,8 @@ import pytest
 
 from agent.cli import main as cli_main
 from agent.pipeline.api import Event
-from agent.simulate import ScenarioError, parse_scenario, simulate_file
+from agent.simulate.replay import simulate_file
+from agent.simulate.scenario import ScenarioError, parse_scenario
 
 SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 

@@ -169,11 +169,15 @@ class Proposal:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One guard's answer to a proposal: allow or deny, with the reason why."""
+    """One guard's answer to a proposal: allow or deny, with the reason why.
+
+    `needs_person`: a deny that a person must hear about (flapping, a broken history or
+    maintenance file, an execution that cannot be recorded): the driver pages."""
 
     guard: str
     allow: bool
     reason: str
+    needs_person: bool = False
 
 
 # --------------------------------------------------------------------------- remediation

@@ -1,5 +1,6 @@
-"""`nodewarden remediate ACTION`: the operator's own remediation, through the same guard
-chain and the same Executor as the daemon (docs/operator.md).
+"""`nodewarden remediate ACTION`: the operator's own remediation, considered the way the
+daemon considers its own (agent/pipeline/consider.py: the same guard chain, write-ahead
+record, Executor and lease handling) and written to the same audit log (docs/operator.md).
 
 Dry-run (the default) hands the plan to the RecordingRunner; `--execute` hands the *same*
 Plan value to the SubprocessRunner. Operator requests (origin "operator") pass the mode,
@@ -11,7 +12,6 @@ loop), the action's preconditions or the lease (no coordinator, no disruptive ac
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -20,8 +20,12 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.cli import EXIT_OK, EXIT_PROBLEM, EXIT_RUNTIME, EXIT_USAGE
+from agent.config import Config
+from agent.execute import Executor, RecordingRunner
 from agent.guards.base import ExecutingGuard
-from agent.model import Plan, Proposal, Step, Verdict
+from agent.model import Outcome, Plan, Proposal, Step, Verdict
+from agent.pipeline.api import Event
+from agent.pipeline.consider import Considered
 
 HELP = (
     "Plan a remediation (dry-run, the default) or run it (--execute) through the same "
@@ -101,9 +105,10 @@ def _main(args: argparse.Namespace) -> int:
     import remediations
     from agent.clock import SystemClock
     from agent.commands._operator import UsageError, load, open_state
-    from agent.execute import Executor, RecordingRunner, SubprocessRunner
+    from agent.execute import SubprocessRunner
     from agent.execute.runner import SAFE_ENV
     from agent.guards import GuardChain, NoCoordinator
+    from agent.pipeline.consider import Decider
     from agent.pipeline.contexts import action_contexts, guard_chain
 
     config = load("remediate", args.config)
@@ -113,8 +118,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown action {args.action!r}; known: "
                          + ", ".join(remediations.names()))
     module = remediations.load(args.action)
-    given = _params(args.param)
-    params, errors = remediations.resolve_params(module, given)
+    params, errors = remediations.resolve_params(module, _params(args.param))
     if errors:
         raise UsageError(f"{args.action}: " + "; ".join(errors)
                          + f" (parameters: {', '.join(module.PARAMS) or 'none'})")
@@ -129,9 +133,8 @@ def _main(args: argparse.Namespace) -> int:
     env = {**SAFE_ENV, "PATH": os.environ.get("PATH", SAFE_ENV["PATH"])}
     runner = SubprocessRunner(clock, env=env)
     contexts = action_contexts(config, clock, runner)
-    ctx = contexts.for_action(args.action)
-    try:
-        plan = module.plan(subject, params, ctx)
+    try:  # bad parameters are a usage error, before any guard is asked
+        module.plan(subject, params, contexts.for_action(args.action))
     except remediations.InvalidParams as exc:
         raise UsageError(f"{args.action} {subject}: " + "; ".join(exc.reasons)) from None
     state = open_state("remediate", config.agent.state_dir, now)
@@ -141,49 +144,61 @@ def _main(args: argparse.Namespace) -> int:
                         check_preconditions=True)
     if not args.execute:
         chain = GuardChain(_DryRunMode(chain.mode), chain.guards, costly=chain.costly,
-                           lease=chain.lease, page_guards=chain.page_guards)
+                           lease=chain.lease)
+    decider = Decider(chain, state, contexts)
+    who = _who()
     proposal = Proposal(
         action=args.action, subject=subject, problem="operator",
         params=MappingProxyType(dict(params)), disruptive=bool(module.DISRUPTIVE),
         needs_lease=bool(module.NEEDS_LEASE), origin="operator", finding_subject=subject,
-        reason=f"operator request by {_who()}",
-        target=remediations.target_of(args.action, subject, params),
+        reason=f"operator request by {who}",
     )
-    result = chain.evaluate(proposal, now)
+    considered = decider.consider(proposal, now)
+    events = list(considered.events)
+    outcome = None
+    if considered.decision is not None:
+        decision = considered.decision
+        outcome = Executor(runner if decision.execute else RecordingRunner(), clock).run(
+            decision.plan)
+        events += decider.finish(decision, outcome, clock.now())
+    _audit(config, events, who)
+    report = _report(args, subject, params, considered, outcome)
+    code = EXIT_OK if considered.decision is not None else EXIT_PROBLEM
+    if outcome is not None and outcome.executed and not outcome.ok:
+        code = EXIT_PROBLEM
+    return _print(report, args.json, code)
+
+
+def _report(args: argparse.Namespace, subject: str, params: Mapping[str, str],
+            considered: Considered, outcome: Outcome | None) -> dict[str, Any]:
+    plan = considered.plan
     report: dict[str, Any] = {
         "action": args.action, "subject": subject, "params": dict(params),
-        "mode": "execute" if args.execute else "dry-run", "plan": plan_json(plan),
-        "verdicts": [dataclasses.asdict(v) for v in result.verdicts],
-        "allowed": result.allowed, "outcome": None,
+        "mode": "execute" if args.execute else "dry-run",
+        "plan": None if plan is None else plan_json(plan),
+        "verdicts": [{"guard": v.guard, "allow": v.allow, "reason": v.reason}
+                     for v in considered.verdicts],
+        "allowed": considered.decision is not None, "outcome": None,
     }
-    code = EXIT_OK if result.allowed else EXIT_PROBLEM
-    if args.execute and result.allowed:
-        try:
-            state.record_execution(args.action, subject, now, problem="operator",
-                                   finding_subject=subject, origin="operator",
-                                   target=proposal.acted_on)
-        except Exception as exc:  # StateError: it could not be counted, so it does not run
-            report["allowed"] = False
-            report["verdicts"].append({"guard": "budget", "allow": False,
-                                       "reason": f"budget: cannot record the execution: {exc}"})
-            return _print(report, args.json, EXIT_PROBLEM)
-        outcome = Executor(runner, clock).run(plan)
-        client = getattr(chain.lease, "client", None)
-        if result.lease is not None and client is not None:
-            client.release(result.lease)
+    if outcome is not None:
         report["outcome"] = {
             "ok": outcome.ok, "executed": outcome.executed, "detail": outcome.detail,
             "results": [{"argv": list(r.argv), "exit_code": r.exit_code,
                          "timed_out": r.timed_out, "stderr": r.stderr[-2000:]}
                         for r in outcome.results],
         }
-        code = EXIT_OK if outcome.ok else EXIT_PROBLEM
-    elif result.allowed:
-        # the same executor with the recording runner: nothing runs, the outcome says so
-        outcome = Executor(RecordingRunner(), clock).run(plan)
-        report["outcome"] = {"ok": outcome.ok, "executed": outcome.executed,
-                             "detail": outcome.detail, "results": []}
-    return _print(report, args.json, code)
+    return report
+
+
+def _audit(config: Config, events: list[Event], who: str) -> None:
+    """The operator's request in the audit log the daemon writes, like its own actions
+    (`origin: operator` and who asked)."""
+    from agent.report.audit import AUDIT_FILE, AuditLog
+
+    audit = AuditLog(config.agent.state_dir / AUDIT_FILE)
+    for event in events:
+        audit.append({**event.to_json(), "host": config.agent.hostname, "by": who})
+    audit.close()
 
 
 def _who() -> str:
@@ -196,7 +211,7 @@ def _print(report: Mapping[str, Any], as_json: bool, code: int) -> int:
     if as_json:
         print(json.dumps(report, ensure_ascii=False))
         return code
-    print(report["plan"]["rendered"])
+    print(report["plan"]["rendered"] if report["plan"] else "no plan: the remediation refuses")
     print("verdicts:")
     for v in report["verdicts"]:
         print(f"  {'allow' if v['allow'] else 'DENY '} {v['reason']}")

@@ -76,6 +76,7 @@ def collect(config: Any, now: float) -> dict[str, Any]:
     """Everything status shows, as JSON-ready data."""
     from agent.commands.maintenance import describe
     from agent.guards.base import iso, span
+    from agent.guards.stateful import BudgetGuard, CooldownGuard
     from agent.policy.engine import Policy
     from agent.state import SafetyState
 
@@ -109,34 +110,16 @@ def collect(config: Any, now: float) -> dict[str, Any]:
         "due_at": p.due_at, "firing": p.firing, "summary": p.summary,
     } for p in policy.positions()]
     guards = config.guards
-    cooldowns = []
-    for e in state.executions(since=now - max([guards.cooldown_s, *guards.cooldowns.values()])):
-        if e.action == "page":
-            continue  # pages fold, they do not cool down
-        length = guards.cooldowns.get(e.action, guards.cooldown_s)
-        if e.t + length > now:
-            cooldowns.append({"action": e.action, "subject": e.subject, "target": e.target,
-                              "ran_at": e.t, "until": e.t + length,
-                              "text": f"{e.action} {e.target}: ran {span(now - e.t)} ago, "
-                                      f"next at {iso(e.t + length)}"})
-    out["cooldowns"] = cooldowns
-    budgets = []
-    for action, budget in sorted(guards.budgets.items()):
-        recent = [r for r in state.executions(action=action, since=now - budget.window_s)
-                  if r.t > now - budget.window_s]
-        buckets: dict[str | None, list[float]] = {}
-        for r in recent:
-            buckets.setdefault(None if budget.per == "host" else r.problem, []).append(r.t)
-        for problem, times in sorted(buckets.items(), key=lambda kv: kv[0] or "") or [
-                (None, [])]:
-            runs, limit = sorted(times), budget.max
-            next_at = runs[len(runs) - limit] + budget.window_s \
-                if limit and len(runs) >= limit else None
-            budgets.append({"action": action, "per": budget.per, "problem": problem,
-                            "used": len(runs), "limit": limit, "window_s": budget.window_s,
-                            "next_allowed": next_at if next_at else now,
-                            "exhausted": len(runs) >= limit})
-    out["budgets"] = budgets
+    out["cooldowns"] = [{
+        "action": c.action, "subject": c.subject, "target": c.target, "ran_at": c.ran_at,
+        "until": c.until, "text": f"{c.action} {c.target}: ran {span(now - c.ran_at)} ago, "
+                                  f"next at {iso(c.until)}",
+    } for c in CooldownGuard(state, guards.cooldown_s, guards.cooldowns).left(now)]
+    out["budgets"] = [{
+        "action": b.action, "per": b.budget.per, "problem": b.problem, "used": b.used,
+        "limit": b.budget.max, "window_s": b.budget.window_s,
+        "next_allowed": b.next_allowed, "exhausted": b.exhausted,
+    } for b in BudgetGuard(state, guards.budgets).left(now)]
     out["faults"] = state.faults()
     out["maintenance"] = describe(state.maintenance(now), now)
     out["approvals"] = [{"action": a.action, "subject": a.subject, "expires_at": a.expires_at,

@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 
 from agent.model import Proposal, Verdict
 
-#: a deny reason that ends so asks the caller to page a person (ChainResult.page)
+#: how a deny that needs a person ends, for the people who read it (Verdict.needs_person)
 PAGE_A_PERSON = "page a person"
 
 
@@ -54,6 +54,9 @@ class LeaseClient(Protocol):
 
     def acquire(self, action: str, subject: str, ttl_s: float) -> Lease | None: ...
 
+    def renew(self, lease: Lease, ttl_s: float) -> Lease | None:
+        """The same lease for `ttl_s` more, or None (it runs out at its old time)."""
+
     def release(self, lease: Lease) -> None: ...
 
 
@@ -67,6 +70,9 @@ class NoCoordinator:
         return False
 
     def acquire(self, action: str, subject: str, ttl_s: float) -> Lease | None:
+        return None
+
+    def renew(self, lease: Lease, ttl_s: float) -> Lease | None:
         return None
 
     def release(self, lease: Lease) -> None:
@@ -97,7 +103,10 @@ def allow(guard: str, reason: str) -> Verdict:
     return Verdict(guard, True, f"{guard}: {reason}")
 
 
-def deny(guard: str, reason: str) -> Verdict:
+def deny(guard: str, reason: str, *, needs_person: bool = False) -> Verdict:
+    """A deny; `needs_person` ones say so at the end of the reason too (for people)."""
+    if needs_person:
+        return Verdict(guard, False, f"{guard}: {reason}; {PAGE_A_PERSON}", needs_person=True)
     return Verdict(guard, False, f"{guard}: {reason}")
 
 
@@ -144,11 +153,19 @@ class ExecutingGuard(Protocol):
 
 
 class LeaseGate(Protocol):
+    """The chain's lease guard: the one place leases are taken, renewed and released."""
+
     name: str
+    #: how long a lease is asked for (and renewed by)
+    ttl_s: float
 
     def check(self, proposal: Proposal, now: float) -> Verdict: ...
 
     def acquire(self, proposal: Proposal, now: float) -> tuple[Verdict, Lease | None]: ...
+
+    def renew(self, lease: Lease, now: float) -> Lease | None: ...
+
+    def release(self, lease: Lease) -> None: ...
 
 
 @runtime_checkable
@@ -176,13 +193,11 @@ class GuardChain:
         *,
         costly: Sequence[Guard] = (),
         lease: LeaseGate | None = None,
-        page_guards: frozenset[str] = frozenset({"flapping", "budget", "maintenance"}),
     ) -> None:
         self.mode = mode
         self.guards = tuple(guards)
         self.costly = tuple(costly)
         self.lease = lease
-        self.page_guards = page_guards
 
     @property
     def fold(self) -> PageFold | None:
@@ -208,6 +223,5 @@ class GuardChain:
                 verdict = self.lease.check(proposal, now)
             verdicts.append(verdict)
         allowed = all(v.allow for v in verdicts)
-        page = next((v.reason for v in verdicts if not v.allow and v.guard in self.page_guards
-                     and v.reason.endswith(PAGE_A_PERSON)), None)
+        page = next((v.reason for v in verdicts if not v.allow and v.needs_person), None)
         return ChainResult(proposal, allowed, tuple(verdicts), execute and allowed, lease, page)

@@ -67,3 +67,10 @@ class LeaseGuard:
             return deny(self.name, f"{proposal.action} needs a lease and none was granted "
                                    f"({self.client.describe()})"), None
         return allow(self.name, f"lease {lease.id} until {iso(lease.expires_at)}"), lease
+
+    def renew(self, lease: Lease, now: float) -> Lease | None:
+        """Ask for `ttl_s` more before the lease runs out (a plan still running)."""
+        return self.client.renew(lease, self.ttl_s)
+
+    def release(self, lease: Lease) -> None:
+        self.client.release(lease)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.guards.base import PAGE_A_PERSON, allow, deny, iso, span
+from agent.guards.base import allow, deny, iso, span
 from agent.guards.windows import Window, describe_windows
 from agent.model import Proposal, Verdict
 from agent.state import SafetyState
@@ -45,8 +45,8 @@ class MaintenanceGuard:
         fault = self.state.maintenance_fault
         if fault is not None:
             return deny(self.name, f"the maintenance flag cannot be read ({fault}): it counts "
-                        "as on until an operator sets it (nodewarden maintenance on|off); "
-                        f"{PAGE_A_PERSON}")
+                        "as on until an operator sets it (nodewarden maintenance on|off)",
+                        needs_person=True)
         flag = self.state.maintenance(now)
         if flag is not None:
             by = f" by {flag.by}" if flag.by else ""
@@ -90,6 +90,29 @@ class CooldownGuard:
                                f"at {iso(last)}; next allowed at {iso(last + cooldown)} "
                                f"(cooldown {span(cooldown)})")
 
+    def left(self, now: float) -> list[CooldownLeft]:
+        """The cooldowns running now (`nodewarden status`), one per execution."""
+        longest = max([self.default_s, *self.per_action.values()])
+        out = []
+        for e in self.state.executions(since=now - longest):
+            if e.action == PAGE:
+                continue  # pages fold, they do not cool down
+            until = e.t + self.per_action.get(e.action, self.default_s)
+            if until > now:
+                out.append(CooldownLeft(e.action, e.subject, e.target, e.t, until))
+        return out
+
+
+@dataclass(frozen=True)
+class CooldownLeft:
+    """A cooldown running now: `action` on `target` ran at `ran_at`, again from `until`."""
+
+    action: str
+    subject: str
+    target: str
+    ran_at: float
+    until: float
+
 
 @dataclass(frozen=True)
 class Budget:
@@ -118,7 +141,7 @@ class BudgetGuard:
         if fault is not None:
             return deny(self.name, f"{fault.reason} (since {iso(fault.since)}); actions are "
                         "denied until an operator clears it (nodewarden maintenance "
-                        f"clear-history); {PAGE_A_PERSON}")
+                        "clear-history)", needs_person=True)
         budget = self.budgets.get(proposal.action)
         if budget is None:
             return allow(self.name, f"no budget for {proposal.action}")
@@ -135,6 +158,38 @@ class BudgetGuard:
         when = f" (next allowed at {iso(next_at)})" if next_at is not None else ""
         return deny(self.name, f"{len(runs)} of {budget.max} {proposal.action} {where} in "
                                f"the last {span(budget.window_s)}{when}")
+
+    def left(self, now: float) -> list[BudgetLeft]:
+        """How much of each budget is used now (`nodewarden status`): one line per action
+        and problem that ran in its window (per host: one per action), and one for each
+        budgeted action that did not run at all."""
+        out = []
+        for action, budget in sorted(self.budgets.items()):
+            buckets: dict[str | None, list[float]] = {}
+            for r in self.state.executions(action=action, since=now - budget.window_s):
+                if r.t > now - budget.window_s:
+                    buckets.setdefault(None if budget.per == "host" else r.problem,
+                                       []).append(r.t)
+            for problem, times in sorted(buckets.items(), key=lambda kv: kv[0] or "") or [
+                    (None, [])]:
+                runs = sorted(times)
+                exhausted = len(runs) >= budget.max
+                next_at = (runs[len(runs) - budget.max] + budget.window_s
+                           if exhausted and budget.max else now)
+                out.append(BudgetLeft(action, budget, problem, len(runs), next_at, exhausted))
+        return out
+
+
+@dataclass(frozen=True)
+class BudgetLeft:
+    """One budget as used now: `used` of `budget.max` runs of `action` (for `problem`)."""
+
+    action: str
+    budget: Budget
+    problem: str | None
+    used: int
+    next_allowed: float
+    exhausted: bool
 
 
 class FlappingGuard:
@@ -159,8 +214,8 @@ class FlappingGuard:
             return allow(self.name, f"{proposal.problem} {subject} fixed {len(fixes)} times in "
                                     f"the last {span(self.window_s)} (limit {self.max_fixes})")
         return deny(self.name, f"{proposal.problem} {subject} came back after {len(fixes)} fixes "
-                    f"in the last {span(self.window_s)} (limit {self.max_fixes}): stop acting, "
-                    f"{PAGE_A_PERSON}")
+                    f"in the last {span(self.window_s)} (limit {self.max_fixes}): stop acting",
+                    needs_person=True)
 
 
 class PageFoldGuard:

@@ -111,5 +111,4 @@ def guard_chain(
     chain = build_chain(config.guards, mode=mode or config.agent.mode, state=state,
                         lease_client=lease_client)
     costly = [ActionPreconditions(contexts)] if check_preconditions else []
-    return GuardChain(chain.mode, chain.guards, costly=costly, lease=chain.lease,
-                      page_guards=chain.page_guards)
+    return GuardChain(chain.mode, chain.guards, costly=costly, lease=chain.lease)

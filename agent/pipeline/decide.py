@@ -36,7 +36,6 @@ lease runs out by itself, covering the time the node takes to come back).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
@@ -47,8 +46,7 @@ from agent.detect.matcher import Matcher
 from agent.detect.oomreport import OomReports
 from agent.detect.rules import ProbeRule
 from agent.detect.template import render
-from agent.guards import Lease, LeaseClient, NoCoordinator
-from agent.guards.base import PAGE_A_PERSON
+from agent.guards import LeaseClient, NoCoordinator
 from agent.model import (
     DeviceEvent,
     Finding,
@@ -58,42 +56,21 @@ from agent.model import (
     Outcome,
     ProbeResult,
     Proposal,
-    Verdict,
 )
 from agent.pipeline.api import Decision, Event
+from agent.pipeline.consider import Decider
 from agent.pipeline.contexts import ActionContexts, guard_chain
 from agent.pipeline.events import (
     finding_event,
     note_event,
-    outcome_event,
-    plan_event,
-    verdict_event,
 )
 from agent.policy.engine import Policy
 from agent.report.status_file import StatusFile
-from agent.state import SafetyState, StateError
+from agent.state import SafetyState
 from remediations import InvalidParams, UnknownAction, build_plan, target_of
 
 #: policy steps per decide() (a ladder longer than this climbs over several cycles)
 MAX_STEPS = 8
-
-
-def _with_message(p: Proposal, extra: str) -> Proposal:
-    """A page proposal with `extra` added to its message."""
-    if not extra:
-        return p
-    params = dict(p.params)
-    params["message"] = (params.get("message", "") + extra)[:480]
-    return dataclasses.replace(p, params=MappingProxyType(params))
-
-
-def with_page_defaults(p: Proposal) -> Proposal:
-    """A page rung names the problem and says why, unless the ladder gave its own params."""
-    if p.action != "page":
-        return p
-    params = {"problem": p.problem, "message": p.reason or f"{p.problem} {p.subject}"}
-    params.update(p.params)
-    return dataclasses.replace(p, params=MappingProxyType(params))
 
 
 class DecisionPipeline:
@@ -124,7 +101,7 @@ class DecisionPipeline:
         self.chain = guard_chain(config, state, contexts,
                                  lease_client=lease_client or NoCoordinator(),
                                  check_preconditions=check_preconditions)
-        self._leases: dict[tuple[str, str, str, str], Lease] = {}
+        self.decider = Decider(self.chain, state, contexts)
         #: (problem, finding subject) already paged because a guard said so, this episode
         self._paged: set[tuple[str, str]] = set()
         self._sentence = "no action: nothing observed yet"
@@ -161,7 +138,7 @@ class DecisionPipeline:
 
     # ------------------------------------------------------------------ decide
     def decide(self, now: float) -> tuple[Sequence[Event], Sequence[Decision]]:
-        events: list[Event] = []
+        events: list[Event] = self.decider.renew(now)
         self.state.refresh(now)
         events += self._changes(self.detectors.tick(now), now)
         decisions: list[Decision] = []
@@ -235,57 +212,13 @@ class DecisionPipeline:
     def _consider(
         self, proposal: Proposal, now: float, events: list[Event]
     ) -> tuple[Decision | None, Proposal | None]:
-        proposal = with_page_defaults(proposal)
-        if not proposal.target:
-            proposal = dataclasses.replace(
-                proposal, target=target_of(proposal.action, proposal.subject, proposal.params))
-        result = self.chain.evaluate(proposal, now)
-        verdicts = list(result.verdicts)
-        events += [verdict_event(proposal, v, now) for v in verdicts]
-        if not result.allowed:
-            self.policy.record(proposal, now, "denied", denied_by=result.denied_by)
-            return None, self._page_for(proposal, result.page)
-        fold = self.chain.fold
-        if proposal.action == "page" and fold is not None:
-            proposal = _with_message(proposal, fold.annotate(proposal))
-        unrecorded = ""
-        if result.execute:
-            try:  # write-ahead: counted before it runs, or it does not run (but a page)
-                self.state.record_execution(
-                    proposal.action, proposal.subject, now, problem=proposal.problem,
-                    finding_subject=proposal.finding_subject, origin=proposal.origin,
-                    target=proposal.acted_on)
-            except StateError as exc:
-                if proposal.action != "page":
-                    why = (f"cannot record the execution, so it does not run: {exc}; "
-                           f"{PAGE_A_PERSON}")
-                    events.append(verdict_event(proposal, Verdict("budget", False,
-                                                                  f"budget: {why}"), now))
-                    self._release(result.lease)
-                    self.policy.record(proposal, now, "denied", denied_by=("budget",))
-                    return None, self._page_for(proposal, f"{proposal.action} "
-                                                f"{proposal.subject} denied: {why}")
-                unrecorded = f"could not be recorded ({exc}); it goes out anyway"
-                proposal = _with_message(proposal, f" [this page {unrecorded}]")
-        try:
-            plan = build_plan(proposal.action, proposal.subject, proposal.params,
-                              self.contexts.for_action(proposal.action))
-        except (InvalidParams, UnknownAction, ImportError) as exc:
-            verdict = Verdict("plan", False, f"plan: {proposal.action} refuses: {exc}"[:400])
-            events.append(verdict_event(proposal, verdict, now))
-            self._release(result.lease)
-            self.policy.record(proposal, now, "denied", denied_by=("plan",))
-            return None, None
-        verdicts.append(Verdict("plan", True, f"plan: {plan.summary}"))
-        if unrecorded:
-            events.append(note_event(f"page {proposal.subject} {unrecorded}", now))
-        if proposal.action == "page" and fold is not None:
-            fold.sent(proposal, now)
-        events.append(plan_event(proposal, plan, result.execute, now))
-        decision = Decision(proposal, tuple(verdicts), plan, result.execute)
-        if result.lease is not None:
-            self._leases[self._key(decision)] = result.lease
-        return decision, None
+        considered = self.decider.consider(proposal, now)
+        events += considered.events
+        if considered.decision is None:
+            self.policy.record(considered.proposal, now, "denied",
+                               denied_by=considered.denied_by)
+            return None, self._page_for(considered.proposal, considered.page)
+        return considered.decision, None
 
     def _page_for(self, proposal: Proposal, why: str | None) -> Proposal | None:
         """A guard said "page a person": one page per episode of the finding."""
@@ -308,34 +241,15 @@ class DecisionPipeline:
             self.policy.record(decision.proposal, now, "executed" if outcome.ok else "failed")
         else:
             self.policy.record(decision.proposal, now, "planned")
-        lease = self._leases.pop(self._key(decision), None)
-        keep = decision.plan.action == "node-restart" and outcome.executed and outcome.ok
-        if lease is not None and not keep:
-            self._release(lease)
-        events = [outcome_event(decision, outcome, now)]
+        events = self.decider.finish(decision, outcome, now)
         if decision.plan.action == "page" and outcome.executed and not outcome.ok:
-            # a page that did not go out is tried again (the ladder retries its page rung
-            # after retry_s; a guard's page on its next deny), and nothing folds into it
-            fold = self.chain.fold
-            if fold is not None:
-                fold.failed(decision.proposal)
+            # a page that did not go out is tried again: the ladder retries its page rung
+            # after retry_s, a guard's page on its next deny
             self._paged.discard((decision.proposal.problem, decision.proposal.finding_subject))
-            events.append(note_event(f"page {decision.plan.subject} FAILED: "
-                                     f"{outcome.detail}; it will be tried again", now))
         for warning in self.policy.warnings:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()
         return events
-
-    def _release(self, lease: Lease | None) -> None:
-        if lease is not None and self.chain.lease is not None:
-            client = getattr(self.chain.lease, "client", None)
-            if client is not None:
-                client.release(lease)
-
-    @staticmethod
-    def _key(d: Decision) -> tuple[str, str, str, str]:
-        return (d.plan.action, d.plan.subject, d.proposal.problem, d.proposal.finding_subject)
 
     # ------------------------------------------------------------------ status
     def active(self) -> list[Finding]:

@@ -327,3 +327,27 @@ def test_windows(text: str, inside: list[float], outside: list[float]) -> None:
     w = parse_window(text)
     assert all(w.contains(t) for t in inside)
     assert not any(w.contains(t) for t in outside)
+
+
+def test_the_budget_and_cooldown_guards_say_how_much_is_left(tmp_path: Path) -> None:
+    """What `nodewarden status` shows comes from the guards themselves: the same
+    arithmetic that allows or denies."""
+    from agent.guards.stateful import BudgetGuard, CooldownGuard
+
+    state = SafetyState(tmp_path, now=T0)
+    for t, problem in ((T0 - 100, "imap-down"), (T0 - 50, "imap-down"), (T0 - 10, "oom")):
+        state.record_execution("restart-service", "dovecot.service", t, problem=problem)
+    state.record_execution("node-restart", "h1", T0 - 200, problem="storage-hang")
+    budgets = {"restart-service": Budget(2, 3600.0), "node-restart": Budget(2, 86400.0, "host"),
+               "exec": Budget(1, 60.0)}
+    left = {(b.action, b.problem): b for b in BudgetGuard(state, budgets).left(T0)}
+    assert set(left) == {("exec", None), ("node-restart", None),
+                         ("restart-service", "imap-down"), ("restart-service", "oom")}
+    imap = left[("restart-service", "imap-down")]
+    assert (imap.used, imap.exhausted, imap.next_allowed) == (2, True, T0 - 100 + 3600)
+    assert (left[("restart-service", "oom")].used, left[("exec", None)].used) == (1, 0)
+    assert not left[("node-restart", None)].exhausted
+    cooling = CooldownGuard(state, 600.0, {"node-restart": 3600.0}).left(T0)
+    assert sorted((c.action, c.until) for c in cooling) == [
+        ("node-restart", T0 - 200 + 3600), ("restart-service", T0 - 100 + 600),
+        ("restart-service", T0 - 50 + 600), ("restart-service", T0 - 10 + 600)]

@@ -170,3 +170,43 @@ def test_a_bad_configuration_is_refused_with_file_key_and_reason(
                              "--config", str(cfg))
     assert code == 2
     assert f"{cfg}: agent.mode: must be one of observe, dry-run, enforce" in err
+
+
+def _audit(tmp_path: Path) -> list[dict[str, object]]:
+    path = tmp_path / "state" / "audit.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_operators_execute_is_in_the_audit_log_with_its_verdicts(
+    tmp_path: Path, on_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The operator's request leaves what the daemon's own actions leave: every guard's
+    verdict, the plan and the outcome, marked as the operator's and by whom."""
+    monkeypatch.setenv("SUDO_USER", "alice")
+    code, _out, _ = remediate(capsys, "restart-service", "--subject", "x.service",
+                              "--execute", "--config", str(config_file(tmp_path)))
+    assert code == 0
+    records = _audit(tmp_path)
+    verdicts = [r for r in records if r["kind"] == "verdict"]
+    assert {r["guard"] for r in verdicts} >= {"mode", "budget", "cooldown", "lease"}
+    assert all(r["allow"] and r["origin"] == "operator" and r["by"] == "alice"
+               for r in verdicts)
+    (plan,) = [r for r in records if r["kind"] == "plan"]
+    assert plan["execute"] is True and plan["steps"] == [
+        ["systemctl", "restart", "--", "x.service"]]
+    (outcome,) = [r for r in records if r["kind"] == "outcome"]
+    assert outcome["ok"] is True and outcome["executed"] is True and outcome["host"] == "h1"
+
+
+def test_a_denied_operator_request_is_audited_too(
+    tmp_path: Path, on_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _out, _ = remediate(capsys, "node-restart", "--execute", "--config",
+                              str(config_file(tmp_path)))
+    assert code == 1
+    records = _audit(tmp_path)
+    denied = [r for r in records if r["kind"] == "verdict" and not r["allow"]]
+    assert [r["guard"] for r in denied] == ["lease"]
+    assert not [r for r in records if r["kind"] in ("plan", "outcome")]
+    assert recorded(on_path) == []

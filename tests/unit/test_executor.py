@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -141,7 +142,11 @@ def test_subprocess_runner_timeout_kills_the_whole_process_group(tmp_path: Path)
     r = run([PY, "-c", code], timeout=1.0)
     assert r.timed_out and r.exit_code == -9 and r.stdout == "started\n"
     grandchild = int(pidfile.read_text())
-    # killed with its group; reaped by init or a zombie until then, never running
+    # killed with its group: SIGKILL lands when the kernel next schedules it (on a busy
+    # machine, after run() returned), so wait for its exit as an event (a pidfd turns
+    # readable once the process has exited); then it is reaped by init or a zombie until
+    # then, never running
+    _wait_exit(grandchild)
     state = _state(grandchild)
     assert state in (None, "Z"), state
 
@@ -161,6 +166,18 @@ def test_a_command_that_leaves_a_child_holding_its_output_did_not_time_out(
     child = int(pidfile.read_text())
     assert _state(child) not in (None, "Z")  # left running, as the command meant
     os.kill(child, 9)
+
+
+def _wait_exit(pid: int) -> None:
+    """Until `pid` has exited (at most 30 s: a SIGKILL that never lands fails the test)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return  # already gone
+    try:
+        select.select([fd], [], [], 30.0)
+    finally:
+        os.close(fd)
 
 
 def _state(pid: int) -> str | None:

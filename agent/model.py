@@ -168,6 +168,16 @@ class Proposal:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """At most `max` executions per `window_s`, counted per problem or per host (an
+    action's default: remediations; the operator's: [guards.budget])."""
+
+    max: int
+    window_s: float
+    per: str = "problem"  # "problem": per action and problem; "host": per action
+
+
+@dataclass(frozen=True)
 class Verdict:
     """One guard's answer to a proposal: allow or deny, with the reason why.
 

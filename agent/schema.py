@@ -12,6 +12,7 @@ import math
 import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 #: what the agent does with an allowed action (docs/configuration.md, agent.mode)
@@ -219,3 +220,13 @@ def parse_toml(data: bytes, file: str) -> tuple[dict[str, Any] | None, list[Conf
                                   "a configuration file")]
     errors = tree_errors(raw, file)
     return (None if errors else raw), errors
+
+
+def role_tables(directory: Path, role: str) -> list[tuple[str, dict[str, Any]]]:
+    """(file name, parsed TOML) of the shipped defaults of `role` in `directory`:
+    `generic.toml` applies to every host, `storage.toml` / `mail.toml` add to it (and may
+    replace one of its tables) for `agent.role = "storage" | "mail"`."""
+    files = [directory / "generic.toml"]
+    if role != "generic" and (directory / f"{role}.toml").exists():
+        files.append(directory / f"{role}.toml")
+    return [(str(p), tomllib.loads(p.read_text("utf-8"))) for p in files]

@@ -1,35 +1,36 @@
 """Remediation actions, one module each, found by name.
 
-`remediations/restart_service.py` is the action `restart-service`. Each module describes
-itself (STYLE.md 6) so that docs, `--help` and the guard chain come from the declarations:
+`remediations/restart_service.py` is the action `restart-service`: a subclass of
+`Remediation` that states its own facts once, as class attributes, and its `plan()`;
+the module holds one instance, `ACTION`, and its docstring is the runbook (what it does,
+when, how to verify and undo it). Docs, `--help`, the policy and the guard chain read
+everything from there (STYLE.md 6):
 
-    NAME: str                     # "restart-service"
-    SUMMARY: str                  # one line
-    DISRUPTIVE: bool              # takes a service or the node away for a while
-    NEEDS_LEASE: bool             # the coordinator must grant a lease first
-    PARAMS: Mapping[str, ParamSpec]
-    SETTINGS: Mapping[str, ParamSpec]  # keys of the [actions.NAME] table it reads
+    NAME, SUMMARY                 # "restart-service", one line
+    DISRUPTIVE, NEEDS_LEASE       # takes a service or the node away; needs a lease first
+    PARAMS: Mapping[str, ParamSpec]    # rung / --param parameters, with their defaults
+    SETTINGS: Mapping[str, ParamSpec]  # keys of its [actions.NAME] table, with defaults
     SUBJECT: ParamSpec            # what the subject is (its `check` refuses a literal one)
     EXAMPLE: Example              # subject, params and settings for the runbook's dry-run
-    __doc__                       # the runbook: what it does, when, how to undo it
-    def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan
-    def target(subject: str, params: Mapping[str, str]) -> str
-        # the canonical thing acted on ("dovecot" and "dovecot.service" are one unit):
-        # cooldowns, budgets and the flapping guard are keyed on it
-    def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]
-        # reasons the action must not run now (empty = ok); may run read-only commands
-        # through ctx.runner, never a destructive one
+    BUDGET: Budget | None         # how often it may run ([guards.budget] overrides)
+    COOLDOWN_S: float | None      # before it runs again on a target ([guards.cooldown])
+    plan(subject, params, ctx) -> Plan
+    target(subject, params) -> str     # the canonical thing acted on (default: subject)
+    preconditions(subject, params, ctx) -> list[str]   # default: what plan() refuses
 
-`plan()` is pure: the same inputs give the same Plan, which dry-run prints and execute runs.
-It raises InvalidParams when a parameter or setting is unsafe or malformed; preconditions()
-then returns the same reasons. `build_plan()` does load + resolve_params + plan in one call.
-A ParamSpec's `check` runs the validation plan() applies to that one value, so `check`
-refuses a bad setting or a bad literal rung parameter when the configuration is loaded,
-not when a plan is built in the middle of an incident.
+What they share is inherited: `resolve()` fills PARAMS defaults and refuses unknown or
+missing ones; `settings()` applies SETTINGS defaults under the configured values (the
+ActionContext a plan gets has them applied, agent/pipeline/contexts.py); the default
+`preconditions()` is the validation plan() applies. `plan()` is pure and gets resolved
+params: the same inputs give the same Plan, which dry-run prints and execute runs. It
+raises InvalidParams when a parameter or setting is unsafe or malformed. A ParamSpec's
+`check` runs the validation plan() applies to that one value, so `check` refuses a bad
+setting or literal rung parameter when the configuration is loaded, not mid-incident.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import pkgutil
@@ -38,12 +39,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType, ModuleType
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from agent.model import EMPTY, Plan, Step, StepResult
+from agent.model import EMPTY, Budget, Plan, Step, StepResult
 
 if TYPE_CHECKING:
     from agent.clock import Clock
+
+
+#: no parameters or settings
+EMPTY_SPECS: Mapping[str, ParamSpec] = MappingProxyType({})
 
 
 class ReadOnlyRunner(Protocol):
@@ -54,11 +59,20 @@ class ReadOnlyRunner(Protocol):
 
 @dataclass(frozen=True)
 class ParamSpec:
+    """One parameter or setting: what it is, its default, and its validation."""
+
     description: str
     required: bool = False
+    #: a parameter's default (parameters are strings, as a rung or --param gives them)
     default: str | None = None
     #: validates one value (raises InvalidParams with the reason); None: any string
     check: Callable[[object], object] | None = field(default=None, compare=False)
+    #: a setting's default, as the TOML value it stands for (a list, an integer...)
+    value: object = None
+
+    @property
+    def setting_default(self) -> object:
+        return self.value if self.value is not None else self.default
 
 
 @dataclass(frozen=True)
@@ -101,24 +115,76 @@ class InvalidParams(ValueError):
         super().__init__("; ".join(reasons))
 
 
-class Remediation(Protocol):
-    NAME: str
-    SUMMARY: str
-    DISRUPTIVE: bool
-    NEEDS_LEASE: bool
-    PARAMS: Mapping[str, ParamSpec]
-    SETTINGS: Mapping[str, ParamSpec]
-    SUBJECT: ParamSpec
-    EXAMPLE: Example
-    __doc__: str | None
+class Remediation:
+    """One action: its facts (class attributes, stated once) and its plan; what every
+    action shares is here (module docstring)."""
 
-    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan: ...
+    NAME: ClassVar[str]
+    SUMMARY: ClassVar[str]
+    DISRUPTIVE: ClassVar[bool] = False
+    NEEDS_LEASE: ClassVar[bool] = False
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = EMPTY_SPECS
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = EMPTY_SPECS
+    SUBJECT: ClassVar[ParamSpec]
+    EXAMPLE: ClassVar[Example]
+    #: at most so many runs per window by default (None: no budget)
+    BUDGET: ClassVar[Budget | None] = None
+    #: seconds before it runs again on the same target (None: [guards.cooldown] default_s)
+    COOLDOWN_S: ClassVar[float | None] = None
 
-    def target(self, subject: str, params: Mapping[str, str]) -> str: ...
+    @property
+    def runbook(self) -> str:
+        """The module's docstring: what it does, when, how to verify and undo it."""
+        return sys.modules[type(self).__module__].__doc__ or ""
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        """The steps for `subject`, with resolved `params` (InvalidParams: refused)."""
+        raise NotImplementedError
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        """The canonical thing acted on: cooldowns, budgets and flapping are keyed on it."""
+        return subject.strip()
 
     def preconditions(
         self, subject: str, params: Mapping[str, str], ctx: ActionContext
-    ) -> list[str]: ...
+    ) -> list[str]:
+        """Why it must not run now (empty: it may); may run read-only commands through
+        ctx.runner, never a destructive one. Here: the reasons plan() refuses (given as
+        a rung or the operator gives them: defaults are filled in first)."""
+        resolved, errors = self.resolve(params)
+        if errors:
+            return errors
+        try:
+            self.plan(subject, resolved, self.with_settings(ctx))
+        except InvalidParams as exc:
+            return list(exc.reasons)
+        return []
+
+    def resolve(self, given: Mapping[str, str]) -> tuple[Mapping[str, str], list[str]]:
+        """PARAMS defaults filled in; unknown and missing required ones are errors."""
+        errors = [f"unknown parameter {k!r} (known: {', '.join(self.PARAMS) or 'none'})"
+                  for k in given if k not in self.PARAMS]
+        out: dict[str, str] = {}
+        for key, spec in self.PARAMS.items():
+            if key in given:
+                out[key] = given[key]
+            elif spec.default is not None:
+                out[key] = spec.default
+            elif spec.required:
+                errors.append(f"parameter {key!r} is required ({spec.description})")
+        return MappingProxyType(out), errors
+
+    def with_settings(self, ctx: ActionContext) -> ActionContext:
+        """`ctx` with this action's settings defaults applied (idempotent)."""
+        return dataclasses.replace(ctx, settings=self.settings(ctx.settings))
+
+    def settings(self, configured: Mapping[str, object]) -> Mapping[str, object]:
+        """The `[actions.NAME]` values over the SETTINGS defaults (the one place they
+        are applied)."""
+        out: dict[str, object] = {k: spec.setting_default for k, spec in self.SETTINGS.items()
+                                  if spec.setting_default is not None}
+        out.update(configured)
+        return MappingProxyType(out)
 
 
 class UnknownAction(LookupError):
@@ -146,11 +212,16 @@ def _shipped() -> tuple[str, ...]:
 
 
 def load(action: str) -> Remediation:
-    """The module for `action`; UnknownAction if there is none, ImportError if it is broken."""
+    """The action `action`; UnknownAction if no module provides it, ImportError if its
+    module is broken (or holds no `ACTION`)."""
     if action not in names():
         raise UnknownAction(f"unknown action {action!r}; known: {', '.join(names())}")
     module: ModuleType = importlib.import_module(f"remediations.{module_name(action)}")
-    return cast("Remediation", module)
+    instance = getattr(module, "ACTION", None)
+    if not isinstance(instance, Remediation):  # a broken module, as callers expect
+        raise ImportError(  # noqa: TRY004
+            f"remediations/{module_name(action)}.py holds no ACTION")
+    return instance
 
 
 def broken_modules() -> list[tuple[str, str]]:
@@ -163,22 +234,6 @@ def broken_modules() -> list[tuple[str, str]]:
         except Exception as exc:  # any error at import time: reported, locally
             out.append((action, f"cannot load: {type(exc).__name__}: {exc}"))
     return out
-
-
-def resolve_params(
-    remediation: Remediation, given: Mapping[str, str]
-) -> tuple[Mapping[str, str], list[str]]:
-    """Fill defaults and check required/unknown parameters. Returns (params, errors)."""
-    errors = [f"unknown parameter {k!r}" for k in given if k not in remediation.PARAMS]
-    out: dict[str, str] = {}
-    for key, spec in remediation.PARAMS.items():
-        if key in given:
-            out[key] = given[key]
-        elif spec.default is not None:
-            out[key] = spec.default
-        elif spec.required:
-            errors.append(f"parameter {key!r} is required ({spec.description})")
-    return MappingProxyType(out), errors
 
 
 def value_errors(spec: ParamSpec | None, value: object) -> list[str]:
@@ -206,7 +261,7 @@ def build_plan(
 ) -> Plan:
     """The plan for `action` (UnknownAction, or InvalidParams with every reason)."""
     remediation = load(action)
-    params, errors = resolve_params(remediation, given)
+    params, errors = remediation.resolve(given)
     if errors:
         raise InvalidParams(*errors)
-    return remediation.plan(subject, params, ctx)
+    return remediation.plan(subject, params, remediation.with_settings(ctx))

@@ -131,22 +131,30 @@ def network(text: str) -> IPNetwork:
 
 
 # --------------------------------------------------------------------------- settings
-def setting_str(ctx: ActionContext, key: str, default: str) -> str:
-    value = ctx.settings.get(key, default)
+def _setting(ctx: ActionContext, key: str) -> object:
+    """A setting, its declared default applied (Remediation.settings); InvalidParams
+    when a setting without a default is read unset."""
+    if key not in ctx.settings:
+        raise InvalidParams(f"setting {key} is not set")
+    return ctx.settings[key]
+
+
+def setting_str(ctx: ActionContext, key: str) -> str:
+    value = _setting(ctx, key)
     if not isinstance(value, str):
         raise InvalidParams(f"setting {key} must be a string, not {type(value).__name__}")
     return value
 
 
 def setting_list(ctx: ActionContext, key: str) -> tuple[str, ...]:
-    value = ctx.settings.get(key, [])
+    value = ctx.settings.get(key, ())
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise InvalidParams(f"setting {key} must be a list of strings")
     return tuple(value)
 
 
-def setting_int(ctx: ActionContext, key: str, default: int, lo: int, hi: int) -> int:
-    value = ctx.settings.get(key, default)
+def setting_int(ctx: ActionContext, key: str, lo: int, hi: int) -> int:
+    value = _setting(ctx, key)
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise InvalidParams(f"setting {key} must be an integer between {lo} and {hi}")
     return value
@@ -203,18 +211,6 @@ def helper(ctx: ActionContext, module: str, *args: str) -> tuple[str, ...]:
 def is_active_step(unit: str) -> Step:
     return Step((SYSTEMCTL, "is-active", "--quiet", "--", unit), 15.0,
                 f"{unit} is active")
-
-
-def reasons_of(
-    plan: Callable[[str, Mapping[str, str], ActionContext], object],
-    subject: str, params: Mapping[str, str], ctx: ActionContext,
-) -> list[str]:
-    """The validation reasons that make `plan` refuse these inputs (empty = it plans)."""
-    try:
-        plan(subject, params, ctx)
-    except InvalidParams as exc:
-        return list(exc.reasons)
-    return []
 
 
 # --------------------------------------------------------------------------- value checks

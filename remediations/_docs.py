@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent.clock import FakeClock
-from remediations import ActionContext, ParamSpec, Remediation, load, names, resolve_params
+from remediations import ActionContext, ParamSpec, Remediation, load, names
 
 #: fixed inputs so the example dry-runs do not depend on the machine that builds the docs
 DOC_CONTEXT = {"hostname": "mail1", "state_dir": Path("/var/lib/nodewarden"),
@@ -25,7 +25,8 @@ DOC_CONTEXT = {"hostname": "mail1", "state_dir": Path("/var/lib/nodewarden"),
 
 
 def example_context(remediation: Remediation) -> ActionContext:
-    return ActionContext(clock=FakeClock(), settings=remediation.EXAMPLE.settings,
+    return ActionContext(clock=FakeClock(),
+                         settings=remediation.settings(remediation.EXAMPLE.settings),
                          **DOC_CONTEXT)  # type: ignore[arg-type]
 
 
@@ -57,10 +58,10 @@ def _settings_block(action: str, settings: Mapping[str, object]) -> list[str]:
 
 def render(action: str) -> str:
     r = load(action)
-    doc = inspect.cleandoc(r.__doc__ or "")
+    doc = inspect.cleandoc(r.runbook)
     first, _, body = doc.partition("\n")
     ex = r.EXAMPLE
-    params, _ = resolve_params(r, ex.params)
+    params, _ = r.resolve(ex.params)
     plan = r.plan(ex.subject, params, example_context(r))
     given = " ".join(f"--param {k}={v}" for k, v in ex.params.items())
     lines = [

@@ -54,9 +54,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     IPAddress,
     IPNetwork,
@@ -67,7 +68,6 @@ from remediations._common import (
     duration_s,
     network,
     networks,
-    reasons_of,
     setting_int,
     setting_list,
     setting_str,
@@ -80,31 +80,6 @@ def _table_name(name: object) -> str:
     return name
 
 
-NAME = "block-addresses"
-SUMMARY = "Drop traffic from abusive addresses for a while (nftables set with timeouts)."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "addresses": ParamSpec("comma-separated addresses, worst first (default: the subject)",
-                           check=addresses("addresses")),
-    "timeout": ParamSpec("how long each address stays blocked (90s, 15m, 1h, 2d)",
-                         default="1h", check=a_duration("timeout")),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "allowlist": ParamSpec("addresses and CIDRs never blocked (loopback and the host's "
-                           "own addresses, gateways, resolvers and storage servers "
-                           "always are)", default="[]", check=networks("allowlist")),
-    "max_addresses": ParamSpec("most addresses added by one plan", default="256",
-                               check=an_int_setting("max_addresses", 1, 65536)),
-    "set_size": ParamSpec("kernel cap on elements per set", default="65536",
-                          check=an_int_setting("set_size", 1, 1 << 24)),
-    "table": ParamSpec("nftables table name (family inet)", default="nodewarden",
-                       check=_table_name),
-}
-SUBJECT = ParamSpec("comma-separated addresses", check=addresses("subject"))
-EXAMPLE = Example(subject="203.0.113.5,2001:db8::7",
-                  settings={"allowlist": ["192.0.2.0/24"]})
-
 ALWAYS_ALLOWED = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
 #: (address, why it is left out), in the order the plan met them
@@ -112,7 +87,7 @@ LeftOut = list[tuple[IPAddress, str]]
 
 
 def _table(ctx: ActionContext) -> str:
-    return _table_name(setting_str(ctx, "table", "nodewarden"))
+    return _table_name(setting_str(ctx, "table"))
 
 
 def ensure_argv(table: str, set_size: int) -> tuple[str, ...]:
@@ -182,7 +157,7 @@ def select_addresses(
     if not raw:
         raise InvalidParams("no addresses to block")
     allow, host = _protections(ctx)
-    cap = setting_int(ctx, "max_addresses", 256, 1, 65536)
+    cap = setting_int(ctx, "max_addresses", 1, 65536)
     chosen: list[IPAddress] = []
     allowed: LeftOut = []
     protected: LeftOut = []
@@ -208,23 +183,66 @@ def _named(left_out: LeftOut) -> str:
     return ", ".join(f"{addr} ({why})" for addr, why in left_out)
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    table = _table(ctx)
-    timeout = duration_s(params.get("timeout", "1h"), "timeout")
-    set_size = setting_int(ctx, "set_size", 65536, 1, 1 << 24)
-    chosen, allowed, protected, over = select_addresses(subject, params, ctx)
-    steps = [Step(ensure_argv(table, set_size), 30.0,
-                  f"ensure table inet {table}, sets and drop rules")]
-    verify = []
-    for set_name, version in (("blocked4", 4), ("blocked6", 6)):
-        addrs = [a for a in chosen if a.version == version]
-        if addrs:
-            steps.append(Step(("nft", "add", "element", "inet", table, set_name,
-                               *_elements(addrs, timeout)), 30.0,
-                              f"block {len(addrs)} IPv{version} address(es)"))
-            verify.append(Step(("nft", "get", "element", "inet", table, set_name,
-                                *_elements(addrs, None)), 30.0,
-                               f"IPv{version} address(es) in {set_name}"))
+class BlockAddresses(Remediation):
+    NAME = "block-addresses"
+    SUMMARY = "Drop traffic from abusive addresses for a while (nftables set with timeouts)."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "addresses": ParamSpec("comma-separated addresses, worst first (default: the "
+                               "subject)", check=addresses("addresses")),
+        "timeout": ParamSpec("how long each address stays blocked (90s, 15m, 1h, 2d)",
+                             default="1h", check=a_duration("timeout")),
+    }
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "allowlist": ParamSpec("addresses and CIDRs never blocked (loopback and the host's "
+                               "own addresses, gateways, resolvers and storage servers "
+                               "always are)", default="[]", value=(),
+                               check=networks("allowlist")),
+        "max_addresses": ParamSpec("most addresses added by one plan", default="256",
+                                   value=256, check=an_int_setting("max_addresses", 1, 65536)),
+        "set_size": ParamSpec("kernel cap on elements per set", default="65536",
+                              value=65536, check=an_int_setting("set_size", 1, 1 << 24)),
+        "table": ParamSpec("nftables table name (family inet)", default="nodewarden",
+                           check=_table_name),
+    }
+    SUBJECT = ParamSpec("comma-separated addresses", check=addresses("subject"))
+    EXAMPLE = Example(subject="203.0.113.5,2001:db8::7",
+                      settings={"allowlist": ["192.0.2.0/24"]})
+    BUDGET = Budget(60, 3600.0)
+    COOLDOWN_S = 60.0
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        table = _table(ctx)
+        timeout = duration_s(params["timeout"], "timeout")
+        set_size = setting_int(ctx, "set_size", 1, 1 << 24)
+        chosen, allowed, protected, over = select_addresses(subject, params, ctx)
+        steps = [Step(ensure_argv(table, set_size), 30.0,
+                      f"ensure table inet {table}, sets and drop rules")]
+        verify = []
+        for set_name, version in (("blocked4", 4), ("blocked6", 6)):
+            addrs = [a for a in chosen if a.version == version]
+            if addrs:
+                steps.append(Step(("nft", "add", "element", "inet", table, set_name,
+                                   *_elements(addrs, timeout)), 30.0,
+                                  f"block {len(addrs)} IPv{version} address(es)"))
+                verify.append(Step(("nft", "get", "element", "inet", table, set_name,
+                                    *_elements(addrs, None)), 30.0,
+                                   f"IPv{version} address(es) in {set_name}"))
+        return Plan(self.NAME, subject, tuple(steps), tuple(verify), self.DISRUPTIVE,
+                    _summary(chosen, allowed, protected, over, timeout))
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        """The addresses, each written the one way `ipaddress` writes it (`2001:DB8::7`
+        and `2001:db8:0::7` are one address), comma-separated; as given when one does not
+        parse (the plan refuses it)."""
+        raw = [a for a in (params.get("addresses") or subject).split(",") if a.strip()]
+        try:
+            return ",".join(str(address(a)) for a in raw)
+        except InvalidParams:
+            return subject.strip()
+
+
+def _summary(chosen: list[IPAddress], allowed: LeftOut, protected: LeftOut, over: int,
+             timeout: int) -> str:
     summary = f"block {len(chosen)} address(es) for {timeout}s"
     if allowed:
         summary += "; not blocked (allowlisted): " + ", ".join(str(a) for a, _ in allowed)
@@ -232,19 +250,7 @@ def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
         summary += "; not blocked: " + _named(protected)
     if over:
         summary += f"; {over} more left out (max_addresses {len(chosen)})"
-    return Plan(NAME, subject, tuple(steps), tuple(verify), DISRUPTIVE, summary)
+    return summary
 
 
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The addresses, each written the one way `ipaddress` writes it (`2001:DB8::7` and
-    `2001:db8:0::7` are one address), comma-separated; as given when one does not parse
-    (the plan refuses it)."""
-    raw = [a for a in (params.get("addresses") or subject).split(",") if a.strip()]
-    try:
-        return ",".join(str(address(a)) for a in raw)
-    except InvalidParams:
-        return subject.strip()
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = BlockAddresses()

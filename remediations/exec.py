@@ -29,36 +29,17 @@ declaration: if a command is, give its policy rung a lease or an approval.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     a_duration,
     argv_table,
     duration_s,
     fill_argv,
-    reasons_of,
     setting_str,
 )
-
-NAME = "exec"
-SUMMARY = "Run a site command configured in [actions.exec] commands (argv, no shell)."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "command": ParamSpec("name of the command in [actions.exec] commands", required=True),
-    "arg": ParamSpec("value for the {arg} placeholder", default=""),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "commands": ParamSpec("table: command name -> argv list", check=argv_table("commands")),
-    "timeout": ParamSpec("how long a command may run", default="60s",
-                         check=a_duration("timeout", hi=3600)),
-}
-SUBJECT = ParamSpec("what the command acts on (fills {subject})")
-EXAMPLE = Example(
-    subject="spamd", params={"command": "revert-spamfilter"},
-    settings={"commands": {"revert-spamfilter": [
-        "/usr/local/sbin/spamfilter-revert", "--host", "{hostname}", "{subject}"]}})
 
 
 def command_argv(name: str, ctx: ActionContext) -> tuple[str, ...]:
@@ -75,20 +56,37 @@ def command_argv(name: str, ctx: ActionContext) -> tuple[str, ...]:
     return tuple(argv)
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    name = params.get("command", "")
-    template = command_argv(name, ctx)
-    values = {"subject": subject, "hostname": ctx.hostname, "arg": params.get("arg", "")}
-    timeout = duration_s(setting_str(ctx, "timeout", "60s"), "timeout", hi=3600)
-    return Plan(NAME, subject, (Step(fill_argv(template, values), float(timeout),
-                                     f"site command {name}"),),
-                (), DISRUPTIVE, f"run site command {name}")
+class Exec(Remediation):
+    """The subject, as given, is its target: a site command acts on what its ladder
+    names."""
+
+    NAME = "exec"
+    SUMMARY = "Run a site command configured in [actions.exec] commands (argv, no shell)."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "command": ParamSpec("name of the command in [actions.exec] commands", required=True),
+        "arg": ParamSpec("value for the {arg} placeholder", default=""),
+    }
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "commands": ParamSpec("table: command name -> argv list",
+                              check=argv_table("commands")),
+        "timeout": ParamSpec("how long a command may run", default="60s",
+                             check=a_duration("timeout", hi=3600)),
+    }
+    SUBJECT = ParamSpec("what the command acts on (fills {subject})")
+    EXAMPLE = Example(
+        subject="spamd", params={"command": "revert-spamfilter"},
+        settings={"commands": {"revert-spamfilter": [
+            "/usr/local/sbin/spamfilter-revert", "--host", "{hostname}", "{subject}"]}})
+    BUDGET = Budget(6, 3600.0)
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        name = params["command"]
+        template = command_argv(name, ctx)
+        values = {"subject": subject, "hostname": ctx.hostname, "arg": params["arg"]}
+        timeout = duration_s(setting_str(ctx, "timeout"), "timeout", hi=3600)
+        return Plan(self.NAME, subject, (Step(fill_argv(template, values), float(timeout),
+                                              f"site command {name}"),),
+                    (), self.DISRUPTIVE, f"run site command {name}")
 
 
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The subject as given: a site command acts on what its ladder names."""
-    return subject.strip()
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = Exec()

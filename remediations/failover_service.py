@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_duration,
@@ -55,7 +56,6 @@ from remediations._common import (
     duration_s,
     fill_argv,
     helper,
-    reasons_of,
     setting_argv,
     setting_str,
     unit_name,
@@ -80,49 +80,16 @@ def _server(server: object) -> str:
     return text
 
 
-NAME = "failover-service"
-SUMMARY = "Move a service's traffic to a healthy peer (HAProxy drain, keepalived, site)."
-DISRUPTIVE = True
-NEEDS_LEASE = True
-PARAMS: Mapping[str, ParamSpec] = {
-    "via": ParamSpec("haproxy, keepalived or site (default: the `via` setting, else haproxy)",
-                     check=_via_name),
-    "server": ParamSpec("haproxy: BACKEND/SERVER to drain (default: `haproxy_server`)",
-                        check=_server),
-    "socket": ParamSpec("haproxy: admin socket (default: `haproxy_socket`)",
-                        check=an_absolute_path("socket")),
-    "timeout": ParamSpec("how long the failover step may take", default="60s",
-                         check=a_duration("timeout", hi=3600)),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "via": ParamSpec("default backend", default="haproxy", check=_via_name),
-    "haproxy_socket": ParamSpec("HAProxy admin socket", default="/run/haproxy/admin.sock",
-                                check=an_absolute_path("haproxy_socket")),
-    "haproxy_server": ParamSpec("BACKEND/SERVER that is this host", check=_server),
-    "keepalived_unit": ParamSpec("keepalived's unit", default="keepalived.service",
-                                 check=a_unit("keepalived_unit")),
-    "command": ParamSpec("site failover argv ({subject} {hostname} {server})",
-                         check=an_argv("command")),
-    "verify_command": ParamSpec("site: argv that exits 0 once failed over",
-                                check=an_argv("verify_command")),
-    "peer_check": ParamSpec("keepalived/site: argv that exits 0 when the peer is healthy",
-                            check=an_argv("peer_check")),
-}
-SUBJECT = ParamSpec("the service moved off this host (any name)")
-EXAMPLE = Example(subject="imap", params={"server": "imap/mail1"},
-                  settings={"haproxy_socket": "/run/haproxy/admin.sock"})
-
-
 def _via(params: Mapping[str, str], ctx: ActionContext) -> str:
-    return _via_name(params.get("via") or setting_str(ctx, "via", "haproxy"))
+    return _via_name(params.get("via") or setting_str(ctx, "via"))
 
 
 def _haproxy(params: Mapping[str, str], ctx: ActionContext) -> tuple[str, str]:
     """(socket, BACKEND/SERVER), validated."""
-    sock = params.get("socket") or setting_str(ctx, "haproxy_socket", "/run/haproxy/admin.sock")
+    sock = params.get("socket") or setting_str(ctx, "haproxy_socket")
     if not sock.startswith("/") or not sock.isprintable():
         raise InvalidParams(f"socket {sock!r} must be an absolute path")
-    server = _server(params.get("server") or setting_str(ctx, "haproxy_server", ""))
+    server = _server(params.get("server") or ctx.settings.get("haproxy_server", ""))
     return sock, server
 
 
@@ -130,62 +97,107 @@ def _values(subject: str, ctx: ActionContext, params: Mapping[str, str]) -> dict
     return {"subject": subject, "hostname": ctx.hostname, "server": params.get("server", "")}
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    via = _via(params, ctx)
-    timeout = float(duration_s(params.get("timeout", "60s"), "timeout", hi=3600))
-    steps: tuple[Step, ...]
+def _steps(via: str, subject: str, params: Mapping[str, str], ctx: ActionContext,
+           timeout: float) -> tuple[tuple[Step, ...], tuple[Step, ...], str]:
+    """(steps, verify, summary) of a failover through `via`."""
     verify: tuple[Step, ...]
     if via == "haproxy":
         sock, server = _haproxy(params, ctx)
-        steps = (Step(helper(ctx, "haproxy_cmd", "send", sock, f"set server {server} state drain"),
+        steps = (Step(helper(ctx, "haproxy_cmd", "send", sock,
+                             f"set server {server} state drain"),
                       timeout, f"drain {server} in haproxy"),)
         verify = (Step(helper(ctx, "haproxy_cmd", "expect", sock, server, "drain"), 15.0,
                        f"{server} is draining"),)
-        summary = f"drain {server} through {sock}"
-    elif via == "keepalived":
-        unit = unit_name(setting_str(ctx, "keepalived_unit", "keepalived.service"))
+        return steps, verify, f"drain {server} through {sock}"
+    if via == "keepalived":
+        unit = unit_name(setting_str(ctx, "keepalived_unit"))
         steps = (Step((SYSTEMCTL, "stop", "--", unit), timeout,
                       "stop keepalived: the backup takes the virtual address"),)
         verify = (Step((SYSTEMCTL, "is-active", "--quiet", "--", unit), 15.0,
                        f"{unit} is inactive", ok_exit=(3,)),)
-        summary = f"stop {unit} so the VRRP backup takes over"
-    else:
-        command = setting_argv(ctx, "command")
-        if command is None:
-            raise InvalidParams("via site needs the `command` setting")
-        values = _values(subject, ctx, params)
-        steps = (Step(fill_argv(command, values), timeout, "site failover command"),)
-        check = setting_argv(ctx, "verify_command")
-        verify = (Step(fill_argv(check, values), 60.0, "site verify command"),) if check else ()
-        summary = f"site failover of {subject}"
-    return Plan(NAME, subject, steps, verify, DISRUPTIVE, summary)
+        return steps, verify, f"stop {unit} so the VRRP backup takes over"
+    command = setting_argv(ctx, "command")
+    if command is None:
+        raise InvalidParams("via site needs the `command` setting")
+    values = _values(subject, ctx, params)
+    steps = (Step(fill_argv(command, values), timeout, "site failover command"),)
+    check = setting_argv(ctx, "verify_command")
+    verify = (Step(fill_argv(check, values), 60.0, "site verify command"),) if check else ()
+    return steps, verify, f"site failover of {subject}"
 
 
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The service being moved off this host, as given."""
-    return subject.strip()
+class FailoverService(Remediation):
+    """The target is the service being moved off this host, as given."""
+
+    NAME = "failover-service"
+    SUMMARY = "Move a service's traffic to a healthy peer (HAProxy drain, keepalived, site)."
+    DISRUPTIVE = True
+    NEEDS_LEASE = True
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "via": ParamSpec("haproxy, keepalived or site (default: the `via` setting, else "
+                         "haproxy)", check=_via_name),
+        "server": ParamSpec("haproxy: BACKEND/SERVER to drain (default: `haproxy_server`)",
+                            check=_server),
+        "socket": ParamSpec("haproxy: admin socket (default: `haproxy_socket`)",
+                            check=an_absolute_path("socket")),
+        "timeout": ParamSpec("how long the failover step may take", default="60s",
+                             check=a_duration("timeout", hi=3600)),
+    }
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "via": ParamSpec("default backend", default="haproxy", check=_via_name),
+        "haproxy_socket": ParamSpec("HAProxy admin socket", default="/run/haproxy/admin.sock",
+                                    check=an_absolute_path("haproxy_socket")),
+        "haproxy_server": ParamSpec("BACKEND/SERVER that is this host", check=_server),
+        "keepalived_unit": ParamSpec("keepalived's unit", default="keepalived.service",
+                                     check=a_unit("keepalived_unit")),
+        "command": ParamSpec("site failover argv ({subject} {hostname} {server})",
+                             check=an_argv("command")),
+        "verify_command": ParamSpec("site: argv that exits 0 once failed over",
+                                    check=an_argv("verify_command")),
+        "peer_check": ParamSpec("keepalived/site: argv that exits 0 when the peer is "
+                                "healthy", check=an_argv("peer_check")),
+    }
+    SUBJECT = ParamSpec("the service moved off this host (any name)")
+    EXAMPLE = Example(subject="imap", params={"server": "imap/mail1"},
+                      settings={"haproxy_socket": "/run/haproxy/admin.sock"})
+    # counted per host: a failover storm moves a whole site (DESIGN safety property 3)
+    BUDGET = Budget(3, 86400.0, "host")
+    COOLDOWN_S = 3600.0
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        via = _via(params, ctx)
+        timeout = float(duration_s(params["timeout"], "timeout", hi=3600))
+        steps, verify, summary = _steps(via, subject, params, ctx, timeout)
+        return Plan(self.NAME, subject, steps, verify, self.DISRUPTIVE, summary)
+
+    def preconditions(
+        self, subject: str, params: Mapping[str, str], ctx: ActionContext
+    ) -> list[str]:
+        """What plan() refuses; then the failover target must be healthy (a read-only
+        check: the HAProxy backend has another server UP, or the site's peer_check)."""
+        reasons = super().preconditions(subject, params, ctx)
+        if reasons:
+            return reasons
+        ctx = self.with_settings(ctx)
+        via = _via(params, ctx)
+        if via == "haproxy":
+            sock, server = _haproxy(params, ctx)
+            check = Step(helper(ctx, "haproxy_cmd", "healthy-peer", sock, server), 15.0,
+                         f"another server of {server.partition('/')[0]} is UP")
+        else:
+            argv = setting_argv(ctx, "peer_check")
+            if argv is None:
+                return [f"failover via {via} needs the `peer_check` setting (an argv that "
+                        f"exits 0 when the peer is healthy); refusing to fail over blind"]
+            check = Step(fill_argv(argv, _values(subject, ctx, params)), 30.0, "peer check")
+        if ctx.runner is None:
+            return ["cannot check the failover target: no read-only runner"]
+        result = ctx.runner.run(check)
+        if result.ran and (result.timed_out or result.exit_code != 0):
+            said = (result.stdout.strip() or result.stderr.strip()).splitlines()
+            return [f"failover target not healthy ({check.description}): "
+                    + (said[-1] if said else f"exit {result.exit_code}")]
+        return []
 
 
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    reasons = reasons_of(plan, subject, params, ctx)
-    if reasons:
-        return reasons
-    via = _via(params, ctx)
-    if via == "haproxy":
-        sock, server = _haproxy(params, ctx)
-        check = Step(helper(ctx, "haproxy_cmd", "healthy-peer", sock, server), 15.0,
-                     f"another server of {server.partition('/')[0]} is UP")
-    else:
-        argv = setting_argv(ctx, "peer_check")
-        if argv is None:
-            return [f"failover via {via} needs the `peer_check` setting (an argv that exits 0 "
-                    f"when the peer is healthy); refusing to fail over blind"]
-        check = Step(fill_argv(argv, _values(subject, ctx, params)), 30.0, "peer check")
-    if ctx.runner is None:
-        return ["cannot check the failover target: no read-only runner"]
-    result = ctx.runner.run(check)
-    if result.ran and (result.timed_out or result.exit_code != 0):
-        said = (result.stdout.strip() or result.stderr.strip()).splitlines()
-        return [f"failover target not healthy ({check.description}): "
-                + (said[-1] if said else f"exit {result.exit_code}")]
-    return []
+ACTION = FailoverService()

@@ -34,13 +34,10 @@ intent cannot be written, the reboot step does not run.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import ClassVar
 
-from agent.execute import intent as intents
-from agent.model import Plan, Step
-from agent.sources.kmsg import read_boot_id
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_duration,
@@ -49,77 +46,60 @@ from remediations._common import (
     fill_argv,
     helper,
     one_of,
-    reasons_of,
     setting_argv,
     setting_str,
 )
 
-if TYPE_CHECKING:
-    from agent.clock import Clock
-    from agent.pipeline.api import Event
-
-NAME = "node-restart"
-SUMMARY = "Reboot this host after an optional drain and a write-ahead intent record."
-DISRUPTIVE = True
-NEEDS_LEASE = True
-PARAMS: Mapping[str, ParamSpec] = {
-    "reason": ParamSpec("why, recorded in the intent", default="node-restart by nodewarden"),
-    "drain": ParamSpec("auto (drain when drain_command is set), yes or no", default="auto",
-                       check=one_of("drain", ("auto", "yes", "no"))),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "drain_command": ParamSpec("argv run before the reboot ({hostname} {subject})",
-                               check=an_argv("drain_command")),
-    "drain_timeout": ParamSpec("how long the drain may take", default="120s",
-                               check=a_duration("drain_timeout")),
-}
-SUBJECT = ParamSpec("this host's name")
-EXAMPLE = Example(subject="nas-a1", params={"reason": "hung nfsd tasks, load 40"})
-
+DRAIN = ("auto", "yes", "no")
 
 def _clean(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())[:500]
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    drain = params.get("drain", "auto")
-    if drain not in ("auto", "yes", "no"):
-        raise InvalidParams(f"drain {drain!r} must be auto, yes or no")
-    command = setting_argv(ctx, "drain_command")
-    if drain == "yes" and command is None:
-        raise InvalidParams("drain=yes needs the drain_command setting")
-    steps = []
-    if command is not None and drain != "no":
-        timeout = duration_s(setting_str(ctx, "drain_timeout", "120s"), "drain_timeout")
-        values = {"hostname": ctx.hostname, "subject": subject}
-        steps.append(Step(fill_argv(command, values), float(timeout), "drain this host"))
-    reason = _clean(params.get("reason", "node-restart by nodewarden")) or "unspecified"
-    steps.append(Step(
-        helper(ctx, "intent", "write", f"--state-dir={ctx.state_dir}", f"--action={NAME}",
-               f"--subject={_clean(subject) or ctx.hostname}", f"--reason={reason}"),
-        30.0, "write-ahead intent record"))
-    steps.append(Step((SYSTEMCTL, "reboot"), 60.0, "reboot this host"))
-    return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
-                f"reboot {ctx.hostname}" + (" after draining" if len(steps) == 3 else ""))
+class NodeRestart(Remediation):
+    """The target is the node (the host name)."""
+
+    NAME = "node-restart"
+    SUMMARY = "Reboot this host after an optional drain and a write-ahead intent record."
+    DISRUPTIVE = True
+    NEEDS_LEASE = True
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "reason": ParamSpec("why, recorded in the intent",
+                            default="node-restart by nodewarden"),
+        "drain": ParamSpec("auto (drain when drain_command is set), yes or no",
+                           default="auto", check=one_of("drain", DRAIN)),
+    }
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "drain_command": ParamSpec("argv run before the reboot ({hostname} {subject})",
+                                   check=an_argv("drain_command")),
+        "drain_timeout": ParamSpec("how long the drain may take", default="120s",
+                                   check=a_duration("drain_timeout")),
+    }
+    SUBJECT = ParamSpec("this host's name")
+    EXAMPLE = Example(subject="nas-a1", params={"reason": "hung nfsd tasks, load 40"})
+    # DESIGN safety property 3: at most R node restarts per host per 24 h, across reboots
+    BUDGET = Budget(2, 86400.0, "host")
+    COOLDOWN_S = 3600.0
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        drain = one_of("drain", DRAIN)(params["drain"])
+        command = setting_argv(ctx, "drain_command")
+        if drain == "yes" and command is None:
+            raise InvalidParams("drain=yes needs the drain_command setting")
+        steps = []
+        if command is not None and drain != "no":
+            timeout = duration_s(setting_str(ctx, "drain_timeout"), "drain_timeout")
+            values = {"hostname": ctx.hostname, "subject": subject}
+            steps.append(Step(fill_argv(command, values), float(timeout), "drain this host"))
+        reason = _clean(params["reason"]) or "unspecified"
+        steps.append(Step(
+            helper(ctx, "intent", "write", f"--state-dir={ctx.state_dir}",
+                   f"--action={self.NAME}", f"--subject={_clean(subject) or ctx.hostname}",
+                   f"--reason={reason}"),
+            30.0, "write-ahead intent record"))
+        steps.append(Step((SYSTEMCTL, "reboot"), 60.0, "reboot this host"))
+        return Plan(self.NAME, subject, tuple(steps), (), self.DISRUPTIVE,
+                    f"reboot {ctx.hostname}" + (" after draining" if len(steps) == 3 else ""))
 
 
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The node (the host name)."""
-    return subject.strip()
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
-
-
-def reconcile_intents(
-    state_dir: Path, clock: Clock, boot_id: str | None = None
-) -> list[Event]:
-    """At start-up: complete pending node-restart intents, as timeline "outcome" events."""
-    from agent.pipeline.api import Event
-
-    done = intents.reconcile(state_dir, boot_id or read_boot_id(), clock.now())
-    return [Event(clock.now(), "outcome", {
-        "action": i.action, "subject": i.subject, "ok": bool(i.ok), "executed": True,
-        "detail": f"intent {i.id} ({i.reason}): {i.outcome}", "intent": i.id,
-    }) for i in done]
+ACTION = NodeRestart()

@@ -30,42 +30,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import ClassVar
 
 from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from remediations import ActionContext, Example, ParamSpec, Remediation
 from remediations._common import (
     a_duration,
     an_argv,
     duration_s,
     fill_argv,
     one_of,
-    reasons_of,
     setting_argv,
     setting_str,
 )
 
-NAME = "page"
-SUMMARY = "Page the on-call person: log it and run the configured paging command."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "problem": ParamSpec("the problem to name in the page", default="unknown"),
-    "message": ParamSpec("what the person should know", default="nodewarden needs a person"),
-    "severity": ParamSpec("critical, error or warning", default="critical",
-                          check=one_of("severity", ("critical", "error", "warning"))),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "command": ParamSpec("paging argv ({problem} {subject} {message} {hostname} {severity})",
-                         check=an_argv("command")),
-    "timeout": ParamSpec("how long the paging command may run", default="30s",
-                         check=a_duration("timeout", hi=600)),
-}
-SUBJECT = ParamSpec("what the page is about (any text)")
-EXAMPLE = Example(
-    subject="nas-a1", params={"problem": "nfs-not-responding",
-                              "message": "nfs server nas-a1 not responding"},
-    settings={"command": ["/usr/local/bin/page-oncall", "{problem}", "{subject}",
-                          "{message}"]})
 SEVERITIES = {"critical": "user.crit", "error": "user.err", "warning": "user.warning"}
 
 
@@ -75,33 +53,51 @@ def clean(text: str) -> str:
     return re.sub(r"^[\s-]+", "", text[:500]).strip()  # "- -x" must not become "-x"
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    severity = params.get("severity", "critical")
-    if severity not in SEVERITIES:
-        raise InvalidParams(f"severity {severity!r} must be one of {', '.join(SEVERITIES)}")
-    values = {
-        "problem": clean(params.get("problem", "unknown")) or "unknown",
-        "subject": clean(subject) or "none",
-        "message": clean(params.get("message", "")) or "nodewarden needs a person",
-        "hostname": ctx.hostname, "severity": severity,
+class Page(Remediation):
+    """The subject, as given, is its target: pages fold per problem and subject."""
+
+    NAME = "page"
+    SUMMARY = "Page the on-call person: log it and run the configured paging command."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "problem": ParamSpec("the problem to name in the page", default="unknown"),
+        "message": ParamSpec("what the person should know",
+                             default="nodewarden needs a person"),
+        "severity": ParamSpec("critical, error or warning", default="critical",
+                              check=one_of("severity", ("critical", "error", "warning"))),
     }
-    command = setting_argv(ctx, "command")
-    text = (f"PAGE host={values['hostname']} problem={values['problem']} "
-            f"subject={values['subject']}: {values['message']}")
-    steps = [Step(("logger", "-s", "-t", "nodewarden", "-p", SEVERITIES[severity], "--", text),
-                  15.0, "log the page", ok_exit=(0, 1) if command else (0,))]
-    if command is not None:
-        timeout = duration_s(setting_str(ctx, "timeout", "30s"), "timeout", hi=600)
-        steps.append(Step(fill_argv(command, values), float(timeout), "paging command"))
-    return Plan(NAME, subject, tuple(steps), (), DISRUPTIVE,
-                f"page: {values['problem']} on {values['subject']}"
-                + ("" if command else " (journal only: no paging command configured)"))
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "command": ParamSpec("paging argv ({problem} {subject} {message} {hostname} "
+                             "{severity})", check=an_argv("command")),
+        "timeout": ParamSpec("how long the paging command may run", default="30s",
+                             check=a_duration("timeout", hi=600)),
+    }
+    SUBJECT = ParamSpec("what the page is about (any text)")
+    EXAMPLE = Example(
+        subject="nas-a1", params={"problem": "nfs-not-responding",
+                                  "message": "nfs server nas-a1 not responding"},
+        settings={"command": ["/usr/local/bin/page-oncall", "{problem}", "{subject}",
+                              "{message}"]})
+    # a page is never budgeted and never cooled down: repeats are folded (PageFoldGuard)
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        severity = str(one_of("severity", tuple(SEVERITIES))(params["severity"]))
+        values = {
+            "problem": clean(params["problem"]) or "unknown",
+            "subject": clean(subject) or "none",
+            "message": clean(params["message"]) or "nodewarden needs a person",
+            "hostname": ctx.hostname, "severity": severity,
+        }
+        command = setting_argv(ctx, "command")
+        text = (f"PAGE host={values['hostname']} problem={values['problem']} "
+                f"subject={values['subject']}: {values['message']}")
+        steps = [Step(("logger", "-s", "-t", "nodewarden", "-p", SEVERITIES[severity], "--",
+                       text), 15.0, "log the page", ok_exit=(0, 1) if command else (0,))]
+        if command is not None:
+            timeout = duration_s(setting_str(ctx, "timeout"), "timeout", hi=600)
+            steps.append(Step(fill_argv(command, values), float(timeout), "paging command"))
+        return Plan(self.NAME, subject, tuple(steps), (), self.DISRUPTIVE,
+                    f"page: {values['problem']} on {values['subject']}"
+                    + ("" if command else " (journal only: no paging command configured)"))
 
 
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """What the page is about, as given (pages fold per problem and subject)."""
-    return subject.strip()
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = Page()

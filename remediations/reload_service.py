@@ -23,9 +23,10 @@ restart-service). The unit name is checked against a strict pattern and ends the
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_duration,
@@ -33,47 +34,42 @@ from remediations._common import (
     duration_s,
     is_active_step,
     one_of,
-    reasons_of,
     service_target,
     service_unit,
 )
 
-NAME = "reload-service"
-SUMMARY = "Reload a systemd unit (optionally reload-or-restart) and check it is active."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to reload (default: the subject); 'x' means 'x.service'",
-                      check=a_service("unit")),
-    "fallback": ParamSpec("'none' (reload only) or 'restart' (reload-or-restart)",
-                          default="none", check=one_of("fallback", ("none", "restart"))),
-    "timeout": ParamSpec("how long the reload may take", default="60s",
-                         check=a_duration("timeout", hi=3600)),
-}
-SETTINGS: Mapping[str, ParamSpec] = {}
-SUBJECT = ParamSpec("the .service to reload", check=a_service("subject"))
-EXAMPLE = Example(subject="postfix.service")
+FALLBACKS = ("none", "restart")
+
+class ReloadService(Remediation):
+    NAME = "reload-service"
+    SUMMARY = "Reload a systemd unit (optionally reload-or-restart) and check it is active."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "unit": ParamSpec("the unit to reload (default: the subject); 'x' means 'x.service'",
+                          check=a_service("unit")),
+        "fallback": ParamSpec("'none' (reload only) or 'restart' (reload-or-restart)",
+                              default="none", check=one_of("fallback", FALLBACKS)),
+        "timeout": ParamSpec("how long the reload may take", default="60s",
+                             check=a_duration("timeout", hi=3600)),
+    }
+    SUBJECT = ParamSpec("the .service to reload", check=a_service("subject"))
+    EXAMPLE = Example(subject="postfix.service")
+    BUDGET = Budget(12, 3600.0)
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        unit = service_unit(params.get("unit") or subject, ctx)
+        verb = "reload-or-restart" if one_of("fallback", FALLBACKS)(
+            params["fallback"]) == "restart" else "reload"
+        timeout = duration_s(params["timeout"], "timeout", hi=3600)
+        return Plan(
+            action=self.NAME, subject=subject, disruptive=self.DISRUPTIVE,
+            summary=f"{verb} {unit}",
+            steps=(Step((SYSTEMCTL, verb, "--", unit), float(timeout), f"{verb} {unit}"),),
+            verify=(is_active_step(unit),),
+        )
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        """The unit this acts on ("dovecot" = "dovecot.service")."""
+        return service_target(subject, params)
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = service_unit(params.get("unit") or subject, ctx)
-    fallback = params.get("fallback", "none")
-    if fallback not in ("none", "restart"):
-        raise InvalidParams(f"fallback {fallback!r} must be 'none' or 'restart'")
-    verb = "reload-or-restart" if fallback == "restart" else "reload"
-    timeout = duration_s(params.get("timeout", "60s"), "timeout", hi=3600)
-    return Plan(
-        action=NAME, subject=subject, disruptive=DISRUPTIVE,
-        summary=f"{verb} {unit}",
-        steps=(Step((SYSTEMCTL, verb, "--", unit), float(timeout), f"{verb} {unit}"),),
-        verify=(is_active_step(unit),),
-    )
-
-
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The unit this acts on ("dovecot" = "dovecot.service")."""
-    return service_target(subject, params)
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = ReloadService()

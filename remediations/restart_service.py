@@ -30,50 +30,48 @@ report (`task_memcg=/system.slice/UNIT`), never from the killed process's name.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_duration,
     a_service,
     duration_s,
     is_active_step,
-    reasons_of,
     service_target,
     service_unit,
 )
 
-NAME = "restart-service"
-SUMMARY = "Restart a systemd unit and check that it is active again."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to restart (default: the subject); 'x' means 'x.service'",
-                      check=a_service("unit")),
-    "timeout": ParamSpec("how long the restart may take", default="90s",
-                         check=a_duration("timeout", hi=3600)),
-}
-SETTINGS: Mapping[str, ParamSpec] = {}
-SUBJECT = ParamSpec("the .service to restart", check=a_service("subject"))
-EXAMPLE = Example(subject="dovecot.service")
+
+class RestartService(Remediation):
+    NAME = "restart-service"
+    SUMMARY = "Restart a systemd unit and check that it is active again."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "unit": ParamSpec("the unit to restart (default: the subject); 'x' means 'x.service'",
+                          check=a_service("unit")),
+        "timeout": ParamSpec("how long the restart may take", default="90s",
+                             check=a_duration("timeout", hi=3600)),
+    }
+    SUBJECT = ParamSpec("the .service to restart", check=a_service("subject"))
+    EXAMPLE = Example(subject="dovecot.service")
+    BUDGET = Budget(6, 3600.0)
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        unit = service_unit(params.get("unit") or subject, ctx)
+        timeout = duration_s(params["timeout"], "timeout", hi=3600)
+        return Plan(
+            action=self.NAME, subject=subject, disruptive=self.DISRUPTIVE,
+            summary=f"restart {unit}",
+            steps=(Step((SYSTEMCTL, "restart", "--", unit), float(timeout),
+                        f"restart {unit}"),),
+            verify=(is_active_step(unit),),
+        )
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        """The unit this acts on ("dovecot" = "dovecot.service")."""
+        return service_target(subject, params)
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = service_unit(params.get("unit") or subject, ctx)
-    timeout = duration_s(params.get("timeout", "90s"), "timeout", hi=3600)
-    return Plan(
-        action=NAME, subject=subject, disruptive=DISRUPTIVE,
-        summary=f"restart {unit}",
-        steps=(Step((SYSTEMCTL, "restart", "--", unit), float(timeout), f"restart {unit}"),),
-        verify=(is_active_step(unit),),
-    )
-
-
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The unit this acts on ("dovecot" = "dovecot.service")."""
-    return service_target(subject, params)
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = RestartService()

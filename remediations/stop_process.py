@@ -51,10 +51,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import ClassVar
 
 from agent.execute.stop_process import PROC, find_by_name, read_process, refusal, unit_of
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_duration,
@@ -62,7 +63,6 @@ from remediations._common import (
     duration_s,
     globs,
     helper,
-    reasons_of,
     service_target,
     service_unit,
     setting_list,
@@ -86,24 +86,6 @@ def _target(subject: str) -> tuple[str, str]:
     return "--name", text
 
 
-NAME = "stop-process"
-SUMMARY = ("Stop a runaway process or unit (TERM, then KILL after a grace); never PID 1 or "
-           "the agent.")
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "grace": ParamSpec("time between SIGTERM and SIGKILL", default="10s",
-                       check=a_duration("grace", hi=600)),
-    "unit": ParamSpec("stop this systemd service unit instead of a PID or "
-                      "name: systemctl stop, SIGKILL after the grace",
-                      check=a_service("unit")),
-}
-SETTINGS: Mapping[str, ParamSpec] = {
-    "protect": ParamSpec("units never stopped with `unit` (globs), on top of "
-                         "protected_units and the built-in list", check=globs("protect")),
-}
-SUBJECT = ParamSpec("a PID or a process name (comm)", check=lambda v: _target(str(v)))
-EXAMPLE = Example(subject="provision.py")
 #: `timeout` exits 124 when the grace ran out; systemctl kill exits 1 on a unit that is gone
 TIMEOUT_EXPIRED = 124
 
@@ -115,7 +97,7 @@ def _unit(text: str, ctx: ActionContext) -> str:
 
 def _unit_plan(subject: str, unit: str, grace: int) -> Plan:
     return Plan(
-        action=NAME, subject=subject, disruptive=DISRUPTIVE,
+        action=StopProcess.NAME, subject=subject, disruptive=StopProcess.DISRUPTIVE,
         summary=f"stop unit {unit}: SIGTERM to every process, SIGKILL after {grace}s",
         steps=(
             Step(("timeout", str(grace), SYSTEMCTL, "stop", "--", unit), grace + 15.0,
@@ -127,51 +109,6 @@ def _unit_plan(subject: str, unit: str, grace: int) -> Plan:
         verify=(Step((SYSTEMCTL, "is-active", "--quiet", "--", unit), 15.0,
                      f"{unit} is no longer active", ok_exit=(3,)),),
     )
-
-
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    if params.get("unit"):
-        grace = duration_s(params.get("grace", "10s"), "grace", hi=600)
-        return _unit_plan(subject, _unit(params["unit"], ctx), grace)
-    flag, who = _target(subject)
-    if flag == "--pid" and int(who) in (1, ctx.agent_pid):
-        raise InvalidParams(f"pid {who} is " + ("init" if who == "1" else "the agent itself"))
-    grace = duration_s(params.get("grace", "10s"), "grace", hi=600)
-    refuse = ("--refuse-pid", "1", "--refuse-pid", str(ctx.agent_pid))
-    protect = tuple(x for unit in ctx.protected_units for x in ("--protect", unit))
-    stop = helper(ctx, "stop_process", "stop", flag, who, "--grace", str(grace),
-                  *refuse, *protect)
-    return Plan(
-        action=NAME, subject=subject, disruptive=DISRUPTIVE,
-        summary=f"stop {flag[2:]} {who}: SIGTERM, SIGKILL after {grace}s",
-        steps=(Step(stop, grace + 15.0, f"TERM, KILL after {grace}s"),),
-        verify=(Step(helper(ctx, "stop_process", "gone", flag, who), 15.0,
-                     f"{flag[2:]} {who} is gone"),),
-    )
-
-
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The unit (with `unit`), else the PID or process name as given."""
-    return service_target(subject, params) if params.get("unit") else subject.strip()
-
-
-def preconditions(
-    subject: str, params: Mapping[str, str], ctx: ActionContext, proc: Path = PROC
-) -> list[str]:
-    reasons = reasons_of(plan, subject, params, ctx)
-    if reasons:
-        return reasons
-    if params.get("unit"):
-        return _unit_preconditions(_unit(params["unit"], ctx), ctx, proc)
-    flag, who = _target(subject)
-    found = [read_process(int(who), proc)] if flag == "--pid" else find_by_name(who, proc)
-    infos = [i for i in found if i is not None and i.alive]
-    if not infos:
-        return [f"no running process {subject!r}"]
-    refused = [r for i in infos if (r := refusal(i, (ctx.agent_pid,), ctx.protected_units))]
-    if flag == "--pid" or len(refused) == len(infos):
-        return refused
-    return []
 
 
 def _unit_preconditions(unit: str, ctx: ActionContext, proc: Path) -> list[str]:
@@ -190,3 +127,76 @@ def _unit_preconditions(unit: str, ctx: ActionContext, proc: Path) -> list[str]:
         if result.ran and result.exit_code == 0 and result.stdout.strip() == "inactive":
             return [f"unit {unit} is not running: nothing to stop"]
     return []
+
+
+class StopProcess(Remediation):
+    """The target is the unit (with `unit`), else the PID or process name as given."""
+
+    NAME = "stop-process"
+    SUMMARY = ("Stop a runaway process or unit (TERM, then KILL after a grace); never PID 1 "
+               "or the agent.")
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "grace": ParamSpec("time between SIGTERM and SIGKILL", default="10s",
+                           check=a_duration("grace", hi=600)),
+        "unit": ParamSpec("stop this systemd service unit instead of a PID or "
+                          "name: systemctl stop, SIGKILL after the grace",
+                          check=a_service("unit")),
+    }
+    SETTINGS: ClassVar[Mapping[str, ParamSpec]] = {
+        "protect": ParamSpec("units never stopped with `unit` (globs), on top of "
+                             "protected_units and the built-in list", check=globs("protect")),
+    }
+    SUBJECT = ParamSpec("a PID or a process name (comm)", check=lambda v: _target(str(v)))
+    EXAMPLE = Example(subject="provision.py")
+    BUDGET = Budget(10, 3600.0)
+
+    def __init__(self, proc: Path = PROC) -> None:
+        #: the /proc preconditions read (a test's own tree)
+        self.proc = proc
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        grace = duration_s(params["grace"], "grace", hi=600)
+        if params.get("unit"):
+            return _unit_plan(subject, _unit(params["unit"], ctx), grace)
+        flag, who = _target(subject)
+        if flag == "--pid" and int(who) in (1, ctx.agent_pid):
+            raise InvalidParams(f"pid {who} is "
+                                + ("init" if who == "1" else "the agent itself"))
+        refuse = ("--refuse-pid", "1", "--refuse-pid", str(ctx.agent_pid))
+        protect = tuple(x for unit in ctx.protected_units for x in ("--protect", unit))
+        stop = helper(ctx, "stop_process", "stop", flag, who, "--grace", str(grace),
+                      *refuse, *protect)
+        return Plan(
+            action=self.NAME, subject=subject, disruptive=self.DISRUPTIVE,
+            summary=f"stop {flag[2:]} {who}: SIGTERM, SIGKILL after {grace}s",
+            steps=(Step(stop, grace + 15.0, f"TERM, KILL after {grace}s"),),
+            verify=(Step(helper(ctx, "stop_process", "gone", flag, who), 15.0,
+                         f"{flag[2:]} {who} is gone"),),
+        )
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        return service_target(subject, params) if params.get("unit") else subject.strip()
+
+    def preconditions(
+        self, subject: str, params: Mapping[str, str], ctx: ActionContext
+    ) -> list[str]:
+        reasons = super().preconditions(subject, params, ctx)
+        if reasons:
+            return reasons
+        ctx = self.with_settings(ctx)
+        if params.get("unit"):
+            return _unit_preconditions(_unit(params["unit"], ctx), ctx, self.proc)
+        flag, who = _target(subject)
+        found = ([read_process(int(who), self.proc)] if flag == "--pid"
+                 else find_by_name(who, self.proc))
+        infos = [i for i in found if i is not None and i.alive]
+        if not infos:
+            return [f"no running process {subject!r}"]
+        refused = [r for i in infos
+                   if (r := refusal(i, (ctx.agent_pid,), ctx.protected_units))]
+        if flag == "--pid" or len(refused) == len(infos):
+            return refused
+        return []
+
+
+ACTION = StopProcess()

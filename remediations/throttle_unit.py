@@ -27,16 +27,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import ClassVar
 
-from agent.model import Plan, Step
-from remediations import ActionContext, Example, InvalidParams, ParamSpec
+from agent.model import Budget, Plan, Step
+from remediations import ActionContext, Example, InvalidParams, ParamSpec, Remediation
 from remediations._common import (
     SYSTEMCTL,
     a_service,
     an_integer,
     helper,
     integer,
-    reasons_of,
     service_target,
     service_unit,
 )
@@ -51,41 +51,38 @@ def _quota(text: str) -> int:
     return integer(m.group(1), "cpu_quota", 1, 10000)
 
 
-NAME = "throttle-unit"
-SUMMARY = "Limit a unit's CPU and IO at runtime (systemd CPUQuota= and IOWeight=)."
-DISRUPTIVE = False
-NEEDS_LEASE = False
-PARAMS: Mapping[str, ParamSpec] = {
-    "unit": ParamSpec("the unit to throttle (default: the subject)", check=a_service("unit")),
-    "cpu_quota": ParamSpec("CPUQuota= in percent of one CPU, e.g. 20%", default="20%",
-                           check=lambda v: _quota(str(v))),
-    "io_weight": ParamSpec("IOWeight= between 1 and 10000 (default weight is 100)",
-                           default="10", check=an_integer("io_weight", 1, 10000)),
-}
-SETTINGS: Mapping[str, ParamSpec] = {}
-SUBJECT = ParamSpec("the .service to throttle", check=a_service("subject"))
-EXAMPLE = Example(subject="spamd.service", params={"cpu_quota": "20%", "io_weight": "10"})
+class ThrottleUnit(Remediation):
+    NAME = "throttle-unit"
+    SUMMARY = "Limit a unit's CPU and IO at runtime (systemd CPUQuota= and IOWeight=)."
+    PARAMS: ClassVar[Mapping[str, ParamSpec]] = {
+        "unit": ParamSpec("the unit to throttle (default: the subject)",
+                          check=a_service("unit")),
+        "cpu_quota": ParamSpec("CPUQuota= in percent of one CPU, e.g. 20%", default="20%",
+                               check=lambda v: _quota(str(v))),
+        "io_weight": ParamSpec("IOWeight= between 1 and 10000 (default weight is 100)",
+                               default="10", check=an_integer("io_weight", 1, 10000)),
+    }
+    SUBJECT = ParamSpec("the .service to throttle", check=a_service("subject"))
+    EXAMPLE = Example(subject="spamd.service", params={"cpu_quota": "20%", "io_weight": "10"})
+    BUDGET = Budget(10, 3600.0)
+
+    def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
+        unit = service_unit(params.get("unit") or subject, ctx)
+        quota = _quota(params["cpu_quota"])
+        weight = integer(params["io_weight"], "io_weight", 1, 10000)
+        props = (f"CPUQuota={quota}%", f"IOWeight={weight}")
+        return Plan(
+            action=self.NAME, subject=subject, disruptive=self.DISRUPTIVE,
+            summary=f"throttle {unit} to {' '.join(props)} until reboot",
+            steps=(Step((SYSTEMCTL, "set-property", "--runtime", "--", unit, *props), 30.0,
+                        f"throttle {unit}"),),
+            verify=(Step(helper(ctx, "unit_props", unit, *props), 30.0,
+                         f"{unit} has {' '.join(props)}"),),
+        )
+
+    def target(self, subject: str, params: Mapping[str, str]) -> str:
+        """The unit this acts on ("spamd" = "spamd.service")."""
+        return service_target(subject, params)
 
 
-def plan(subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
-    unit = service_unit(params.get("unit") or subject, ctx)
-    quota = _quota(params.get("cpu_quota", "20%"))
-    weight = integer(params.get("io_weight", "10"), "io_weight", 1, 10000)
-    props = (f"CPUQuota={quota}%", f"IOWeight={weight}")
-    return Plan(
-        action=NAME, subject=subject, disruptive=DISRUPTIVE,
-        summary=f"throttle {unit} to {' '.join(props)} until reboot",
-        steps=(Step((SYSTEMCTL, "set-property", "--runtime", "--", unit, *props), 30.0,
-                    f"throttle {unit}"),),
-        verify=(Step(helper(ctx, "unit_props", unit, *props), 30.0,
-                     f"{unit} has {' '.join(props)}"),),
-    )
-
-
-def target(subject: str, params: Mapping[str, str]) -> str:
-    """The unit this acts on ("spamd" = "spamd.service")."""
-    return service_target(subject, params)
-
-
-def preconditions(subject: str, params: Mapping[str, str], ctx: ActionContext) -> list[str]:
-    return reasons_of(plan, subject, params, ctx)
+ACTION = ThrottleUnit()

@@ -118,7 +118,7 @@ def _main(args: argparse.Namespace) -> int:
         raise UsageError(f"unknown action {args.action!r}; known: "
                          + ", ".join(remediations.names()))
     module = remediations.load(args.action)
-    params, errors = remediations.resolve_params(module, _params(args.param))
+    params, errors = module.resolve(_params(args.param))
     if errors:
         raise UsageError(f"{args.action}: " + "; ".join(errors)
                          + f" (parameters: {', '.join(module.PARAMS) or 'none'})")
@@ -134,7 +134,7 @@ def _main(args: argparse.Namespace) -> int:
     runner = SubprocessRunner(clock, env=env)
     contexts = action_contexts(config, clock, runner)
     try:  # bad parameters are a usage error, before any guard is asked
-        module.plan(subject, params, contexts.for_action(args.action))
+        remediations.build_plan(args.action, subject, params, contexts.for_action(args.action))
     except remediations.InvalidParams as exc:
         raise UsageError(f"{args.action} {subject}: " + "; ".join(exc.reasons)) from None
     state = open_state("remediate", config.agent.state_dir, now)

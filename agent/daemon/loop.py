@@ -483,7 +483,7 @@ class Daemon:
     def _reconcile_intents(self) -> list[Event]:
         """Write-ahead intents left by a node restart: record what became of them
         ("rebooted" when the boot id changed), before anything new is done."""
-        from remediations.node_restart import reconcile_intents
+        from agent.pipeline.intents import reconcile_intents
 
         try:
             return list(reconcile_intents(self.state_dir, self.clock))

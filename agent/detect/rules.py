@@ -1,7 +1,7 @@
 """Detection rules as data: what turns observations into findings.
 
 Each rule is a `[rules.NAME]` table with `kind = ...`; built-in defaults per role ship in
-agent/policy/defaults/*.toml (see docs/policy.md). A user table of the same name replaces
+agent/detect/rules.d/*.toml (see docs/policy.md). A user table of the same name replaces
 the default whole; `enabled = false` removes it. Kinds:
 
 threshold   metric OP level, held for `for_s`; resolves when `metric OP clear` (the clear
@@ -34,14 +34,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, get_args
+from pathlib import Path
+from typing import Literal, get_args
 
 from agent.detect.template import placeholders
 from agent.model import Severity
+from agent.schema import ConfigError, Section, role_tables
 
-if TYPE_CHECKING:
-    from agent.schema import ConfigError, Section
-
+#: the shipped defaults, one file per role (agent.schema.role_tables)
+SHIPPED_RULES = Path(__file__).parent / "rules.d"
 RULE_KINDS = ("threshold", "signature", "probe", "device", "all_of")
 OPS = (">", ">=", "<", "<=")
 #: wildcards in a threshold rule's metric ({match1}..{match3} in its subject)
@@ -274,15 +275,12 @@ def _parse_tables(top: Section) -> tuple[dict[str, _Parsed], set[str]]:
 
 
 def parse_rules(top: Section, role: str) -> tuple[Rule, ...]:
-    """The effective rules: the role's shipped defaults, then the user's `[rules.*]`.
-
-    Errors (in the user's file or, if ever, in a shipped file) go to `top.errors`.
+    """The effective rules: the role's shipped defaults (agent/detect/rules.d/), then the
+    user's `[rules.*]`. Errors (in the user's file or, if ever, in a shipped file) go to
+    `top.errors`, with file, key and reason.
     """
-    from agent.policy.shipped import shipped_tables
-    from agent.schema import ConfigError, Section
-
     merged: dict[str, _Parsed] = {}
-    for file, raw in shipped_tables(role):
+    for file, raw in role_tables(SHIPPED_RULES, role):
         shipped = Section({"rules": raw.get("rules", {})}, file, "", top.errors)
         found, disabled = _parse_tables(shipped)
         merged.update(found)

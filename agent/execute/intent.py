@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from agent.sources.kmsg import read_boot_id
+from agent.boot import read_boot_id
 from agent.state.files import StateError, write_json_atomic
 
 log = logging.getLogger(__name__)

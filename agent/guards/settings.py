@@ -16,34 +16,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
-from agent.guards.stateful import Budget
 from agent.guards.windows import Window, parse_window
-from agent.policy.actions import action_traits
-from agent.schema import MODES
-from remediations import UnknownAction
+from agent.model import Budget
+from agent.schema import MODES, Section
+from remediations import UnknownAction, load, names
 
-if TYPE_CHECKING:
-    from agent.schema import Section
 
-#: budgets per action; node restarts and failovers are counted per host (DESIGN safety
-#: property 3: at most R node restarts per host per 24 h), the rest per action and problem
-DEFAULT_BUDGETS: Mapping[str, Budget] = MappingProxyType({
-    "node-restart": Budget(2, 86400.0, "host"),
-    "failover-service": Budget(3, 86400.0, "host"),
-    "restart-service": Budget(6, 3600.0),
-    "reload-service": Budget(12, 3600.0),
-    "throttle-unit": Budget(10, 3600.0),
-    "stop-process": Budget(10, 3600.0),
-    "exec": Budget(6, 3600.0),
-    "block-addresses": Budget(60, 3600.0),
-})
-DEFAULT_COOLDOWNS: Mapping[str, float] = MappingProxyType({
-    "node-restart": 3600.0,
-    "failover-service": 3600.0,
-    "block-addresses": 60.0,
-})
+def default_budgets() -> Mapping[str, Budget]:
+    """Each action's own budget (remediations: node restarts and failovers per host, DESIGN
+    safety property 3; the rest per action and problem); a page has none."""
+    return MappingProxyType({a: b for a in names() if (b := load(a).BUDGET) is not None})
+
+
+def default_cooldowns() -> Mapping[str, float]:
+    """The actions that declare a cooldown of their own (the rest: `default_s`)."""
+    return MappingProxyType({a: c for a in names() if (c := load(a).COOLDOWN_S) is not None})
+
+
 #: one page per problem and subject per this long (Alertmanager's repeat_interval)
 DEFAULT_FOLD_S = 14400.0
 BUDGET_PER = ("problem", "host")
@@ -56,8 +46,8 @@ class GuardSettings:
     action_modes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     disruptive_windows: tuple[Window, ...] = ()
     cooldown_s: float = 600.0
-    cooldowns: Mapping[str, float] = field(default_factory=lambda: DEFAULT_COOLDOWNS)
-    budgets: Mapping[str, Budget] = field(default_factory=lambda: DEFAULT_BUDGETS)
+    cooldowns: Mapping[str, float] = field(default_factory=default_cooldowns)
+    budgets: Mapping[str, Budget] = field(default_factory=default_budgets)
     page_fold_s: float = DEFAULT_FOLD_S
     flapping_max_fixes: int = 3
     flapping_window_s: float = 21600.0
@@ -67,7 +57,7 @@ class GuardSettings:
 
 def _action_key(s: Section, action: str) -> bool:
     try:
-        action_traits(action)
+        load(action)
     except UnknownAction as exc:
         s.error(action, str(exc))
         return False

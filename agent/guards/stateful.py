@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from agent.guards.base import allow, deny, iso, span
 from agent.guards.windows import Window, describe_windows
-from agent.model import Proposal, Verdict
+from agent.model import Budget, Proposal, Verdict
 from agent.state import SafetyState
 
 PAGE = "page"
@@ -114,13 +114,6 @@ class CooldownLeft:
     until: float
 
 
-@dataclass(frozen=True)
-class Budget:
-    """At most `max` executions per `window_s`, counted per problem or per host."""
-
-    max: int
-    window_s: float
-    per: str = "problem"  # "problem": per action and problem; "host": per action
 
 
 class BudgetGuard:

@@ -4,6 +4,7 @@ addresses) and the standard guard chain with the action preconditions."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Mapping
@@ -15,7 +16,7 @@ from agent.guards import GuardChain, LeaseClient, build_chain
 from agent.guards.costly import PreconditionGuard
 from agent.model import Proposal, Step, StepResult, Verdict
 from agent.state import SafetyState
-from remediations import ActionContext, ReadOnlyRunner
+from remediations import ActionContext, ReadOnlyRunner, UnknownAction, load
 
 #: the longest a read-only precondition check may take (decide() runs on the daemon's
 #: loop, which pings the watchdog every WatchdogSec/2 = 15 s)
@@ -77,7 +78,11 @@ class ActionContexts:
     never_block: NeverBlockCache | None = None
 
     def for_action(self, action: str) -> ActionContext:
+        """The context `action` plans with: its `[actions.NAME]` values over its declared
+        defaults (Remediation.settings), the host's never-block addresses for a block."""
         settings = self.per_action.get(action, MappingProxyType({}))
+        with contextlib.suppress(UnknownAction, ImportError):  # its plan is refused anyway
+            settings = load(action).settings(settings)
         ctx = dataclasses.replace(self.base, settings=settings)
         if action == "block-addresses" and self.never_block is not None:
             ctx = dataclasses.replace(ctx, never_block=self.never_block.get())

@@ -40,10 +40,9 @@ from typing import Any, Literal
 
 from agent.detect.template import render
 from agent.model import Finding, Proposal
-from agent.policy.actions import action_traits
 from agent.policy.ladder import Ladder, Rung
 from agent.state import SafetyState, StateError
-from remediations import target_of
+from remediations import load, target_of
 
 #: asks whether the target of a rung that ran is healthy now: (action, subject, params,
 #: target) -> None when healthy, else why not (the driver runs the plan's verify steps)
@@ -298,7 +297,7 @@ class Policy:
 
     def _proposal(self, rung: Rung, index: int, f: Finding, why: str) -> Proposal:
         values = {"subject": f.subject, "problem": f.problem, "host": self.hostname}
-        traits = action_traits(rung.action)
+        remediation = load(rung.action)
         subject = render(rung.subject, values)
         params = MappingProxyType({k: render(v, values) for k, v in rung.params.items()})
         return Proposal(
@@ -307,8 +306,8 @@ class Policy:
             problem=f.problem,
             params=params,
             rung=index,
-            disruptive=traits.disruptive,
-            needs_lease=traits.needs_lease if rung.lease is None else rung.lease,
+            disruptive=remediation.DISRUPTIVE,
+            needs_lease=remediation.NEEDS_LEASE if rung.lease is None else rung.lease,
             needs_approval=rung.needs_approval,
             trusted=f.trusted,
             finding_subject=f.subject,

@@ -33,17 +33,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING
 
 from agent.detect.template import placeholders
 from agent.model import EMPTY
-from agent.policy.actions import action_traits
-from remediations import ParamSpec, UnknownAction, value_errors
+from agent.schema import Section, role_tables
+from remediations import UnknownAction, load, value_errors
 
-if TYPE_CHECKING:
-    from agent.schema import Section
-
+#: the shipped defaults, one file per role (agent.schema.role_tables)
+SHIPPED_LADDERS = Path(__file__).parent / "ladders.d"
 PLACEHOLDERS = frozenset({"subject", "problem", "host"})
 DEFAULT_VERIFY_S = 300.0
 DEFAULT_QUIET_S = 1800.0
@@ -105,37 +104,23 @@ def parse_rung(s: Section) -> Rung | None:
     if not action:
         return None
     try:
-        traits = action_traits(action)
+        remediation = load(action)
     except UnknownAction as exc:
         s.error("action", str(exc))
         return None
     except ImportError as exc:
         s.error("action", f"the remediation module for {action!r} is broken: {exc}")
         return None
-    for problem in check_params(traits.params, params):
+    for problem in remediation.resolve(params)[1]:
         s.error("params", f"{action}: {problem}")
     for key, value in params.items():  # a literal value is checked now, not mid-incident
-        spec = (traits.params or {}).get(key)
         if "{" not in value:
-            for reason in value_errors(spec, value):
+            for reason in value_errors(remediation.PARAMS.get(key), value):
                 ptable.error(key, f"{action}: {reason}")
     if "{" not in subject:
-        for reason in value_errors(traits.subject, subject):
+        for reason in value_errors(remediation.SUBJECT, subject):
             s.error("subject", f"{action}: {reason}")
     return rung
-
-
-def check_params(specs: Mapping[str, ParamSpec] | None, given: Mapping[str, str]) -> list[str]:
-    """Unknown and missing required parameters (as remediations.resolve_params says them);
-    nothing to check while the action's module is not installed (specs None)."""
-    if specs is None:
-        return []
-    errors = [f"unknown parameter {k!r} (known: {', '.join(specs) or 'none'})"
-              for k in given if k not in specs]
-    errors += [f"parameter {k!r} is required ({spec.description})"
-               for k, spec in specs.items()
-               if spec.required and spec.default is None and k not in given]
-    return errors
 
 
 def parse_ladder(problem: str, s: Section) -> Ladder | None:
@@ -172,12 +157,10 @@ def _parse_tables(top: Section, into: dict[str, Ladder]) -> None:
 
 
 def parse_policy(top: Section, role: str) -> tuple[Ladder, ...]:
-    """The effective ladders: the role's shipped defaults, then the user's `[policy.*]`."""
-    from agent.policy.shipped import shipped_tables
-    from agent.schema import Section
-
+    """The effective ladders: the role's shipped defaults (agent/policy/ladders.d/), then
+    the user's `[policy.*]`."""
     merged: dict[str, Ladder] = {}
-    for file, raw in shipped_tables(role):
+    for file, raw in role_tables(SHIPPED_LADDERS, role):
         _parse_tables(Section({"policy": raw.get("policy", {})}, file, "", top.errors), merged)
     _parse_tables(top, merged)
     return tuple(merged.values())

@@ -21,8 +21,8 @@ from agent.clock import FakeClock, SystemClock
 from agent.execute import Executor, RecordingRunner, SubprocessRunner
 from agent.execute.intent import read_intents
 from agent.model import Outcome, Plan
+from agent.pipeline.intents import reconcile_intents
 from remediations import ActionContext, InvalidParams, build_plan, load
-from remediations.node_restart import reconcile_intents
 from tests.integration._haproxy import BACKEND, haproxy_with_servers
 from tests.integration._netns import NetnsPair, NetnsRunner, in_ns, netns_pair
 from tests.integration._nspawn import Container, NsenterRunner, booted_container

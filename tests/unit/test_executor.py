@@ -14,7 +14,7 @@ from agent.clock import FakeClock
 from agent.execute import Executor, RecordingRunner, SubprocessRunner
 from agent.execute.runner import SAFE_ENV
 from agent.model import Plan, Step, StepResult
-from remediations import load, names, resolve_params
+from remediations import load, names
 from remediations._docs import example_context
 
 PY = sys.executable
@@ -95,7 +95,7 @@ def test_dry_run_records_every_step_and_executes_nothing() -> None:
 def test_dry_run_hands_the_runner_exactly_what_execute_runs(action: str) -> None:
     """DESIGN.md safety property 4: same Executor, same plan, only the runner differs."""
     r = load(action)
-    params, _ = resolve_params(r, r.EXAMPLE.params)
+    params, _ = r.resolve(r.EXAMPLE.params)
     plan = r.plan(r.EXAMPLE.subject, params, example_context(r))
     recording, executing = RecordingRunner(), ScriptedRunner()
     Executor(recording, FakeClock()).run(plan)

@@ -13,9 +13,8 @@ import pytest
 from agent.clock import FakeClock
 from agent.guards import GuardChain, GuardSettings, build_chain
 from agent.guards.base import Lease
-from agent.guards.stateful import Budget
 from agent.guards.windows import parse_window
-from agent.model import Proposal
+from agent.model import Budget, Proposal
 from agent.policy.engine import Policy
 from agent.policy.ladder import Ladder, Rung
 from agent.state import SafetyState

@@ -27,10 +27,10 @@ from remediations import (
     target_of,
     value_errors,
 )
-from remediations import stop_process as stop_process_action
 from remediations._common import fill_argv
 from remediations._docs import expected_files
 from remediations.page import clean
+from remediations.stop_process import StopProcess
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "remediations"
 PY = "/usr/bin/python3"
@@ -65,12 +65,12 @@ def test_unknown_action_is_refused() -> None:
 def test_every_module_describes_itself(action: str) -> None:
     r = load(action)
     assert action == r.NAME
-    assert getattr(r, "__name__", "") == f"remediations.{module_name(action)}"
+    assert type(r).__module__ == f"remediations.{module_name(action)}"
     assert r.SUMMARY and "\n" not in r.SUMMARY and len(r.SUMMARY) < 100
     assert isinstance(r.DISRUPTIVE, bool) and isinstance(r.NEEDS_LEASE, bool)
     assert all(isinstance(p, ParamSpec) and p.description for p in r.PARAMS.values())
     assert all(isinstance(p, ParamSpec) and p.description for p in r.SETTINGS.values())
-    doc = inspect.cleandoc(r.__doc__ or "")
+    doc = inspect.cleandoc(r.runbook)
     for section in ("## When", "## Verify", "## Undo", "## Safety"):
         assert section in doc, f"{action}: runbook lacks {section}"
     assert callable(r.plan) and callable(r.preconditions) and callable(r.target)
@@ -81,6 +81,11 @@ def test_every_module_describes_itself(action: str) -> None:
         assert value_errors(r.PARAMS[key], value) == [], key
     for name, setting in r.EXAMPLE.settings.items():
         assert value_errors(r.SETTINGS[name], setting) == [], name
+    # each fact once: what is left to its own module is declared there, the rest inherited
+    assert (r.BUDGET is None) == (action == "page")  # a page is never budgeted
+    for name, spec in r.SETTINGS.items():  # a default is applied wherever it plans
+        if spec.setting_default is not None:
+            assert r.settings({})[name] == spec.setting_default
 
 
 @pytest.mark.parametrize(("action", "subject", "params", "target"), [
@@ -249,7 +254,7 @@ BAD: list[tuple[str, str, dict[str, str], dict[str, object], str]] = [
     ("restart-service", "x;reboot", {}, {}, "is not a unit name"),
     ("restart-service", "x", {"timeout": "1y"}, {}, "is not a duration"),
     ("restart-service", "x", {"timeout": "0s"}, {}, "must be between"),
-    ("reload-service", "x", {"fallback": "always"}, {}, "must be 'none' or 'restart'"),
+    ("reload-service", "x", {"fallback": "always"}, {}, "'always' must be one of none, restart"),
     # a process or cgroup named like a unit must never reach systemctl as anything but a
     # .service, and never as one that changes the node's state (issue 7)
     ("restart-service", "reboot.target", {}, {}, "is not a .service"),
@@ -293,7 +298,7 @@ BAD: list[tuple[str, str, dict[str, str], dict[str, object], str]] = [
     ("failover-service", "imap", {"via": "site"}, {}, "needs the `command` setting"),
     ("failover-service", "imap", {"via": "site"}, {"command": ["move"]}, "absolute program"),
     ("node-restart", "h", {"drain": "yes"}, {}, "needs the drain_command"),
-    ("node-restart", "h", {"drain": "maybe"}, {}, "auto, yes or no"),
+    ("node-restart", "h", {"drain": "maybe"}, {}, "must be one of auto, yes, no"),
     ("stop-process", "1", {}, {}, "init"),
     ("stop-process", "4242", {}, {}, "the agent itself"),
     ("stop-process", "0", {}, {}, "is not a process"),
@@ -411,14 +416,14 @@ def test_stop_process_preconditions_read_proc(tmp_path: Path) -> None:
     write_proc(tmp_path, 301, "provision", 1, "0::/user.slice/session-4.scope\n")
     write_proc(tmp_path, 302, "provision", 301, "0::/user.slice/session-4.scope\n", "Z")
     write_proc(tmp_path, 303, "kworker/0:1", 2, "0::/\n")
-    pre = stop_process_action.preconditions
-    assert pre("300", {}, ctx(), proc=tmp_path) == [
+    pre = StopProcess(proc=tmp_path).preconditions
+    assert pre("300", {}, ctx()) == [
         "pid 300 (sshd: root (x)) belongs to protected unit ssh.service"]
-    assert pre("301", {}, ctx(), proc=tmp_path) == []
-    assert pre("302", {}, ctx(), proc=tmp_path) == ["no running process '302'"]
-    assert pre("303", {}, ctx(), proc=tmp_path) == ["pid 303 (kworker/0:1) is a kernel thread"]
-    assert pre("provision", {}, ctx(), proc=tmp_path) == []
-    assert pre("nothing", {}, ctx(), proc=tmp_path) == ["no running process 'nothing'"]
+    assert pre("301", {}, ctx()) == []
+    assert pre("302", {}, ctx()) == ["no running process '302'"]
+    assert pre("303", {}, ctx()) == ["pid 303 (kworker/0:1) is a kernel thread"]
+    assert pre("provision", {}, ctx()) == []
+    assert pre("nothing", {}, ctx()) == ["no running process 'nothing'"]
 
 
 @pytest.mark.parametrize(("text", "unit"), [

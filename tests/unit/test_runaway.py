@@ -15,7 +15,7 @@ from agent.detect.findings import Detectors
 from agent.model import Finding, MetricSample, Proposal, Step, StepResult
 from agent.policy.engine import Policy
 from remediations import ActionContext, InvalidParams, ReadOnlyRunner, build_plan
-from remediations import stop_process as stop_action
+from remediations.stop_process import StopProcess
 from tests.unit._decide import T0, config
 
 METRIC = "unit.provision.service.cpu_pct"
@@ -120,7 +120,7 @@ def test_stop_unit_refuses_protected_units(unit: str, settings: dict[str, object
     with pytest.raises(InvalidParams) as err:
         build_plan("stop-process", unit, {"unit": unit}, ctx(settings))
     assert reason in str(err.value)
-    assert reason in stop_action.preconditions(unit, {"unit": unit}, ctx(settings))[0]
+    assert reason in StopProcess().preconditions(unit, {"unit": unit}, ctx(settings))[0]
 
 
 def test_a_long_unit_subject_without_the_unit_param_says_how() -> None:
@@ -157,8 +157,8 @@ def test_stop_unit_preconditions(tmp_path: Path, state: str, agent_cgroup: str,
                                  expected: list[str]) -> None:
     write_cgroup(tmp_path, 4242, agent_cgroup)
     runner = ShowRunner(state)
-    got = stop_action.preconditions("provision.service", {"unit": "provision.service"},
-                                    ctx(runner=runner), proc=tmp_path)
+    got = StopProcess(proc=tmp_path).preconditions(
+        "provision.service", {"unit": "provision.service"}, ctx(runner=runner))
     assert got == expected
     if "agent runs in" not in "".join(expected):
         assert runner.seen == [("systemctl", "show", "--property=ActiveState", "--value",

@@ -11,9 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
+
+if TYPE_CHECKING:  # imported when a command runs: `--help` stays light
+    from agent.state import SafetyState
 
 HELP = (
     "Pause automatic remediation for a while (on --for 2h --reason TEXT), resume it (off), "
@@ -44,27 +47,52 @@ def describe(flag: Any, now: float) -> dict[str, Any]:
                     f"set by {flag.by or '?'} at {iso(flag.since)}: {flag.reason}"}
 
 
+def _seconds(args: argparse.Namespace) -> float:
+    """How long `on` lasts (UsageError for what does not go together)."""
+    from agent.commands._operator import UsageError, duration
+
+    if args.what != "on":
+        if args.duration or args.reason:
+            raise UsageError("--for and --reason go with 'on'")
+        return 0.0
+    if not args.duration or not (args.reason or "").strip():
+        raise UsageError("on needs --for DURATION and --reason TEXT")
+    return duration(args.duration)
+
+
+def _print(args: argparse.Namespace, state: SafetyState, now: float) -> None:
+    out = describe(state.maintenance(now), now)
+    fault = state.history_fault
+    out["history_fault"] = None if fault is None else fault.reason
+    out["maintenance_fault"] = state.maintenance_fault
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(out["text"])
+    if args.what == "clear-history":
+        print("history fault cleared: actions are counted from the history's valid "
+              "entries again")
+    elif fault is not None:
+        print(f"history fault: {fault.reason} (nodewarden maintenance clear-history)")
+    if state.maintenance_fault is not None:
+        print(f"maintenance fault: {state.maintenance_fault}: it counts as on until it "
+              "is set (nodewarden maintenance on|off)")
+
+
 def main(args: argparse.Namespace) -> int:
     from agent.clock import SystemClock
-    from agent.commands._operator import UsageError, duration, load, open_state, operator_name
+    from agent.commands._operator import UsageError, load, open_state, operator_name
     from agent.state import StateError
 
     config = load("maintenance", args.config)
     if config is None:
         return EXIT_USAGE
-    if args.what != "on" and (args.duration or args.reason):
-        print("nodewarden maintenance: --for and --reason go with 'on'", file=sys.stderr)
-        return EXIT_USAGE
-    now = SystemClock().now()
     try:
-        seconds = duration(args.duration) if args.what == "on" and args.duration else 0.0
+        seconds = _seconds(args)
     except UsageError as exc:
         print(f"nodewarden maintenance: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    if args.what == "on" and (not args.duration or not (args.reason or "").strip()):
-        print("nodewarden maintenance: on needs --for DURATION and --reason TEXT",
-              file=sys.stderr)
-        return EXIT_USAGE
+    now = SystemClock().now()
     state = open_state("maintenance", config.agent.state_dir, now)
     if state is None:
         return EXIT_RUNTIME
@@ -78,20 +106,5 @@ def main(args: argparse.Namespace) -> int:
     except StateError as exc:
         print(f"nodewarden maintenance: {exc}", file=sys.stderr)
         return EXIT_RUNTIME
-    out = describe(state.maintenance(now), now)
-    fault = state.history_fault
-    out["history_fault"] = None if fault is None else fault.reason
-    out["maintenance_fault"] = state.maintenance_fault
-    if args.json:
-        print(json.dumps(out))
-    else:
-        print(out["text"])
-        if args.what == "clear-history":
-            print("history fault cleared: actions are counted from the history's valid "
-                  "entries again")
-        elif fault is not None:
-            print(f"history fault: {fault.reason} (nodewarden maintenance clear-history)")
-        if state.maintenance_fault is not None:
-            print(f"maintenance fault: {state.maintenance_fault}: it counts as on until it "
-                  "is set (nodewarden maintenance on|off)")
+    _print(args, state, now)
     return EXIT_OK

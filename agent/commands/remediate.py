@@ -26,6 +26,7 @@ from agent.guards.base import ExecutingGuard
 from agent.model import Outcome, Plan, Proposal, Step, Verdict
 from agent.pipeline.api import Event
 from agent.pipeline.consider import Considered
+from remediations import Remediation
 
 HELP = (
     "Plan a remediation (dry-run, the default) or run it (--execute) through the same "
@@ -114,19 +115,7 @@ def _main(args: argparse.Namespace) -> int:
     config = load("remediate", args.config)
     if config is None:
         return EXIT_USAGE
-    if args.action not in remediations.names():
-        raise UsageError(f"unknown action {args.action!r}; known: "
-                         + ", ".join(remediations.names()))
-    module = remediations.load(args.action)
-    params, errors = module.resolve(_params(args.param))
-    if errors:
-        raise UsageError(f"{args.action}: " + "; ".join(errors)
-                         + f" (parameters: {', '.join(module.PARAMS) or 'none'})")
-    subject = args.subject
-    if subject is None:
-        if args.action not in HOST_SUBJECT:
-            raise UsageError(f"{args.action} needs --subject ({module.SUMMARY})")
-        subject = config.agent.hostname
+    module, params, subject = _request(args, config.agent.hostname)
     clock = SystemClock()
     now = clock.now()
     # Steps run with a clean environment, except PATH: the operator's own (docs/operator.md).
@@ -167,6 +156,28 @@ def _main(args: argparse.Namespace) -> int:
     if outcome is not None and outcome.executed and not outcome.ok:
         code = EXIT_PROBLEM
     return _print(report, args.json, code)
+
+
+def _request(args: argparse.Namespace, hostname: str) -> tuple[Remediation, Mapping[str, str],
+                                                                str]:
+    """The action, its resolved parameters and the subject asked for (UsageError)."""
+    import remediations
+    from agent.commands._operator import UsageError
+
+    if args.action not in remediations.names():
+        raise UsageError(f"unknown action {args.action!r}; known: "
+                         + ", ".join(remediations.names()))
+    module = remediations.load(args.action)
+    params, errors = module.resolve(_params(args.param))
+    if errors:
+        raise UsageError(f"{args.action}: " + "; ".join(errors)
+                         + f" (parameters: {', '.join(module.PARAMS) or 'none'})")
+    subject = args.subject
+    if subject is None:
+        if args.action not in HOST_SUBJECT:
+            raise UsageError(f"{args.action} needs --subject ({module.SUMMARY})")
+        subject = hostname
+    return module, params, subject
 
 
 def _report(args: argparse.Namespace, subject: str, params: Mapping[str, str],

@@ -75,8 +75,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def collect(config: Any, now: float) -> dict[str, Any]:
     """Everything status shows, as JSON-ready data."""
     from agent.commands.maintenance import describe
-    from agent.guards.base import iso, span
-    from agent.guards.stateful import BudgetGuard, CooldownGuard
     from agent.policy.engine import Policy
     from agent.state import SafetyState
 
@@ -109,17 +107,7 @@ def collect(config: Any, now: float) -> dict[str, Any]:
         "rungs": p.rungs, "last_action": p.last_action, "last_rung_at": p.last_rung_at,
         "due_at": p.due_at, "firing": p.firing, "summary": p.summary,
     } for p in policy.positions()]
-    guards = config.guards
-    out["cooldowns"] = [{
-        "action": c.action, "subject": c.subject, "target": c.target, "ran_at": c.ran_at,
-        "until": c.until, "text": f"{c.action} {c.target}: ran {span(now - c.ran_at)} ago, "
-                                  f"next at {iso(c.until)}",
-    } for c in CooldownGuard(state, guards.cooldown_s, guards.cooldowns).left(now)]
-    out["budgets"] = [{
-        "action": b.action, "per": b.budget.per, "problem": b.problem, "used": b.used,
-        "limit": b.budget.max, "window_s": b.budget.window_s,
-        "next_allowed": b.next_allowed, "exhausted": b.exhausted,
-    } for b in BudgetGuard(state, guards.budgets).left(now)]
+    out.update(_guards_left(config, state, now))
     out["faults"] = state.faults()
     out["maintenance"] = describe(state.maintenance(now), now)
     out["approvals"] = [{"action": a.action, "subject": a.subject, "expires_at": a.expires_at,
@@ -127,18 +115,40 @@ def collect(config: Any, now: float) -> dict[str, Any]:
     fault = state.history_fault
     out["history_fault"] = None if fault is None else {"reason": fault.reason,
                                                        "since": fault.since}
+    out["last_actions"] = _last_actions(state_dir)
+    return out
+
+
+def _guards_left(config: Any, state: Any, now: float) -> dict[str, Any]:
+    """Cooldowns running and budgets used, as the guards themselves count them."""
+    from agent.guards.base import iso, span
+    from agent.guards.stateful import BudgetGuard, CooldownGuard
+
+    guards = config.guards
+    return {"cooldowns": [{
+        "action": c.action, "subject": c.subject, "target": c.target, "ran_at": c.ran_at,
+        "until": c.until, "text": f"{c.action} {c.target}: ran {span(now - c.ran_at)} ago, "
+                                  f"next at {iso(c.until)}",
+    } for c in CooldownGuard(state, guards.cooldown_s, guards.cooldowns).left(now)],
+        "budgets": [{
+            "action": b.action, "per": b.budget.per, "problem": b.problem, "used": b.used,
+            "limit": b.budget.max, "window_s": b.budget.window_s,
+            "next_allowed": b.next_allowed, "exhausted": b.exhausted,
+        } for b in BudgetGuard(state, guards.budgets).left(now)]}
+
+
+def _last_actions(state_dir: Path) -> list[dict[str, Any]]:
+    """The last actions: the outcomes in the audit log, the agent's and (executed) the
+    operators' (`nodewarden remediate --execute` writes the same log)."""
+    records = [r for r in audit_tail(state_dir / AUDIT_FILE, frozenset({"outcome"}),
+                                     4 * LAST_ACTIONS)
+               if r.get("origin", "policy") != "operator" or r.get("executed")]
     actions = [{"t": r.get("t"), "action": r.get("action"), "subject": r.get("subject"),
                 "ok": r.get("ok"), "executed": r.get("executed"), "detail": r.get("detail"),
-                "origin": "policy"}
-               for r in audit_tail(state_dir / AUDIT_FILE, frozenset({"outcome"}),
-                                   LAST_ACTIONS)]
-    actions += [{"t": e.t, "action": e.action, "subject": e.subject, "ok": None,
-                 "executed": True, "detail": "operator: nodewarden remediate --execute",
-                 "origin": "operator"}
-                for e in state.executions() if e.origin == "operator"]
+                "origin": r.get("origin", "policy"), "by": r.get("by")}
+               for r in records]
     actions.sort(key=lambda a: float(a["t"] or 0))
-    out["last_actions"] = actions[-LAST_ACTIONS:]
-    return out
+    return actions[-LAST_ACTIONS:]
 
 
 def render(s: dict[str, Any]) -> str:

@@ -28,12 +28,23 @@ policy sees; `active()` adds the untrusted findings for status and reports.
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import replace
 
+from agent.detect.live import (
+    EVIDENCE_LIMIT,
+    Live,
+    ProbeState,
+    SignatureWindow,
+    ThresholdState,
+    first_task,
+    globs,
+    match_values,
+    metric_pattern,
+    trusted_line,
+)
 from agent.detect.rules import (
     AllOfRule,
     DeviceRule,
@@ -47,103 +58,11 @@ from agent.detect.template import render
 from agent.model import (
     DeviceEvent,
     Finding,
-    LogLine,
     MetricSample,
     ProbeResult,
     Severity,
     SignatureMatch,
 )
-
-EVIDENCE_LIMIT = 5
-
-
-def trusted_line(line: LogLine) -> bool:
-    """May this line contribute to an action? Kernel-printed kmsg or a followed log file."""
-    return line.from_kernel or line.source.startswith("log:")
-
-
-def _globs(patterns: Iterable[str], value: str) -> bool:
-    return any(fnmatch.fnmatchcase(value, p) for p in patterns)
-
-
-@dataclass
-class _Live:
-    """A firing (or pending) finding under construction."""
-
-    rule: str
-    problem: str
-    subject: str
-    severity: Severity
-    first_seen: float
-    last_seen: float
-    trusted: bool = True
-    count: int = 0
-    evidence: deque[str] = field(default_factory=lambda: deque(maxlen=EVIDENCE_LIMIT))
-    _snap: tuple[tuple[object, ...], Finding] | None = field(default=None, repr=False,
-                                                            compare=False)
-
-    def snapshot(self, state: str = "firing") -> Finding:
-        """The finding as a frozen value; rebuilt only when the live state changed
-        (decide() asks for every firing finding every cycle)."""
-        key = (state, self.count, self.last_seen, self.trusted, self.severity,
-               len(self.evidence), self.evidence[-1] if self.evidence else None)
-        if self._snap is not None and self._snap[0] == key:
-            return self._snap[1]
-        finding = self._build(state)
-        self._snap = (key, finding)
-        return finding
-
-    def _build(self, state: str) -> Finding:
-        return Finding(
-            problem=self.problem, subject=self.subject, state=state,  # type: ignore[arg-type]
-            first_seen=self.first_seen, last_seen=self.last_seen, count=self.count,
-            evidence=tuple(self.evidence), rule=self.rule, severity=self.severity,
-            trusted=self.trusted,
-        )
-
-
-@dataclass
-class _Threshold:
-    pending_since: float | None = None
-    clear_since: float | None = None
-    live: _Live | None = None
-
-
-@dataclass
-class _SigWindow:
-    times: deque[float] = field(default_factory=deque)
-    live: _Live | None = None
-    last_match: float = 0.0
-
-
-@dataclass
-class _Probe:
-    failures: int = 0
-    good: int = 0
-    slow_since: float | None = None
-    live: _Live | None = None
-
-
-def _metric_pattern(metric: str) -> re.Pattern[str]:
-    return re.compile("^" + re.escape(metric).replace(r"\*", "(.+?)") + "$")
-
-
-def _match_values(metric: str, m: re.Match[str] | None) -> dict[str, str]:
-    """{match} (first `*` to last) and {match1}.. (each `*`) of a wildcard metric."""
-    if m is None or not m.lastindex:
-        return {"match": ""}
-    out = {f"match{i}": m.group(i) for i in range(1, m.lastindex + 1)}
-    out["match"] = metric[m.start(1) : m.end(m.lastindex)]
-    return out
-
-
-def _first_task(sample: MetricSample, name: str) -> str:
-    tasks = getattr(sample, name, ())
-    if isinstance(tasks, Mapping):
-        return str(max(tasks, key=lambda k: tasks[k])) if tasks else "unknown"
-    if isinstance(tasks, Sequence) and not isinstance(tasks, str) and tasks:
-        return str(tasks[0])
-    return "unknown"
 
 
 class Detectors:
@@ -164,27 +83,27 @@ class Detectors:
         # A literal metric is a dict lookup; only wildcard metrics ("unit.*.cpu_pct") scan
         # the sample's names (this runs every second on the hot path).
         self._literal = [r for r in self._threshold if "*" not in r.metric]
-        self._wildcard = [(r, _metric_pattern(r.metric)) for r in self._threshold
+        self._wildcard = [(r, metric_pattern(r.metric)) for r in self._threshold
                           if "*" in r.metric]
         self._signature = [r for r in self.rules if isinstance(r, SignatureRule)]
         self._probe = [r for r in self.rules if isinstance(r, ProbeRule)]
         self._device = [r for r in self.rules if isinstance(r, DeviceRule)]
         self._all_of = [r for r in self.rules if isinstance(r, AllOfRule)]
-        self._th: dict[tuple[str, str], _Threshold] = {}
-        self._sig: dict[tuple[str, str, str], _SigWindow] = {}
-        self._pr: dict[tuple[str, str], _Probe] = {}
-        self._dev: dict[tuple[str, str], _Live] = {}
-        self._all: dict[str, _Live] = {}
+        self._th: dict[tuple[str, str], ThresholdState] = {}
+        self._sig: dict[tuple[str, str, str], SignatureWindow] = {}
+        self._pr: dict[tuple[str, str], ProbeState] = {}
+        self._dev: dict[tuple[str, str], Live] = {}
+        self._all: dict[str, Live] = {}
 
     # ------------------------------------------------------------------ helpers
     def _new_live(self, rule: str, problem: str, subject: str, severity: Severity,
-                  t: float) -> _Live:
-        return _Live(rule, problem, subject, severity, t, t, trusted=self.trusted,
+                  t: float) -> Live:
+        return Live(rule, problem, subject, severity, t, t, trusted=self.trusted,
                      evidence=deque(maxlen=self.evidence_limit))
 
-    def _firing_by_rule(self) -> dict[str, list[_Live]]:
-        out: dict[str, list[_Live]] = {}
-        lives: list[_Live | None] = [s.live for s in self._th.values()]
+    def _firing_by_rule(self) -> dict[str, list[Live]]:
+        out: dict[str, list[Live]] = {}
+        lives: list[Live | None] = [s.live for s in self._th.values()]
         lives += [w.live for w in self._sig.values()]
         lives += [p.live for p in self._pr.values()]
         lives += list(self._dev.values())
@@ -237,7 +156,7 @@ class Detectors:
 
     def _threshold_step(self, rule: ThresholdRule, metric: str, match: re.Match[str] | None,
                         value: float, sample: MetricSample) -> list[Finding]:
-        st = self._th.setdefault((rule.name, metric), _Threshold())
+        st = self._th.setdefault((rule.name, metric), ThresholdState())
         t = sample.t
         text = f"{metric}={value:g} at {t:.0f} ({rule.op} {rule.level:g})"
         detail = sample.details.get(metric)
@@ -252,9 +171,9 @@ class Detectors:
             if t - st.pending_since < rule.for_s:
                 return []
             subject = render(rule.subject, {
-                **_match_values(metric, match), "metric": metric,
-                "blocked_task": _first_task(sample, "blocked_tasks"),
-                "top_task": _first_task(sample, "top_tasks"),
+                **match_values(metric, match), "metric": metric,
+                "blocked_task": first_task(sample, "blocked_tasks"),
+                "top_task": first_task(sample, "top_tasks"),
             })
             live = self._new_live(rule.name, rule.problem or rule.name, subject, rule.severity,
                                   st.pending_since)
@@ -284,8 +203,8 @@ class Detectors:
             return self.untrusted.on_match(m)
         changes: list[Finding] = []
         for rule in self._signature:
-            if not (_globs(rule.signatures, m.signature) and _globs(rule.problems, m.problem)
-                    and _globs(rule.sources, m.line.source)):
+            if not (globs(rule.signatures, m.signature) and globs(rule.problems, m.problem)
+                    and globs(rule.sources, m.line.source)):
                 continue
             problem = rule.problem or m.problem
             values = {**m.groups, "subject": m.subject, "signature": m.signature,
@@ -308,7 +227,7 @@ class Detectors:
     def _signature_step(self, rule: SignatureRule, key: tuple[str, str, str],
                         m: SignatureMatch) -> list[Finding]:
         t = m.line.t
-        w = self._sig.setdefault(key, _SigWindow())
+        w = self._sig.setdefault(key, SignatureWindow())
         w.last_match = t
         w.times.append(t)
         while w.times and w.times[0] < t - rule.window_s:
@@ -334,9 +253,9 @@ class Detectors:
     def on_probe(self, r: ProbeResult) -> list[Finding]:
         changes: list[Finding] = []
         for rule in self._probe:
-            if not _globs(rule.probes, r.name):
+            if not globs(rule.probes, r.name):
                 continue
-            st = self._pr.setdefault((rule.name, r.name), _Probe())
+            st = self._pr.setdefault((rule.name, r.name), ProbeState())
             slow = (rule.latency_ms is not None and r.ok and r.latency_ms is not None
                     and r.latency_ms > rule.latency_ms)
             if r.ok and not slow:
@@ -379,7 +298,7 @@ class Detectors:
         if e.devtype == "partition":
             return changes
         for rule in self._device:
-            if not _globs(rule.devices, e.device):
+            if not globs(rule.devices, e.device):
                 continue
             key = (rule.name, e.device)
             live = self._dev.get(key)
@@ -434,7 +353,7 @@ class Detectors:
         firing = self._firing_by_rule()
         changes: list[Finding] = []
         for rule in self._all_of:
-            parts: list[list[_Live]] = []
+            parts: list[list[Live]] = []
             for name, problem in rule.parts():
                 got = [x for x in firing.get(name, []) if problem is None or x.problem == problem]
                 parts.append(got)

@@ -164,90 +164,107 @@ def _severity(s: Section, default: Severity) -> Severity:
     return s.choice("severity", SEVERITIES, default)  # type: ignore[return-value]
 
 
+def _threshold(name: str, s: Section) -> Rule:
+    metric = s.text("metric", "")
+    if metric.count("*") > MAX_METRIC_STARS:
+        s.error("metric", f"may hold at most {MAX_METRIC_STARS} '*'")
+    for required in ("metric", "level"):
+        if not s.has(required):
+            s.error(required, "is required")
+    op = s.choice("op", OPS, ">")
+    level = s.number("level", 0.0)
+    rule = ThresholdRule(
+        name=name, metric=metric, op=op, level=level,
+        for_s=s.number("for_s", 0.0, minimum=0.0),
+        clear=s.number("clear", level) if s.has("clear") else None,
+        clear_for_s=s.number("clear_for_s", 0.0, minimum=0.0),
+        problem=s.text("problem", name),
+        subject=_subject(s, "threshold", "{match}" if "*" in metric else "host"),
+        severity=_severity(s, "warning"),
+    )
+    if rule.clear is not None and op in (">", ">=") and rule.clear > level:
+        s.error("clear", f"must not be above level {level:g} for op {op!r}")
+    if rule.clear is not None and op in ("<", "<=") and rule.clear < level:
+        s.error("clear", f"must not be below level {level:g} for op {op!r}")
+    return rule
+
+
+def _signature(name: str, s: Section) -> Rule:
+    sev = s.opt_str("severity")
+    if sev is not None and sev not in SEVERITIES:
+        s.error("severity", f"must be one of {', '.join(SEVERITIES)}, not {sev!r}")
+        sev = None
+    rule = SignatureRule(
+        name=name,
+        signatures=s.str_list("signatures", ("*",)),
+        problems=s.str_list("problems", ("*",)),
+        sources=s.str_list("sources", ("*",)),
+        count=s.integer("count", 1, minimum=1),
+        window_s=s.number("window_s", 60.0, minimum=0.0),
+        quiet_s=s.number("quiet_s", 600.0, minimum=1.0),
+        problem=s.opt_str("problem"),
+        subject=_subject(s, "signature", "{subject}"),
+        severity=sev,  # type: ignore[arg-type]
+    )
+    if rule.signatures == ("*",) and rule.problems == ("*",) and not s.has("sources"):
+        s.error("problems", "a signature rule must name signatures, problems or sources")
+    return rule
+
+
+def _probe(name: str, s: Section) -> Rule:
+    latency = s.number("latency_ms", 0.0, minimum=0.0) if s.has("latency_ms") else None
+    rule = ProbeRule(
+        name=name,
+        probes=s.str_list("probes", ("*",)),
+        failures=s.integer("failures", 3, minimum=0),
+        latency_ms=latency,
+        for_s=s.number("for_s", 0.0, minimum=0.0),
+        recover=s.integer("recover", 1, minimum=1),
+        problem=s.text("problem", name),
+        subject=_subject(s, "probe", "{probe}"),
+        severity=_severity(s, "error"),
+    )
+    if rule.failures == 0 and rule.latency_ms is None:
+        s.error("failures", "a probe rule needs failures >= 1 or latency_ms")
+    return rule
+
+
+def _device(name: str, s: Section) -> Rule:
+    rule = DeviceRule(
+        name=name,
+        devices=s.str_list("devices", ()),
+        problem=s.text("problem", name),
+        subject=_subject(s, "device", "{device}"),
+        severity=_severity(s, "error"),
+    )
+    if not rule.devices:
+        s.error("devices", "is required: the disks or array members to watch (globs)")
+    return rule
+
+
+def _all_of(name: str, s: Section) -> Rule:
+    of = s.str_list("of", ())
+    if len(of) < 2:
+        s.error("of", "needs at least two rules")
+    return AllOfRule(
+        name=name, of=of,
+        subject_from=s.text("subject_from", of[0] if of else ""),
+        problem=s.text("problem", name),
+        severity=_severity(s, "error"),
+    )
+
+
+#: each rule kind's parser: its keys, their defaults and checks
+_PARSERS = {"threshold": _threshold, "signature": _signature, "probe": _probe,
+            "device": _device, "all_of": _all_of}
+
+
 def parse_rule(name: str, s: Section) -> Rule | None:
     """One `[rules.NAME]` table; None (with errors recorded) when it cannot be built."""
     kind = s.choice("kind", RULE_KINDS, "")
     s.flag("enabled", True)  # read by parse_rules; marked seen here
-    rule: Rule | None
-    if kind == "threshold":
-        metric = s.text("metric", "")
-        if metric.count("*") > MAX_METRIC_STARS:
-            s.error("metric", f"may hold at most {MAX_METRIC_STARS} '*'")
-        op = s.choice("op", OPS, ">")
-        level = s.number("level", 0.0)
-        rule = ThresholdRule(
-            name=name, metric=metric, op=op, level=level,
-            for_s=s.number("for_s", 0.0, minimum=0.0),
-            clear=s.number("clear", level) if s.has("clear") else None,
-            clear_for_s=s.number("clear_for_s", 0.0, minimum=0.0),
-            problem=s.text("problem", name),
-            subject=_subject(s, kind, "{match}" if "*" in metric else "host"),
-            severity=_severity(s, "warning"),
-        )
-        if rule.clear is not None and op in (">", ">=") and rule.clear > level:
-            s.error("clear", f"must not be above level {level:g} for op {op!r}")
-        if rule.clear is not None and op in ("<", "<=") and rule.clear < level:
-            s.error("clear", f"must not be below level {level:g} for op {op!r}")
-    elif kind == "signature":
-        sev = s.opt_str("severity")
-        if sev is not None and sev not in SEVERITIES:
-            s.error("severity", f"must be one of {', '.join(SEVERITIES)}, not {sev!r}")
-            sev = None
-        rule = SignatureRule(
-            name=name,
-            signatures=s.str_list("signatures", ("*",)),
-            problems=s.str_list("problems", ("*",)),
-            sources=s.str_list("sources", ("*",)),
-            count=s.integer("count", 1, minimum=1),
-            window_s=s.number("window_s", 60.0, minimum=0.0),
-            quiet_s=s.number("quiet_s", 600.0, minimum=1.0),
-            problem=s.opt_str("problem"),
-            subject=_subject(s, kind, "{subject}"),
-            severity=sev,  # type: ignore[arg-type]
-        )
-        if rule.signatures == ("*",) and rule.problems == ("*",) and not s.has("sources"):
-            s.error("problems", "a signature rule must name signatures, problems or sources")
-    elif kind == "probe":
-        latency = s.number("latency_ms", 0.0, minimum=0.0) if s.has("latency_ms") else None
-        rule = ProbeRule(
-            name=name,
-            probes=s.str_list("probes", ("*",)),
-            failures=s.integer("failures", 3, minimum=0),
-            latency_ms=latency,
-            for_s=s.number("for_s", 0.0, minimum=0.0),
-            recover=s.integer("recover", 1, minimum=1),
-            problem=s.text("problem", name),
-            subject=_subject(s, kind, "{probe}"),
-            severity=_severity(s, "error"),
-        )
-        if rule.failures == 0 and rule.latency_ms is None:
-            s.error("failures", "a probe rule needs failures >= 1 or latency_ms")
-    elif kind == "device":
-        rule = DeviceRule(
-            name=name,
-            devices=s.str_list("devices", ()),
-            problem=s.text("problem", name),
-            subject=_subject(s, kind, "{device}"),
-            severity=_severity(s, "error"),
-        )
-        if not rule.devices:
-            s.error("devices", "is required: the disks or array members to watch (globs)")
-    elif kind == "all_of":
-        of = s.str_list("of", ())
-        if len(of) < 2:
-            s.error("of", "needs at least two rules")
-        rule = AllOfRule(
-            name=name, of=of,
-            subject_from=s.text("subject_from", of[0] if of else ""),
-            problem=s.text("problem", name),
-            severity=_severity(s, "error"),
-        )
-    else:
-        rule = None
-    if kind == "threshold" and not s.has("metric"):
-        s.error("metric", "is required")
-    if kind == "threshold" and not s.has("level"):
-        s.error("level", "is required")
+    parser = _PARSERS.get(kind)
+    rule = parser(name, s) if parser is not None else None
     s.finish()
     return rule
 

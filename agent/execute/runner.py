@@ -60,6 +60,50 @@ class RecordingRunner:
         return StepResult(argv=step.argv, exit_code=None, duration_s=0.0, ran=False)
 
 
+class _Pipes:
+    """One run's pipes: stdin fed from `data`, stdout and stderr kept up to `cap` bytes
+    each (the rest counted as dropped)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], data: bytes, cap: int) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        self.bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
+        self.dropped = dict.fromkeys(self.bufs, 0)
+        self.data = memoryview(data)
+        self.written = 0
+        self.cap = cap
+        self.stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
+
+    def register(self, sel: selectors.BaseSelector) -> None:
+        for fd in self.bufs:
+            sel.register(fd, selectors.EVENT_READ)
+        if self.proc.stdin is not None:
+            os.set_blocking(self.stdin_fd, False)
+            if self.data:
+                sel.register(self.stdin_fd, selectors.EVENT_WRITE)
+            else:
+                self.proc.stdin.close()
+
+    def ready(self, sel: selectors.BaseSelector, fd: int) -> None:
+        """Write the next chunk of stdin, or read a chunk of output; unregister at EOF."""
+        if fd == self.stdin_fd and self.proc.stdin is not None:
+            try:
+                self.written += os.write(fd, self.data[self.written:self.written + 65536])
+            except BrokenPipeError:
+                self.written = len(self.data)
+            if self.written >= len(self.data):
+                sel.unregister(fd)
+                self.proc.stdin.close()
+            return
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            sel.unregister(fd)
+            return
+        room = max(0, self.cap - len(self.bufs[fd]))
+        self.bufs[fd] += chunk[:room]
+        self.dropped[fd] += max(0, len(chunk) - room)
+
+
 class SubprocessRunner:
     """Runs a step's argv as a child process: no shell, own session, bounded output.
 
@@ -121,24 +165,13 @@ class SubprocessRunner:
     ) -> tuple[str, str, bool]:
         """Feed stdin and read stdout/stderr until both close or the deadline passes."""
         assert proc.stdout is not None and proc.stderr is not None
-        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-        dropped = dict.fromkeys(bufs, 0)
-        data = memoryview((step.input_text or "").encode())
-        written = 0
-        stdin_fd = proc.stdin.fileno() if proc.stdin is not None else -1
+        pipes = _Pipes(proc, (step.input_text or "").encode(), self._max)
         exited_fd = _pidfd(proc.pid)
         drain_until: float | None = None
         with selectors.DefaultSelector() as sel:
-            for fd in bufs:
-                sel.register(fd, selectors.EVENT_READ)
+            pipes.register(sel)
             if exited_fd is not None:
                 sel.register(exited_fd, selectors.EVENT_READ)
-            if proc.stdin is not None:
-                os.set_blocking(proc.stdin.fileno(), False)
-                if data:
-                    sel.register(stdin_fd, selectors.EVENT_WRITE)
-                else:
-                    proc.stdin.close()
             while set(sel.get_map()) - {exited_fd}:
                 now = self._clock.monotonic()
                 if drain_until is not None and now >= drain_until:
@@ -147,31 +180,15 @@ class SubprocessRunner:
                 remaining = min(deadline, drain_until or deadline) - now
                 if remaining <= 0:
                     _close_fd(exited_fd)
-                    return (*self._text(bufs, dropped, proc), True)
+                    return (*self._text(pipes.bufs, pipes.dropped, proc), True)
                 for key, _ in sel.select(remaining):
-                    fd = int(key.fd)
-                    if fd == exited_fd:
-                        sel.unregister(fd)
+                    if int(key.fd) == exited_fd:
+                        sel.unregister(exited_fd)
                         drain_until = self._clock.monotonic() + DRAIN_AFTER_EXIT_S
-                        continue
-                    if fd == stdin_fd and proc.stdin is not None:
-                        try:
-                            written += os.write(fd, data[written:written + 65536])
-                        except BrokenPipeError:
-                            written = len(data)
-                        if written >= len(data):
-                            sel.unregister(fd)
-                            proc.stdin.close()
-                        continue
-                    chunk = os.read(fd, 65536)
-                    if not chunk:
-                        sel.unregister(fd)
-                        continue
-                    room = self._max - len(bufs[fd])
-                    bufs[fd] += chunk[:max(0, room)]
-                    dropped[fd] += max(0, len(chunk) - max(0, room))
+                    else:
+                        pipes.ready(sel, int(key.fd))
         _close_fd(exited_fd)
-        return (*self._text(bufs, dropped, proc), False)
+        return (*self._text(pipes.bufs, pipes.dropped, proc), False)
 
     @staticmethod
     def _text(

@@ -67,43 +67,45 @@ def _action_key(s: Section, action: str) -> bool:
     return True
 
 
-def parse_guards(top: Section) -> GuardSettings:
-    d = GuardSettings()
-    g = top.table("guards")
+def _modes(s: Section) -> Mapping[str, str]:
+    modes = {a: s.choice(a, MODES, "dry-run") for a in s.raw if _action_key(s, a)}
+    s.finish()
+    return MappingProxyType(modes)
 
-    mode_s = g.table("mode")
-    modes = {a: mode_s.choice(a, MODES, "dry-run") for a in mode_s.raw if _action_key(mode_s, a)}
-    mode_s.finish()
 
-    maint = g.table("maintenance")
+def _windows(s: Section) -> tuple[Window, ...]:
     windows = []
-    for i, text in enumerate(maint.str_list("disruptive_windows", ())):
+    for i, text in enumerate(s.str_list("disruptive_windows", ())):
         try:
             windows.append(parse_window(text))
         except ValueError as exc:
-            maint.error(f"disruptive_windows[{i}]", str(exc))
-    maint.finish()
+            s.error(f"disruptive_windows[{i}]", str(exc))
+    s.finish()
+    return tuple(windows)
 
-    cool = g.table("cooldown")
-    default_s = cool.number("default_s", d.cooldown_s, minimum=0.0, maximum=YEAR_S)
+
+def _cooldowns(s: Section, d: GuardSettings) -> tuple[float, Mapping[str, float]]:
+    default_s = s.number("default_s", d.cooldown_s, minimum=0.0, maximum=YEAR_S)
     cooldowns = dict(d.cooldowns)
-    for a in [k for k in cool.raw if k != "default_s"]:
+    for a in [k for k in s.raw if k != "default_s"]:
         if a == "page":
-            cool.refuse(a, "pages are not cooled down: they are folded ([guards.page] fold_s)")
-        elif _action_key(cool, a):
-            cooldowns[a] = cool.number(a, cooldowns.get(a, default_s), minimum=0.0,
-                                       maximum=YEAR_S)
-    cool.finish()
+            s.refuse(a, "pages are not cooled down: they are folded ([guards.page] fold_s)")
+        elif _action_key(s, a):
+            cooldowns[a] = s.number(a, cooldowns.get(a, default_s), minimum=0.0,
+                                    maximum=YEAR_S)
+    s.finish()
+    return default_s, MappingProxyType(cooldowns)
 
-    bud = g.table("budget")
+
+def _budgets(s: Section, d: GuardSettings) -> Mapping[str, Budget]:
     budgets = dict(d.budgets)
-    for a in list(bud.raw):
+    for a in list(s.raw):
         if a == "page":
-            bud.refuse(a, "a page always goes out: pages are never budgeted (repeats are "
-                          "folded: [guards.page] fold_s)")
+            s.refuse(a, "a page always goes out: pages are never budgeted (repeats are "
+                        "folded: [guards.page] fold_s)")
             continue
-        sub = bud.table(a)
-        if _action_key(bud, a):
+        sub = s.table(a)
+        if _action_key(s, a):
             old = budgets.get(a, Budget(0, 3600.0))
             budgets[a] = Budget(sub.integer("max", old.max, minimum=0),
                                 sub.number("window_s", old.window_s, minimum=1.0,
@@ -112,34 +114,36 @@ def parse_guards(top: Section) -> GuardSettings:
             if not sub.has("max"):
                 sub.error("max", "is required")
         sub.finish()
-    bud.finish()
+    s.finish()
+    return MappingProxyType(budgets)
 
-    page = g.table("page")
-    fold_s = page.number("fold_s", d.page_fold_s, minimum=0.0, maximum=7 * 86400.0)
-    page.finish()
 
+def _one(s: Section, key: str, default: float, lo: float, hi: float = YEAR_S) -> float:
+    """A table of one number (`[guards.lease] ttl_s`)."""
+    value = s.number(key, default, minimum=lo, maximum=hi)
+    s.finish()
+    return value
+
+
+def parse_guards(top: Section) -> GuardSettings:
+    """`[guards.*]` (module docstring); errors to `top.errors` with file, key and reason."""
+    d = GuardSettings()
+    g = top.table("guards")
+    cooldown_s, cooldowns = _cooldowns(g.table("cooldown"), d)
     flap = g.table("flapping")
     max_fixes = flap.integer("max_fixes", d.flapping_max_fixes, minimum=1)
-    flap_window = flap.number("window_s", d.flapping_window_s, minimum=1.0, maximum=YEAR_S)
-    flap.finish()
-
-    lease = g.table("lease")
-    ttl = lease.number("ttl_s", d.lease_ttl_s, minimum=10.0, maximum=YEAR_S)
-    lease.finish()
-
-    appr = g.table("approval")
-    appr_ttl = appr.number("ttl_s", d.approval_ttl_s, minimum=1.0, maximum=YEAR_S)
-    appr.finish()
-    g.finish()
-    return GuardSettings(
-        action_modes=MappingProxyType(modes),
-        disruptive_windows=tuple(windows),
-        cooldown_s=default_s,
-        cooldowns=MappingProxyType(cooldowns),
-        budgets=MappingProxyType(budgets),
-        page_fold_s=fold_s,
+    flap_window = _one(flap, "window_s", d.flapping_window_s, 1.0)
+    settings = GuardSettings(
+        action_modes=_modes(g.table("mode")),
+        disruptive_windows=_windows(g.table("maintenance")),
+        cooldown_s=cooldown_s,
+        cooldowns=cooldowns,
+        budgets=_budgets(g.table("budget"), d),
+        page_fold_s=_one(g.table("page"), "fold_s", d.page_fold_s, 0.0, 7 * 86400.0),
         flapping_max_fixes=max_fixes,
         flapping_window_s=flap_window,
-        lease_ttl_s=ttl,
-        approval_ttl_s=appr_ttl,
+        lease_ttl_s=_one(g.table("lease"), "ttl_s", d.lease_ttl_s, 10.0),
+        approval_ttl_s=_one(g.table("approval"), "ttl_s", d.approval_ttl_s, 1.0),
     )
+    g.finish()
+    return settings

@@ -40,7 +40,8 @@ def plan_event(p: Proposal, plan: Plan, execute: bool, t: float) -> Event:
 def outcome_event(d: Decision, o: Outcome, t: float) -> Event:
     return Event(t, "outcome", MappingProxyType({
         "action": o.action, "subject": o.subject, "problem": d.proposal.problem,
-        "finding_subject": d.proposal.finding_subject, "ok": o.ok, "executed": o.executed,
+        "finding_subject": d.proposal.finding_subject, "origin": d.proposal.origin,
+        "ok": o.ok, "executed": o.executed,
         "detail": o.detail,
         "results": [{"argv": list(r.argv), "exit_code": r.exit_code, "ran": r.ran,
                      "timed_out": r.timed_out} for r in o.results],

@@ -112,105 +112,135 @@ def _host(raw: Any, file: str, n: int) -> Host:
                 config, n)
 
 
-def _check_event(kind: str, obj: dict[str, Any], file: str, n: int) -> None:
-    def bad(reason: str) -> ScenarioError:
-        return ScenarioError(file, n, reason)
+def _integer_in(obj: dict[str, Any], key: str, default: int, lo: int, hi: int) -> bool:
+    value = obj.get(key, default)
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
 
-    value = obj[kind]
-    if kind == "kmsg":
-        if not isinstance(value, str):
-            raise bad("kmsg must be the kernel line as a string")
-        fac = obj.get("facility", 0)
-        if not isinstance(fac, int) or isinstance(fac, bool) or not 0 <= fac <= 23:
-            raise bad("facility must be an integer 0..23 (0 = the kernel itself)")
-        pri = obj.get("priority", 6)
-        if not isinstance(pri, int) or isinstance(pri, bool) or not 0 <= pri <= 7:
-            raise bad("priority must be an integer 0..7")
-    elif kind == "log":
-        if not isinstance(value, str):
-            raise bad("log must be the log line as a string")
-        src = obj.get("source")
-        if not isinstance(src, str) or not _NAME.match(src):
-            raise bad("a log line needs \"source\": the log's name, e.g. \"mail\" "
-                      "(its signatures are those of source log:mail)")
-    elif kind == "metrics":
-        if not isinstance(value, dict) or not value:
-            raise bad("metrics must be a non-empty object of NAME: number (null removes)")
-        for name, v in value.items():
-            if not _METRIC.match(name):
-                raise bad(f"metric name {name!r} is not a metric name")
-            if v is not None and not _number(v):
-                raise bad(f"metric {name} must be a number or null, not {v!r}")
-        tasks = obj.get("blocked_tasks", [])
-        if not isinstance(tasks, list) or not all(isinstance(x, str) for x in tasks):
-            raise bad("blocked_tasks must be a list of task names")
-    elif kind == "probe":
-        if not isinstance(value, str) or not _NAME.match(value):
-            raise bad("probe must be the probe's name, e.g. \"imap\"")
-        if not isinstance(obj.get("ok"), bool):
-            raise bad("a probe line needs \"ok\": true or false")
-        lat = obj.get("latency_ms")
-        if lat is not None and (not _number(lat) or lat < 0):
-            raise bad("latency_ms must be a number >= 0 or null")
-        if not isinstance(obj.get("detail", ""), str):
-            raise bad("detail must be a string")
-    elif kind == "udev":
-        if value not in ("add", "remove", "change"):
-            raise bad(f"udev must be add, remove or change, not {value!r}")
-        dev = obj.get("device")
-        if not isinstance(dev, str) or not _NAME.match(dev):
-            raise bad("a udev line needs \"device\": the kernel name, e.g. \"sdb\"")
+
+def _kmsg_problem(value: Any, obj: dict[str, Any]) -> str | None:
+    if not isinstance(value, str):
+        return "kmsg must be the kernel line as a string"
+    if not _integer_in(obj, "facility", 0, 0, 23):
+        return "facility must be an integer 0..23 (0 = the kernel itself)"
+    if not _integer_in(obj, "priority", 6, 0, 7):
+        return "priority must be an integer 0..7"
+    return None
+
+
+def _log_problem(value: Any, obj: dict[str, Any]) -> str | None:
+    if not isinstance(value, str):
+        return "log must be the log line as a string"
+    src = obj.get("source")
+    if not isinstance(src, str) or not _NAME.match(src):
+        return ("a log line needs \"source\": the log's name, e.g. \"mail\" (its signatures "
+                "are those of source log:mail)")
+    return None
+
+
+def _metrics_problem(value: Any, obj: dict[str, Any]) -> str | None:
+    if not isinstance(value, dict) or not value:
+        return "metrics must be a non-empty object of NAME: number (null removes)"
+    for name, v in value.items():
+        if not _METRIC.match(name):
+            return f"metric name {name!r} is not a metric name"
+        if v is not None and not _number(v):
+            return f"metric {name} must be a number or null, not {v!r}"
+    tasks = obj.get("blocked_tasks", [])
+    if not isinstance(tasks, list) or not all(isinstance(x, str) for x in tasks):
+        return "blocked_tasks must be a list of task names"
+    return None
+
+
+def _probe_problem(value: Any, obj: dict[str, Any]) -> str | None:
+    if not isinstance(value, str) or not _NAME.match(value):
+        return "probe must be the probe's name, e.g. \"imap\""
+    if not isinstance(obj.get("ok"), bool):
+        return "a probe line needs \"ok\": true or false"
+    lat = obj.get("latency_ms")
+    if lat is not None and (not _number(lat) or lat < 0):
+        return "latency_ms must be a number >= 0 or null"
+    if not isinstance(obj.get("detail", ""), str):
+        return "detail must be a string"
+    return None
+
+
+def _udev_problem(value: Any, obj: dict[str, Any]) -> str | None:
+    if value not in ("add", "remove", "change"):
+        return f"udev must be add, remove or change, not {value!r}"
+    dev = obj.get("device")
+    if not isinstance(dev, str) or not _NAME.match(dev):
+        return "a udev line needs \"device\": the kernel name, e.g. \"sdb\""
+    return None
+
+
+#: what is wrong with an event of each kind (None: nothing)
+_EVENT_CHECKS = {"kmsg": _kmsg_problem, "log": _log_problem, "metrics": _metrics_problem,
+                 "probe": _probe_problem, "udev": _udev_problem}
+
+
+def _check_event(kind: str, obj: dict[str, Any], file: str, n: int) -> None:
+    problem = _EVENT_CHECKS[kind](obj[kind], obj)
+    if problem is not None:
+        raise ScenarioError(file, n, problem)
 
 
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number (NaN and infinity are typos too)")
 
 
+def _line_object(line: str, file: str, n: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line, parse_constant=_no_constant)
+    except ValueError as exc:
+        raise ScenarioError(file, n, f"not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ScenarioError(file, n, "nested too deep: not a scenario line") from None
+    if not isinstance(obj, dict):
+        raise ScenarioError(file, n, "each line must be a JSON object")
+    return obj
+
+
+def _event(obj: dict[str, Any], last_t: float, file: str, n: int) -> ScenarioEvent:
+    """One event line, checked: its time, its one kind, its keys and values."""
+    raw_t: Any = obj.get("t")
+    if not _number(raw_t) or raw_t < 0:
+        raise ScenarioError(file, n, "every event needs \"t\": seconds from the start "
+                                     "(a number >= 0)")
+    t = float(raw_t)
+    if t < last_t:
+        raise ScenarioError(file, n, f"t {t:g} goes back in time (previous line: "
+                                     f"{last_t:g}); lines must be in time order")
+    kinds = [k for k in OBS_KEYS if k in obj]
+    if len(kinds) != 1:
+        raise ScenarioError(file, n, "each event needs exactly one of "
+                            + ", ".join(OBS_KEYS) + (f" (found {', '.join(kinds)})"
+                                                      if kinds else ""))
+    kind = kinds[0]
+    unknown = sorted(set(obj) - {"t", kind} - EXTRA_KEYS[kind])
+    if unknown:
+        raise ScenarioError(file, n, f"unknown key(s) for a {kind} event: "
+                                     f"{', '.join(unknown)}")
+    _check_event(kind, obj, file, n)
+    return ScenarioEvent(t, n, kind, obj)
+
+
 def parse_scenario(text: str, file: str = "<scenario>") -> Scenario:
     """Parse scenario text; ScenarioError names the first bad line and why."""
     host: Host | None = None
     events: list[ScenarioEvent] = []
-    last_t = 0.0
     for n, raw_line in enumerate(text.splitlines(), 1):
         line = raw_line.strip()
         if not line or line.startswith("#"):
             continue
-        try:
-            obj = json.loads(line, parse_constant=_no_constant)
-        except ValueError as exc:
-            raise ScenarioError(file, n, f"not valid JSON: {exc}") from None
-        except RecursionError:
-            raise ScenarioError(file, n, "nested too deep: not a scenario line") from None
-        if not isinstance(obj, dict):
-            raise ScenarioError(file, n, "each line must be a JSON object")
-        if "host" in obj:
-            if len(obj) != 1:
-                raise ScenarioError(file, n, "the host line holds only {\"host\": {...}}")
-            if host is not None or events:
-                raise ScenarioError(file, n, "the host line must be the first line")
-            host = _host(obj["host"], file, n)
+        obj = _line_object(line, file, n)
+        if "host" not in obj:
+            events.append(_event(obj, events[-1].t if events else 0.0, file, n))
             continue
-        raw_t: Any = obj.get("t")
-        if not _number(raw_t) or raw_t < 0:
-            raise ScenarioError(file, n, "every event needs \"t\": seconds from the start "
-                                         "(a number >= 0)")
-        t = float(raw_t)
-        if t < last_t:
-            raise ScenarioError(file, n, f"t {t:g} goes back in time (previous line: "
-                                         f"{last_t:g}); lines must be in time order")
-        kinds = [k for k in OBS_KEYS if k in obj]
-        if len(kinds) != 1:
-            raise ScenarioError(file, n, "each event needs exactly one of "
-                                + ", ".join(OBS_KEYS) + (f" (found {', '.join(kinds)})"
-                                                          if kinds else ""))
-        kind = kinds[0]
-        unknown = sorted(set(obj) - {"t", kind} - EXTRA_KEYS[kind])
-        if unknown:
-            raise ScenarioError(file, n, f"unknown key(s) for a {kind} event: "
-                                         f"{', '.join(unknown)}")
-        _check_event(kind, obj, file, n)
-        last_t = t
-        events.append(ScenarioEvent(t, n, kind, obj))
+        if len(obj) != 1:
+            raise ScenarioError(file, n, "the host line holds only {\"host\": {...}}")
+        if host is not None or events:
+            raise ScenarioError(file, n, "the host line must be the first line")
+        host = _host(obj["host"], file, n)
     return Scenario(file, host or Host(), tuple(events))
 
 

@@ -197,6 +197,11 @@ def test_an_operators_execute_is_in_the_audit_log_with_its_verdicts(
         ["systemctl", "restart", "--", "x.service"]]
     (outcome,) = [r for r in records if r["kind"] == "outcome"]
     assert outcome["ok"] is True and outcome["executed"] is True and outcome["host"] == "h1"
+    # and `status` shows it among the last actions, from the same log
+    assert cli_main(["status", "--json", "--config", str(tmp_path / "agent.toml")]) == 0
+    last = json.loads(capsys.readouterr().out)["last_actions"]
+    assert [(a["action"], a["origin"], a["by"]) for a in last] == [
+        ("restart-service", "operator", "alice")]
 
 
 def test_a_denied_operator_request_is_audited_too(

@@ -151,7 +151,7 @@ class StopProcess(Remediation):
     BUDGET = Budget(10, 3600.0)
 
     def __init__(self, proc: Path = PROC) -> None:
-        #: the /proc preconditions read (a test's own tree)
+        #: where the agent's own cgroup is read (a test's own tree)
         self.proc = proc
 
     def plan(self, subject: str, params: Mapping[str, str], ctx: ActionContext) -> Plan:
@@ -187,8 +187,7 @@ class StopProcess(Remediation):
         if params.get("unit"):
             return _unit_preconditions(_unit(params["unit"], ctx), ctx, self.proc)
         flag, who = _target(subject)
-        found = ([read_process(int(who), self.proc)] if flag == "--pid"
-                 else find_by_name(who, self.proc))
+        found = [read_process(int(who))] if flag == "--pid" else find_by_name(who)
         infos = [i for i in found if i is not None and i.alive]
         if not infos:
             return [f"no running process {subject!r}"]

@@ -2,7 +2,8 @@
 
 Steps run in order; the first step whose exit code is not in its `ok_exit` (or that timed
 out, or could not run) stops the plan, and the verification is skipped. When every step
-succeeded, the verify steps run (optionally a few rounds apart, for effects that settle).
+succeeded, the verify steps run (optionally a few rounds apart, for effects that settle:
+tenacity's Retrying on the injected clock).
 With a RecordingRunner nothing runs, every step is recorded, and the Outcome says
 `executed=False`: the printed plan and the executed plan are one value.
 """
@@ -59,18 +60,7 @@ class Executor:
                 detail = (f"step {i} of {len(plan.steps)} failed: "
                           f"{describe_failure(_show(step), result)}; verification skipped")
                 return Outcome(plan.action, plan.subject, False, executed, tuple(results), detail)
-        verify_failure = ""
-        for attempt in range(1, self._attempts + 1):
-            verify_failure = ""
-            for step in plan.verify:
-                result = self.runner.run(step)
-                results.append(result)
-                if not step_ok(step, result):
-                    verify_failure = describe_failure("verify " + _show(step), result)
-                    break
-            if not verify_failure or attempt == self._attempts:
-                break
-            self._clock.sleep(self._interval)
+        verify_failure = self._verify(plan, results)
         n, v = len(plan.steps), len(plan.verify)
         if not executed:
             detail = (f"dry-run: nothing executed; would run {n} step(s) "
@@ -81,6 +71,29 @@ class Executor:
                            f"{n} step(s) ok; verification failed: {verify_failure}")
         detail = f"{n} step(s) ok" + (f"; verified ({v} check(s))" if v else "; nothing to verify")
         return Outcome(plan.action, plan.subject, True, True, tuple(results), detail)
+
+    def _verify(self, plan: Plan, results: list[StepResult]) -> str:
+        """Rounds of the verify steps, `verify_interval_s` apart on the injected clock,
+        until one passes or `verify_attempts` have run: the last round's failure, or ""."""
+        import tenacity  # 50 ms of imports (asyncio): paid by the first plan, not by scan
+
+        def one_round() -> str:
+            for step in plan.verify:
+                result = self.runner.run(step)
+                results.append(result)
+                if not step_ok(step, result):
+                    return describe_failure("verify " + _show(step), result)
+            return ""
+
+        rounds = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self._attempts),
+            wait=tenacity.wait_fixed(self._interval),
+            retry=tenacity.retry_if_result(bool),
+            sleep=self._clock.sleep,
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else "",
+        )
+        failure: str = rounds(one_round)
+        return failure
 
 
 def _show(step: Step) -> str:

@@ -6,9 +6,13 @@
 
 The refusals (PID 1, the agent's own PID, kernel threads, processes of protected units)
 are checked here, at the moment of acting, as well as by the remediation's preconditions:
-a PID can change hands between the check and the act. A pidfd pins the process we
-checked, so a recycled PID is never signalled. Exit codes: 0 stopped (or `gone`: no such
-process), 1 refused / nothing to stop / still there, 3 still alive after SIGKILL.
+a PID can change hands between the check and the act. psutil finds and reads the
+processes (name, parent, state, start time); the signals and the waits go through a
+pidfd opened on the process that was checked (its start time read again after opening
+it), so a recycled PID is never signalled. psutil's own signal calls check the start
+time and then signal by PID, which leaves that window open. Exit codes: 0 stopped (or
+`gone`: no such process), 1 refused / nothing to stop / still there, 3 still alive after
+SIGKILL.
 """
 
 from __future__ import annotations
@@ -22,22 +26,31 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 PROC = Path("/proc")
 KTHREADD_PID = 2
 UNIT_SUFFIXES = (".service", ".scope")
+GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
 
 
 @dataclass(frozen=True)
 class ProcInfo:
     pid: int
     ppid: int
+    #: psutil's name: the kernel's comm (15 characters), or a longer name it takes from
+    #: the command line when comm is cut short (a configured name never matches that one)
     comm: str
+    #: psutil's status ("running", "sleeping", "disk-sleep", "zombie"...)
     state: str
     unit: str | None
+    #: when it started (seconds since the epoch): the same PID and start time is the same
+    #: process
+    created: float = 0.0
 
     @property
     def alive(self) -> bool:
-        return self.state not in ("Z", "X")
+        return self.state not in GONE
 
 
 def unit_of(cgroup_text: str) -> str | None:
@@ -54,28 +67,41 @@ def unit_of(cgroup_text: str) -> str | None:
     return None
 
 
-def read_process(pid: int, proc: Path = PROC) -> ProcInfo | None:
-    """What /proc says about `pid`, or None when there is no such process."""
-    base = proc / str(pid)
+def _cgroup(pid: int) -> str:
+    """/proc/PID/cgroup (psutil has no reader for it); empty when it cannot be read."""
     try:
-        stat = (base / "stat").read_text()
-        cgroup = (base / "cgroup").read_text()
-    except (FileNotFoundError, ProcessLookupError):
+        return (PROC / str(pid) / "cgroup").read_text()
+    except OSError:
+        return ""
+
+
+def _info(process: psutil.Process) -> ProcInfo | None:
+    try:
+        with process.oneshot():
+            name, ppid = process.name(), process.ppid()
+            state, created = process.status(), process.create_time()
+    except psutil.ZombieProcess:
+        return ProcInfo(process.pid, 0, "", psutil.STATUS_ZOMBIE, None)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # "pid (comm) S ppid ...": comm may contain spaces and parentheses
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()
-    return ProcInfo(pid, int(fields[1]), comm, fields[0], unit_of(cgroup))
+    return ProcInfo(process.pid, ppid, name, state, unit_of(_cgroup(process.pid)), created)
 
 
-def find_by_name(name: str, proc: Path = PROC) -> list[ProcInfo]:
-    """Live processes whose comm (the kernel's 15-character name) is exactly `name`."""
+def read_process(pid: int) -> ProcInfo | None:
+    """What psutil says about `pid`, or None when there is no such process."""
+    try:
+        return _info(psutil.Process(pid))
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def find_by_name(name: str) -> list[ProcInfo]:
+    """Live processes whose name is exactly `name` (the kernel's comm)."""
     out = []
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            info = read_process(int(entry.name), proc)
-            if info is not None and info.comm == name and info.alive:
-                out.append(info)
+    for process in psutil.process_iter():
+        info = _info(process)
+        if info is not None and info.comm == name and info.alive:
+            out.append(info)
     return sorted(out, key=lambda i: i.pid)
 
 
@@ -98,15 +124,15 @@ def _wait_exit(pidfd: int, timeout_s: float) -> bool:
     return bool(poller.poll(max(0, int(timeout_s * 1000))))
 
 
-def stop_one(info: ProcInfo, grace_s: float, kill_wait_s: float, proc: Path = PROC) -> int:
+def stop_one(info: ProcInfo, grace_s: float, kill_wait_s: float) -> int:
     try:
         pidfd = os.pidfd_open(info.pid)
     except ProcessLookupError:
         print(f"pid {info.pid}: already gone")
         return 0
     try:
-        again = read_process(info.pid, proc)
-        if again is None or again.comm != info.comm or not again.alive:
+        again = read_process(info.pid)  # the pidfd now pins a process: is it the one?
+        if again is None or again.created != info.created or not again.alive:
             print(f"pid {info.pid}: already gone")
             return 0
         try:
@@ -130,11 +156,11 @@ def stop_one(info: ProcInfo, grace_s: float, kill_wait_s: float, proc: Path = PR
         os.close(pidfd)
 
 
-def targets(pid: int | None, name: str | None, proc: Path = PROC) -> list[ProcInfo]:
+def targets(pid: int | None, name: str | None) -> list[ProcInfo]:
     if pid is not None:
-        info = read_process(pid, proc)
+        info = read_process(pid)
         return [info] if info is not None and info.alive else []
-    return find_by_name(name or "", proc)
+    return find_by_name(name or "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,7 +72,7 @@ _MAX_REASON = 160
 
 def if_addresses() -> dict[str, list[str]]:
     """Every interface's IPv4 and IPv6 addresses, from getifaddrs() through psutil."""
-    import psutil  # type: ignore[import-untyped]
+    import psutil
 
     families = (socket.AF_INET, socket.AF_INET6)
     return {name: [a.address for a in addrs if a.family in families]

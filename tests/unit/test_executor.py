@@ -82,6 +82,15 @@ def test_verify_is_retried_on_the_injected_clock() -> None:
     assert [st.argv[0] for st in runner.steps].count("v1") == 3
 
 
+def test_verify_that_never_passes_reports_the_last_round() -> None:
+    clock = FakeClock()
+    runner = ScriptedRunner({"v1": [1, 1, 7]})
+    outcome = Executor(runner, clock, verify_attempts=3, verify_interval_s=5).run(PLAN)
+    assert not outcome.ok
+    assert outcome.detail.endswith("verification failed: verify v1 exit 7: v1 said no")
+    assert clock.monotonic() == 10.0  # two waits between three rounds, none after the last
+
+
 def test_dry_run_records_every_step_and_executes_nothing() -> None:
     runner = RecordingRunner()
     outcome = Executor(runner, FakeClock()).run(PLAN)

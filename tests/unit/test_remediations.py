@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+import psutil
 import pytest
 
 from agent.clock import FakeClock
@@ -403,27 +407,33 @@ def test_failover_keepalived_needs_a_peer_check() -> None:
         "failover target not healthy (peer check): exit 2"]
 
 
-def write_proc(root: Path, pid: int, comm: str, ppid: int, cgroup: str, state: str = "S"
-               ) -> None:
-    d = root / str(pid)
-    d.mkdir(parents=True)
-    (d / "stat").write_text(f"{pid} ({comm}) {state} {ppid} 1 1 0 -1 4194560 0 0\n")
-    (d / "cgroup").write_text(cgroup)
+def test_stop_process_preconditions_read_the_real_processes(tmp_path: Path) -> None:
+    """psutil reads them: a live process by PID and by name, a zombie, a kernel thread."""
+    exe = tmp_path / "nwprovision"
+    shutil.copy("/bin/sleep", exe)
+    live = subprocess.Popen([exe, "600"])
+    dead = subprocess.Popen([exe, "0"])
+    try:
+        os.waitid(os.P_PID, dead.pid, os.WEXITED | os.WNOWAIT)  # exited, not reaped
+        kthread = next(p for p in psutil.process_iter(["ppid"]) if p.info["ppid"] == 2)
+        pre = StopProcess().preconditions
+        assert pre(str(live.pid), {}, ctx()) == []
+        assert pre("nwprovision", {}, ctx()) == []
+        assert pre(str(dead.pid), {}, ctx()) == [f"no running process '{dead.pid}'"]
+        assert pre(str(kthread.pid), {}, ctx()) == [
+            f"pid {kthread.pid} ({kthread.name()}) is a kernel thread"]
+        assert pre("nwnothing", {}, ctx()) == ["no running process 'nwnothing'"]
+    finally:
+        live.kill()
+        live.wait()
+        dead.wait()
 
 
-def test_stop_process_preconditions_read_proc(tmp_path: Path) -> None:
-    write_proc(tmp_path, 300, "sshd: root (x)", 1, "0::/system.slice/ssh.service\n")
-    write_proc(tmp_path, 301, "provision", 1, "0::/user.slice/session-4.scope\n")
-    write_proc(tmp_path, 302, "provision", 301, "0::/user.slice/session-4.scope\n", "Z")
-    write_proc(tmp_path, 303, "kworker/0:1", 2, "0::/\n")
-    pre = StopProcess(proc=tmp_path).preconditions
-    assert pre("300", {}, ctx()) == [
-        "pid 300 (sshd: root (x)) belongs to protected unit ssh.service"]
-    assert pre("301", {}, ctx()) == []
-    assert pre("302", {}, ctx()) == ["no running process '302'"]
-    assert pre("303", {}, ctx()) == ["pid 303 (kworker/0:1) is a kernel thread"]
-    assert pre("provision", {}, ctx()) == []
-    assert pre("nothing", {}, ctx()) == ["no running process 'nothing'"]
+def test_a_process_of_a_protected_unit_is_refused() -> None:
+    info = stop_process.ProcInfo(300, 1, "sshd", "sleeping", "ssh.service")
+    assert stop_process.refusal(info, (), ("ssh.service",)) == (
+        "pid 300 (sshd) belongs to protected unit ssh.service")
+    assert stop_process.refusal(info, (), ()) is None
 
 
 @pytest.mark.parametrize(("text", "unit"), [

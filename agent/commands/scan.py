@@ -10,7 +10,8 @@ from typing import BinaryIO
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, load_catalog
-from agent.detect.matcher import Matcher
+from agent.detect.hsdb import BLOCK
+from agent.detect.matcher import Matcher, choose_engine
 from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats, scan_stream
 from agent.report.text import printable
 
@@ -63,18 +64,22 @@ def _scan(stream: BinaryIO, matcher: Matcher, as_json: bool) -> ScanStats:
 
 
 def main(args: argparse.Namespace) -> int:
-    catalog, errors = load_catalog(args.signatures_dir)
+    try:
+        engine = choose_engine(args.engine)
+    except ValueError as exc:
+        print(f"nodewarden scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # scan uses the block database only (none with the portable engine): nothing else
+    # is compiled, and that one build checks the patterns
+    catalog, errors = load_catalog(args.signatures_dir,
+                                   databases=(BLOCK,) if engine == "hyperscan" else ())
     if errors:
         for e in errors:
             print(f"nodewarden scan: {e}", file=sys.stderr)
         print(f"nodewarden scan: refusing to scan with {len(errors)} catalog error(s)",
               file=sys.stderr)
         return EXIT_USAGE
-    try:
-        matcher = Matcher(catalog, args.engine)
-    except ValueError as exc:
-        print(f"nodewarden scan: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    matcher = Matcher(catalog, engine)
     try:
         if args.file == "-":
             stats = _scan(sys.stdin.buffer, matcher, args.json)

@@ -23,13 +23,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
 from agent.detect import hsdb
 from agent.detect.dbcache import DatabaseCache, default_cache
 from agent.detect.hsdb import ESCAPE, hyperscan_available
-from agent.detect.linear import encode
+from agent.detect.linear import LinearRegex, LiteralSearch, encode
+from agent.detect.matchtemplate import MatchTemplate
 from agent.detect.prefilter import prefilter_pattern
 from agent.detect.signature import MAX_MATCH_CHARS, Catalog, Signature, match_window
 from agent.model import LogLine, SignatureMatch
@@ -90,7 +90,11 @@ class _HyperscanPrefilter:
 
 
 class _AhoCorasickPrefilter:
-    """Aho-Corasick over the required literals; a literal maps to the signatures needing it."""
+    """The portable engine: the required literals, a literal mapping to the signatures
+    that need it. A block is searched for the first literal with one RE2 automaton over
+    all of them (agent/detect/linear.py: LiteralSearch, at memory speed, in C); only the
+    lines it stops in are walked by Aho-Corasick (pyahocorasick) to say which literals,
+    so Python runs per candidate line, not per byte or per hit of a benign line."""
 
     def __init__(self, sigs: Sequence[Signature]) -> None:
         import ahocorasick
@@ -109,6 +113,8 @@ class _AhoCorasickPrefilter:
         self._text.make_automaton()
         self._bytes.make_automaton()
         self._empty = not owners
+        self._search = None if self._empty else LiteralSearch(
+            [*(lit.encode() for lit in owners), ESCAPE])
 
     def line(self, text: str) -> set[int]:
         found: set[int] = set()
@@ -119,10 +125,32 @@ class _AhoCorasickPrefilter:
         return found
 
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
-        if self._empty:
-            return []
-        # latin-1 maps each byte to one character: offsets stay byte offsets
-        return [(end + 1, idx) for end, idx in self._bytes.iter(block.decode("latin-1"))]
+        hits: list[tuple[int, frozenset[int]]] = []
+        if self._search is None:
+            return hits
+        find = self._search.find
+        walk = self._bytes.iter
+        pos, size = 0, len(block)
+        while pos < size:
+            at = find(block, pos)
+            if at < 0:
+                break
+            # the line that holds it: Aho-Corasick says which literals (latin-1 maps each
+            # byte to one character, so offsets stay byte offsets)
+            nl = block.rfind(b"\n", pos, at)
+            start = pos if nl < 0 else nl + 1
+            end = block.find(b"\n", at)
+            end = size if end < 0 else end
+            hits.extend((start + last + 1, idx)
+                        for last, idx in walk(block[start:end].decode("latin-1")))
+            pos = end + 1
+        return hits
+
+
+def _compiled(sig: Signature) -> LinearRegex:
+    if sig.compiled is None:
+        raise ValueError(f"signature {sig.id} was not compiled (not loaded by the loader)")
+    return sig.compiled
 
 
 def choose_engine(engine: str | None = None) -> str:
@@ -150,6 +178,11 @@ class Matcher:
         self._by_source: dict[str, frozenset[int]] = {}
         for i, sig in enumerate(self._sigs):
             self._by_source[sig.source] = self._by_source.get(sig.source, frozenset()) | {i}
+        #: per signature: its regex's match, and its program test (None: any line)
+        self._checks = [(_compiled(sig).match, None if sig.compiled_program is None
+                         else sig.takes_program) for sig in self._sigs]
+        self._matches = [MatchTemplate(sig) for sig in self._sigs]
+        self.kernel_indices = self._by_source.get("kmsg", frozenset())
         self._prefilter: _Prefilter | None = None
         if self._sigs and self.engine == "hyperscan":
             self._prefilter = _HyperscanPrefilter(
@@ -194,20 +227,19 @@ class Matcher:
         mine = self._by_source.get(line.source)
         if not mine:
             return []
+        chosen = mine.intersection(candidates)
+        if not chosen:
+            return []
         data = encode(window)
         out: list[SignatureMatch] = []
-        for i in sorted(mine.intersection(candidates)):
-            sig = self._sigs[i]
-            if not sig.takes_program(program):
+        checks = self._checks
+        for i in sorted(chosen) if len(chosen) > 1 else chosen:
+            match, takes_program = checks[i]
+            if takes_program is not None and not takes_program(program):
                 continue
-            groups = sig.match_message(data)
-            if groups is None:
-                continue
-            out.append(SignatureMatch(
-                signature=sig.id, problem=sig.problem, subject=sig.subject_of(groups),
-                severity=sig.severity, line=line, recovery=sig.recovery,
-                groups=MappingProxyType(groups),
-            ))
+            groups = match(data)
+            if groups is not None:
+                out.append(self._matches[i].new(line, groups))
         return out
 
     def sources_of(self, candidates: Iterable[int]) -> set[str]:

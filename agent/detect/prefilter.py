@@ -196,7 +196,8 @@ def _expanded(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
 
     def flush() -> None:
         if all(run) and run != [""]:
-            cands.append(sorted(set(run)))
+            # a string holding another of the set adds nothing to "contains one of them"
+            cands.append(sorted({x for x in run if not any(y != x and y in x for y in run)}))
 
     for op, av in items:
         sub = _exact(op, av)
@@ -213,12 +214,7 @@ def _expanded(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
         if inner:
             cands.append(inner)
     flush()
-    best = _best(cands)
-    plain = _required(items)
-    # never worse than the plain literal: it stays when it is as selective
-    if best is None or (plain and _selectivity(plain) >= _selectivity(best)):
-        return plain
-    return best
+    return _best(cands)
 
 
 def literals_of(items: Iterable[tuple[Any, Any]]) -> tuple[str, ...]:

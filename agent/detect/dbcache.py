@@ -28,7 +28,6 @@ import errno
 import hashlib
 import logging
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -190,7 +189,7 @@ def _read_entry(dir_fd: int, name: str) -> bytes:
 
 
 def _write_entry(dir_fd: int, name: str, blob: bytes) -> None:
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    tmp = f".{name}.{os.urandom(8).hex()}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dir_fd)
     try:

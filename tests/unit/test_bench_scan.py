@@ -1,5 +1,6 @@
-"""bench/scan.py and bench/scan_cli.py run end to end on a small corpus: both engines find the same lines, and
-every figure the budget needs is printed (the figures themselves are never asserted)."""
+"""bench/scan.py and bench/scan_cli.py run end to end on a small corpus: both engines find
+the same lines, and every figure the budgets need is printed (the figures themselves are
+never asserted)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from agent.detect.dbcache import DatabaseCache, default_cache
 from agent.detect.examples import signature_example_errors
 from agent.detect.hsdb import LINE, checked_databases
 from agent.detect.linear import LinearRegex
-from agent.detect.prefilter import literals_of
+from agent.detect.literals import literals_of
 from agent.detect.regexcheck import regex_problems
 from agent.detect.signature import Catalog, Example, Signature, config_key
 from agent.model import Severity

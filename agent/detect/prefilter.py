@@ -4,8 +4,9 @@ Both engines run a prefilter over every line and confirm its candidates with the
 signature's own regex (RE2, agent/detect/linear.py), so a prefilter may say "maybe" too
 often, never too rarely.
 
-* `literals_of`: a set of literals one of which every match contains (the portable
-  engine's Aho-Corasick looks for them; the catalog refuses a regex without one).
+* `required_literals`: a set of literals one of which every match contains (the
+  portable engine looks for a longer set built on it, agent/detect/literals.py; the
+  catalog refuses a regex without one).
 * `prefilter_pattern`: what hyperscan searches for instead of the regex. Each step keeps
   it a superset:
   - bounded repeats open (`{0,80}` -> `{0,}`) and `$` goes: hyperscan compiles a large
@@ -129,98 +130,15 @@ def _required(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
     return _best(cands)
 
 
+#: for agent/detect/literals.py, which builds on them
+best_set = _best
+required_set = _required
+
+
 def required_literals(regex: str) -> tuple[str, ...]:
     """Literals one of which every match must contain (empty if none can be derived)."""
     best = _required(sre_parse.parse(regex).data)
     return tuple(best or ())
-
-
-#: the most strings an expanded part may stand for (`[Ll]ink (?:is )?[Dd]own`: 8)
-EXPANSION_CAP = 16
-#: a class of at most this many characters is expanded (`[Ll]`), a larger one is not
-_SMALL_CLASS = 4
-
-
-def _exact_class(av: Any) -> list[str] | None:
-    chars: list[str] = []
-    for op, value in av:
-        if op is sre_c.LITERAL:
-            chars.append(chr(value))
-        elif op is sre_c.RANGE and value[1] - value[0] < _SMALL_CLASS:
-            chars.extend(map(chr, range(value[0], value[1] + 1)))
-        else:
-            return None  # a negation, a category (\d), a wide range
-    return chars if len(chars) <= _SMALL_CLASS else None
-
-
-def _exact(op: Any, av: Any) -> list[str] | None:
-    """Every string one parsed item can match, when they are few; else None."""
-    if op is sre_c.LITERAL:
-        return [chr(av)]
-    if op is sre_c.AT:
-        return [""]  # zero-width (\b): the strings around it stay adjacent
-    if op is sre_c.IN:
-        return _exact_class(av)
-    if op is sre_c.SUBPATTERN:
-        return _exact_seq(av[-1])
-    if op is sre_c.BRANCH:
-        out: list[str] = []
-        for branch in av[1]:
-            sub = _exact_seq(branch)
-            if sub is None:
-                return None
-            out.extend(sub)
-        return out if len(out) <= EXPANSION_CAP else None
-    if op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT) and (av[0], av[1]) == (0, 1):
-        sub = _exact_seq(av[2])
-        return None if sub is None or len(sub) >= EXPANSION_CAP else ["", *sub]
-    return None
-
-
-def _exact_seq(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
-    run = [""]
-    for op, av in items:
-        sub = _exact(op, av)
-        if sub is None or len(run) * len(sub) > EXPANSION_CAP:
-            return None
-        run = [a + b for a in run for b in sub]
-    return run
-
-
-def _expanded(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
-    """Like `_required`, but adjacent parts that match only a few strings are multiplied
-    out (`[Ll]ink (?:is )?[Dd]own` gives 8 literals of 8 to 12 characters, not `ink `):
-    longer literals, fewer benign lines for the portable engine to look at."""
-    cands: list[list[str]] = []
-    run = [""]
-
-    def flush() -> None:
-        if all(run) and run != [""]:
-            # a string holding another of the set adds nothing to "contains one of them"
-            cands.append(sorted({x for x in run if not any(y != x and y in x for y in run)}))
-
-    for op, av in items:
-        sub = _exact(op, av)
-        if sub is not None and sub != [""] and len(run) * len(sub) > EXPANSION_CAP:
-            flush()
-            run = sub
-            continue
-        if sub is not None:
-            run = [a + b for a in run for b in sub]
-            continue
-        flush()
-        run = [""]
-        inner = _required([(op, av)])
-        if inner:
-            cands.append(inner)
-    flush()
-    return _best(cands)
-
-
-def literals_of(items: Iterable[tuple[Any, Any]]) -> tuple[str, ...]:
-    """Literals one of which every match of parsed regex items contains (empty if none):
-    the most selective set found, small classes and optional parts multiplied out."""
-    return tuple(_expanded(list(items)) or ())
 
 
 # --------------------------------------------------------------------------- pattern

@@ -14,9 +14,9 @@ import pytest
 
 from agent.commands.scan import Renderer
 from agent.detect.linear import LiteralSearch, encode
+from agent.detect.literals import EXPANSION_CAP, literals_of
 from agent.detect.matcher import Matcher
 from agent.detect.matchtemplate import MatchTemplate
-from agent.detect.prefilter import EXPANSION_CAP, literals_of
 from agent.detect.scanner import ScanHit, ScanStats, _hit, scan_stream
 from agent.detect.signature import match_window, message_of
 from agent.model import LogLine, SignatureMatch

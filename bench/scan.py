@@ -7,9 +7,11 @@ Prints lines/s (median of --runs runs, the functions taking turns run by run) fo
   portable   the same loop with the portable Aho-Corasick engine
   per-line   floor + decode + parse_line + Matcher.match per line (the daemon's kmsg path)
 and the ratios matcher/naive (of the medians) and matcher/floor (the median of the ratios of
-side-by-side runs: this machine's speed drifts by 2x within a minute). Budget (issue 3):
-the matcher (hyperscan; portable is the fallback where no wheel exists) >= 20x naive and
->= 25% of the floor. Figures, never pass/fail: the exit code is 0 either way.
+side-by-side runs: this machine's speed drifts by 2x within a minute). Budgets: the
+matcher (hyperscan) >= 20x naive and >= 25% of the floor (issue 3); the portable engine
+(the fallback where no hyperscan wheel exists) >= 15% of the floor (issue 8). Whole
+processes (start-up, end to end) are bench/scan_cli.py's. Figures, never pass/fail: the
+exit code is 0 either way.
 
 Usage: python bench/scan.py [--lines N] [--trouble-pct P] [--runs R] [--skip-naive]
 """
@@ -27,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.detect.catalog import MAX_MATCH_CHARS, Catalog, load_catalog
+from agent.detect.hsdb import BLOCK, LINE
 from agent.detect.matcher import Matcher
 from agent.detect.scanner import LineBlocks, ScanStats, scan_stream
 from agent.sources.lineformat import parse_line
@@ -146,7 +149,8 @@ def main() -> int:
     parser.add_argument("--skip-naive", action="store_true", help="(slow) leave it out")
     args = parser.parse_args()
 
-    catalog, errors = load_catalog(None)
+    # both hyperscan databases are built (or loaded from the cache) before the clock runs
+    catalog, errors = load_catalog(None, databases=(BLOCK, LINE))
     if errors:
         for e in errors:
             print(e, file=sys.stderr)
@@ -182,9 +186,9 @@ def main() -> int:
         times = timed[engine][0]
         # the floor and the engine ran side by side: the median of their paired ratios
         paired = statistics.median(f / e for f, e in zip(floor_times, times, strict=True))
-        # the budget is the matcher's (hyperscan); portable is the fallback for platforms
-        # without a hyperscan wheel, held to the same findings
-        budget = "budget >= 25%" if engine == "hyperscan" else "fallback, no budget"
+        # portable is the fallback for platforms without a hyperscan wheel, held to the
+        # same findings and a lower budget
+        budget = "budget >= 25%" if engine == "hyperscan" else "fallback; budget >= 15%"
         parts = [f"{engine}/floor = {paired:.0%} ({budget}; median of {len(times)} "
                  "side-by-side pairs)"]
         if "naive" in timed:

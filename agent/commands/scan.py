@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from json.encoder import encode_basestring as _enc
 from pathlib import Path
 from typing import BinaryIO
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
 from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, load_catalog
-from agent.detect.matcher import Matcher
+from agent.detect.hsdb import BLOCK
+from agent.detect.matcher import Matcher, choose_engine
 from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats, scan_stream
+from agent.model import SignatureMatch
 from agent.report.text import printable
 
 HELP = (
@@ -36,45 +38,97 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "or NODEWARDEN_MATCHER)")
 
 
-#: control characters (binary input) are shown escaped in the text form, never raw
+class Renderer:
+    """One output line per hit, as JSON or text, at a few µs a line.
+
+    The JSON form is exactly `json.dumps(record, ensure_ascii=False)` of the record below
+    (tests/unit/test_scan_fast.py compares them): the fields that come from the catalog
+    (signature, problem, severity, recovery) are encoded once per signature, and the
+    others with json's own string encoder. The text form shows control characters in
+    text others wrote escaped, never raw (agent/report/text.py)."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+        self._heads: dict[tuple[str, str, str, bool], tuple[str, str, str]] = {}
+
+    def _head(self, m: SignatureMatch) -> tuple[str, str, str]:
+        key = (m.signature, m.problem, m.severity, m.recovery)
+        head = self._heads.get(key)
+        if head is None:
+            if self.as_json:
+                head = (f", \"signature\": {_enc(m.signature)}, \"problem\": {_enc(m.problem)}"
+                        ", \"subject\": ",
+                        f", \"severity\": {_enc(m.severity)}, \"facility\": ",
+                        f", \"recovery\": {'true' if m.recovery else 'false'}, \"source\": ")
+            else:
+                tag = f"[{m.signature}]" + (" RECOVERY" if m.recovery else "")
+                head = (f" {m.problem} ", f" {tag} ", "")
+            self._heads[key] = head
+        return head
+
+    def __call__(self, hit: ScanHit) -> str:
+        m = hit.match
+        line = m.line
+        subject_at, severity_at, source_at = self._head(m)
+        if not self.as_json:
+            return f"{hit.line_no}{subject_at}{_shown(m.subject)}{severity_at}{_shown(line.text)}"
+        facility = "null" if line.facility is None else int(line.facility)
+        groups = ("{" + ", ".join(f"{_enc(k)}: {_enc(v)}" for k, v in m.groups.items()) + "}"
+                  if m.groups else "{}")
+        return (f"{{\"line_no\": {hit.line_no}{subject_at}{_enc(m.subject)}{severity_at}"
+                f"{facility}{source_at}{_enc(line.source)}, \"text\": {_enc(line.text)}, "
+                f"\"groups\": {groups}, \"truncated\": {'true' if line.truncated else 'false'}}}")
+
+
+def _shown(text: str) -> str:
+    """`printable(text)`, skipped for the common text without any control character."""
+    return text if text.isprintable() else printable(text)
 
 
 def render(hit: ScanHit, as_json: bool) -> str:
-    m = hit.match
-    if as_json:
-        return json.dumps({
-            "line_no": hit.line_no, "signature": m.signature, "problem": m.problem,
-            "subject": m.subject, "severity": m.severity, "facility": m.line.facility,
-            "recovery": m.recovery, "source": m.line.source, "text": m.line.text,
-            "groups": dict(m.groups), "truncated": m.line.truncated,
-        }, ensure_ascii=False)
-    tag = f"[{m.signature}]" + (" RECOVERY" if m.recovery else "")
-    text = printable(m.line.text)
-    return f"{hit.line_no} {m.problem} {printable(m.subject)} {tag} {text}"
+    """One hit's output line (a Renderer made for one line: scan keeps one for all)."""
+    return Renderer(as_json)(hit)
+
+
+#: hits rendered before one write: output is written in batches, not a call per line
+BATCH = 512
 
 
 def _scan(stream: BinaryIO, matcher: Matcher, as_json: bool) -> ScanStats:
     stats = ScanStats()
     out = sys.stdout
+    render_hit = Renderer(as_json)
+    batch: list[str] = []
     for hit in scan_stream(stream, matcher, stats):
-        out.write(render(hit, as_json) + "\n")
+        batch.append(render_hit(hit))
+        if len(batch) >= BATCH:
+            batch.append("")
+            out.write("\n".join(batch))
+            batch.clear()
+    if batch:
+        batch.append("")
+        out.write("\n".join(batch))
     out.flush()
     return stats
 
 
 def main(args: argparse.Namespace) -> int:
-    catalog, errors = load_catalog(args.signatures_dir)
+    try:
+        engine = choose_engine(args.engine)
+    except ValueError as exc:
+        print(f"nodewarden scan: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    # scan uses the block database only (none with the portable engine): nothing else
+    # is compiled, and that one build checks the patterns
+    catalog, errors = load_catalog(args.signatures_dir,
+                                   databases=(BLOCK,) if engine == "hyperscan" else ())
     if errors:
         for e in errors:
             print(f"nodewarden scan: {e}", file=sys.stderr)
         print(f"nodewarden scan: refusing to scan with {len(errors)} catalog error(s)",
               file=sys.stderr)
         return EXIT_USAGE
-    try:
-        matcher = Matcher(catalog, args.engine)
-    except ValueError as exc:
-        print(f"nodewarden scan: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    matcher = Matcher(catalog, engine)
     try:
         if args.file == "-":
             stats = _scan(sys.stdin.buffer, matcher, args.json)

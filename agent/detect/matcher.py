@@ -21,28 +21,21 @@ engine call (scan, bench), and scan confirms each candidate with `confirm`.
 from __future__ import annotations
 
 import os
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from operator import itemgetter
-from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
-from agent.detect.catalog import (
-    MAX_MATCH_CHARS,
-    Catalog,
-    Signature,
-    hyperscan_database,
-    match_window,
-)
-from agent.detect.linear import encode
+from agent.detect import hsdb
+from agent.detect.dbcache import DatabaseCache, default_cache
+from agent.detect.hsdb import ESCAPE, hyperscan_available
+from agent.detect.linear import LinearRegex, LiteralSearch, encode
+from agent.detect.matchtemplate import MatchTemplate
 from agent.detect.prefilter import prefilter_pattern
+from agent.detect.signature import MAX_MATCH_CHARS, Catalog, Signature, match_window
 from agent.model import LogLine, SignatureMatch
 from agent.sources.logrecord import parse_record
 
 ENGINE_ENV = "NODEWARDEN_MATCHER"
-#: how a raw kmsg record writes an unprintable byte (`\\xNN`): the parsed text is
-#: unescaped, so in a block of raw lines one holding it is a candidate for every signature
-ESCAPE = b"\\x"
 ENGINES = ("hyperscan", "portable")
 
 
@@ -54,26 +47,25 @@ class _Prefilter(Protocol):
         """(end offset (exclusive), signature indices) of possible matches in `block`."""
 
 
-def hyperscan_available() -> bool:
-    try:
-        import hyperscan  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class _HyperscanPrefilter:
-    """Two hyperscan databases of the prefilter patterns (agent/detect/prefilter.py):
-    single-match per line (the catalog's, when it compiled one), all-matches for blocks
-    (compiled when `scan` first asks)."""
+    """The hyperscan databases of the prefilter patterns (agent/detect/hsdb.py): the
+    per-line one for `line`, the block one for `block_hits`. Each is the catalog's when
+    the loader built it, else built (or loaded from the cache) when first used."""
 
-    def __init__(self, sigs: Sequence[Signature], line_db: Any = None) -> None:
+    def __init__(self, sigs: Sequence[Signature], databases: Mapping[str, Any],
+                 cache: DatabaseCache | None) -> None:
         self._patterns = [prefilter_pattern(s.regex) for s in sigs]
-        self._line_db = line_db if line_db is not None else hyperscan_database(self._patterns)
-        self._block_db: Any = None
+        self._databases = dict(databases)
+        self._cache = cache
         # the last id is the escape: a line holding one is a candidate for every signature
         self._single = [frozenset((i,)) for i in range(len(sigs))]
         self._single.append(frozenset(range(len(sigs))))
+
+    def database(self, mode: str) -> Any:
+        db = self._databases.get(mode)
+        if db is None:
+            db = self._databases[mode] = hsdb.build(self._patterns, mode, self._cache)
+        return db
 
     def line(self, text: str) -> set[int]:
         found: set[int] = set()
@@ -81,13 +73,11 @@ class _HyperscanPrefilter:
         def on_match(sig: int, _from: int, _to: int, _flags: int, _ctx: Any) -> None:
             found.add(sig)
 
-        self._line_db.scan(text.encode("utf-8", "surrogatepass"), match_event_handler=on_match)
+        self.database(hsdb.LINE).scan(text.encode("utf-8", "surrogatepass"),
+                                      match_event_handler=on_match)
         return found
 
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
-        if self._block_db is None:
-            self._block_db = hyperscan_database([*self._patterns, re.escape(ESCAPE.decode())],
-                                                ("HS_FLAG_PREFILTER",))
         hits: list[tuple[int, frozenset[int]]] = []
         append = hits.append
         single = self._single
@@ -95,12 +85,16 @@ class _HyperscanPrefilter:
         def on_match(sig: int, _from: int, to: int, _flags: int, _ctx: Any) -> None:
             append((to, single[sig]))
 
-        self._block_db.scan(block, match_event_handler=on_match)
+        self.database(hsdb.BLOCK).scan(block, match_event_handler=on_match)
         return hits
 
 
 class _AhoCorasickPrefilter:
-    """Aho-Corasick over the required literals; a literal maps to the signatures needing it."""
+    """The portable engine: the required literals, a literal mapping to the signatures
+    that need it. A block is searched for the first literal with one RE2 automaton over
+    all of them (agent/detect/linear.py: LiteralSearch, at memory speed, in C); only the
+    lines it stops in are walked by Aho-Corasick (pyahocorasick) to say which literals,
+    so Python runs per candidate line, not per byte or per hit of a benign line."""
 
     def __init__(self, sigs: Sequence[Signature]) -> None:
         import ahocorasick
@@ -119,6 +113,8 @@ class _AhoCorasickPrefilter:
         self._text.make_automaton()
         self._bytes.make_automaton()
         self._empty = not owners
+        self._search = None if self._empty else LiteralSearch(
+            [*(lit.encode() for lit in owners), ESCAPE])
 
     def line(self, text: str) -> set[int]:
         found: set[int] = set()
@@ -129,10 +125,32 @@ class _AhoCorasickPrefilter:
         return found
 
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
-        if self._empty:
-            return []
-        # latin-1 maps each byte to one character: offsets stay byte offsets
-        return [(end + 1, idx) for end, idx in self._bytes.iter(block.decode("latin-1"))]
+        hits: list[tuple[int, frozenset[int]]] = []
+        if self._search is None:
+            return hits
+        find = self._search.find
+        walk = self._bytes.iter
+        pos, size = 0, len(block)
+        while pos < size:
+            at = find(block, pos)
+            if at < 0:
+                break
+            # the line that holds it: Aho-Corasick says which literals (latin-1 maps each
+            # byte to one character, so offsets stay byte offsets)
+            nl = block.rfind(b"\n", pos, at)
+            start = pos if nl < 0 else nl + 1
+            end = block.find(b"\n", at)
+            end = size if end < 0 else end
+            hits.extend((start + last + 1, idx)
+                        for last, idx in walk(block[start:end].decode("latin-1")))
+            pos = end + 1
+        return hits
+
+
+def _compiled(sig: Signature) -> LinearRegex:
+    if sig.compiled is None:
+        raise ValueError(f"signature {sig.id} was not compiled (not loaded by the loader)")
+    return sig.compiled
 
 
 def choose_engine(engine: str | None = None) -> str:
@@ -152,16 +170,23 @@ def choose_engine(engine: str | None = None) -> str:
 class Matcher:
     """Matches log lines against a catalog; see the module docstring for the engines."""
 
-    def __init__(self, catalog: Catalog, engine: str | None = None) -> None:
+    def __init__(self, catalog: Catalog, engine: str | None = None, *,
+                 cache: DatabaseCache | Literal["env"] | None = "env") -> None:
         self.catalog = catalog
         self.engine = choose_engine(engine)
         self._sigs = catalog.signatures
         self._by_source: dict[str, frozenset[int]] = {}
         for i, sig in enumerate(self._sigs):
             self._by_source[sig.source] = self._by_source.get(sig.source, frozenset()) | {i}
+        #: per signature: its regex's match, and its program test (None: any line)
+        self._checks = [(_compiled(sig).match, None if sig.compiled_program is None
+                         else sig.takes_program) for sig in self._sigs]
+        self._matches = [MatchTemplate(sig) for sig in self._sigs]
+        self.kernel_indices = self._by_source.get("kmsg", frozenset())
         self._prefilter: _Prefilter | None = None
         if self._sigs and self.engine == "hyperscan":
-            self._prefilter = _HyperscanPrefilter(self._sigs, catalog.line_database)
+            self._prefilter = _HyperscanPrefilter(
+                self._sigs, catalog.databases, default_cache() if isinstance(cache, str) else cache)
         elif self._sigs:
             self._prefilter = _AhoCorasickPrefilter(self._sigs)
 
@@ -202,20 +227,19 @@ class Matcher:
         mine = self._by_source.get(line.source)
         if not mine:
             return []
+        chosen = mine.intersection(candidates)
+        if not chosen:
+            return []
         data = encode(window)
         out: list[SignatureMatch] = []
-        for i in sorted(mine.intersection(candidates)):
-            sig = self._sigs[i]
-            if not sig.takes_program(program):
+        checks = self._checks
+        for i in sorted(chosen) if len(chosen) > 1 else chosen:
+            match, takes_program = checks[i]
+            if takes_program is not None and not takes_program(program):
                 continue
-            groups = sig.match_message(data)
-            if groups is None:
-                continue
-            out.append(SignatureMatch(
-                signature=sig.id, problem=sig.problem, subject=sig.subject_of(groups),
-                severity=sig.severity, line=line, recovery=sig.recovery,
-                groups=MappingProxyType(groups),
-            ))
+            groups = match(data)
+            if groups is not None:
+                out.append(self._matches[i].new(line, groups))
         return out
 
     def sources_of(self, candidates: Iterable[int]) -> set[str]:

@@ -4,8 +4,9 @@ Both engines run a prefilter over every line and confirm its candidates with the
 signature's own regex (RE2, agent/detect/linear.py), so a prefilter may say "maybe" too
 often, never too rarely.
 
-* `literals_of`: a set of literals one of which every match contains (the portable
-  engine's Aho-Corasick looks for them; the catalog refuses a regex without one).
+* `required_literals`: a set of literals one of which every match contains (the
+  portable engine looks for a longer set built on it, agent/detect/literals.py; the
+  catalog refuses a regex without one).
 * `prefilter_pattern`: what hyperscan searches for instead of the regex. Each step keeps
   it a superset:
   - bounded repeats open (`{0,80}` -> `{0,}`) and `$` goes: hyperscan compiles a large
@@ -129,15 +130,15 @@ def _required(items: Iterable[tuple[Any, Any]]) -> list[str] | None:
     return _best(cands)
 
 
+#: for agent/detect/literals.py, which builds on them
+best_set = _best
+required_set = _required
+
+
 def required_literals(regex: str) -> tuple[str, ...]:
     """Literals one of which every match must contain (empty if none can be derived)."""
     best = _required(sre_parse.parse(regex).data)
     return tuple(best or ())
-
-
-def literals_of(items: Iterable[tuple[Any, Any]]) -> tuple[str, ...]:
-    """Literals one of which every match of parsed regex items contains (empty if none)."""
-    return tuple(_required(items) or ())
 
 
 # --------------------------------------------------------------------------- pattern

@@ -20,8 +20,8 @@ from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from agent.detect.catalog import CUT_MARK, MAX_MATCH_CHARS, TAIL_CHARS
 from agent.detect.matcher import Matcher
+from agent.detect.signature import CUT_MARK, MAX_MATCH_CHARS, TAIL_CHARS
 from agent.model import LogLine, SignatureMatch
 from agent.sources.lineformat import parse_line
 
@@ -181,14 +181,31 @@ def _count_oddities(block: bytes, lines: list[bytes], stats: ScanStats,
 
 def match_raw_line(raw: str, matcher: Matcher, candidates: Iterable[int]) -> list[SignatureMatch]:
     """A decoded line, tried as a kernel message and, whole, as a line of each log source."""
-    cands = set(candidates)
-    sources = matcher.sources_of(cands)
+    cands = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
     kernel = parse_line(raw, source="kmsg")
-    out = matcher.confirm(kernel, cands) if "kmsg" in sources else []
-    for source in sorted(sources - {"kmsg"}):
+    out = matcher.confirm(kernel, cands) if not matcher.kernel_indices.isdisjoint(cands) \
+        else []
+    if cands <= matcher.kernel_indices:
+        return out  # the common case: only kernel signatures are candidates
+    for source in sorted(matcher.sources_of(cands) - {"kmsg"}):
         whole = LogLine(source=source, text=raw.rstrip("\r\n"), t=0.0, facility=kernel.facility)
         out.extend(matcher.confirm(whole, cands))
     return out
+
+
+_new = object.__new__
+
+
+def _hit(line_no: int, match: SignatureMatch) -> ScanHit:
+    """ScanHit(line_no, match) without the frozen dataclass's per-field __setattr__
+    (the trick of agent/detect/matchtemplate.py; both fields are set here)."""
+    hit: ScanHit = _new(ScanHit)
+    hit.__dict__.update(line_no=line_no, match=match)
+    return hit
+
+
+def _truncated(m: SignatureMatch) -> SignatureMatch:
+    return dataclasses.replace(m, line=dataclasses.replace(m.line, truncated=True))
 
 
 def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
@@ -205,16 +222,17 @@ def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterato
                 if len(raw) > MAX_MATCH_CHARS:
                     candidates[i] = set(everything)
         _count_oddities(block, lines, stats, candidates.keys())
+        cut = reader.truncated_lines
         for i in sorted(candidates):
             matches = match_raw_line(_decode(lines[i], stats), matcher, candidates[i])
             if not matches:
                 continue
             stats.matched_lines += 1
             for m in matches:
-                if first + i in reader.truncated_lines:
-                    m = dataclasses.replace(m, line=dataclasses.replace(m.line, truncated=True))
+                if cut and first + i in cut:
+                    m = _truncated(m)
                 if m.recovery:
                     stats.recoveries += 1
                 else:
                     stats.findings += 1
-                yield ScanHit(first + i + 1, m)
+                yield _hit(first + i + 1, m)

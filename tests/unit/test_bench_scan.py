@@ -1,5 +1,6 @@
-"""bench/scan.py runs end to end on a small corpus: both engines find the same lines, and
-every figure the budget needs is printed (the figures themselves are never asserted)."""
+"""bench/scan.py and bench/scan_cli.py run end to end on a small corpus: both engines find
+the same lines, and every figure the budgets need is printed (the figures themselves are
+never asserted)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,16 @@ def test_bench_scan_prints_every_figure() -> None:
     counts = {line.split()[0]: line.split()[-3] for line in out.stdout.splitlines()
               if "matched lines" in line}
     assert len(set(counts.values())) == 1 and counts["hyperscan"] != "0", counts
+
+
+def test_bench_scan_cli_prints_every_figure() -> None:
+    out = subprocess.run(
+        [sys.executable, "bench/scan_cli.py", "--lines", "2000", "--pairs", "1"],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    for row in ("start-up, warm cache", "start-up, cold cache", "end to end, json",
+                "end to end, text"):
+        assert f"  {row} " in out.stdout, out.stdout
+    assert out.stdout.count("x a decoding per-line read") == 2
+    assert "budget <= 15x" in out.stdout and "budget <= 3x" in out.stdout

@@ -56,7 +56,7 @@ def layer(module: str) -> int | None:
 
 
 def ours(module: str) -> bool:
-    return module.split(".")[0] in PACKAGES
+    return module.split(".", maxsplit=1)[0] in PACKAGES
 
 
 def test_every_module_has_a_layer() -> None:

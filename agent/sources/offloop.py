@@ -74,14 +74,14 @@ class OffLoop:
                 continue
             unavailable.add(name)
             reasons[name] = why
-        why = self._mailq_reason(now)
-        if why is None:
+        no_queue = self._mailq_reason(now)
+        if no_queue is None:
             cached = self._mailq.latest()
             assert cached is not None and cached[0].size is not None
             values["mailq_size"] = float(cached[0].size)
         else:
             unavailable.add("mailq_size")
-            reasons["mailq_size"] = why
+            reasons["mailq_size"] = no_queue
 
     def _mailq_reason(self, now: float) -> str | None:
         """Why there is no mailq_size now, or None when there is one."""

@@ -97,7 +97,7 @@ class Server:
                 raise
             _, opcode, unique, _, _, _, _, _, _ = IN_HEADER.unpack_from(data)
             if opcode == FUSE_INIT:
-                major, minor = struct.unpack_from("=II", data, IN_HEADER.size)
+                _, minor = struct.unpack_from("=II", data, IN_HEADER.size)
                 self.reply(unique, INIT_OUT.pack(7, min(minor, 31), 0, 0, 1, 1, 4096, 1,
                                                  1, 0, 0))
                 print("ready", flush=True)

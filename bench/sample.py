@@ -4,15 +4,16 @@ Prints, never passes or fails on time:
   * CPU µs per `MetricsSampler.sample()` on this machine's /proc — median and mean over
     N samples, with a fake clock advanced 1 s per sample so the D-state scan (every 5 s)
     runs at its production cadence and is counted in the mean;
-  * the slow parts, amortised per second at their cadence: filesystem use (our CPU plus
-    the persistent statvfs helper's, read from /proc) and the mail-queue command (our
-    CPU plus the reaped child's);
+  * the slow parts, amortised per second at their cadence: filesystem use (statvfs in a
+    thread per call: thread start included) and the mail-queue command (our CPU plus the
+    reaped child's);
   * the per-unit CPU scan (unit.<unit>.cpu_pct) on a real cgroup v2 tree the bench builds
     under this host's cgroup2 mount (60 services and a session scope, one of them burning
     CPU so the top-process lookup runs too), amortised at its 5 s cadence; removed after;
   * RSS of a fresh interpreter that imported every agent.sources module and the
-    detection matcher/catalog, checking that paramiko was not imported; and the RSS of
-    the statvfs helper process (a separate process, reported separately).
+    detection matcher/catalog, checking that paramiko was not imported;
+  * the sampler's /proc readers against their psutil equivalents, side by side in the
+    same rounds (bench/psutil_vs_proc.py), with the per-sample totals and their ratio.
 Budgets: < 1000 µs CPU per sample, < 25 MiB RSS.
 
     python bench/sample.py [--samples 200]
@@ -44,6 +45,7 @@ from agent.sources.metrics import (
     MetricsSampler,
 )
 from agent.sources.settings import MetricsSettings
+from bench.psutil_vs_proc import compare, psutil_import_mib, report
 
 CPU_BUDGET_US = 1000.0
 RSS_BUDGET_MIB = 25.0
@@ -95,20 +97,6 @@ def cpu_children_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def process_cpu_s(pid: int) -> float:
-    """utime + stime of another process (clock ticks in /proc/PID/stat, fields 14-15)."""
-    data = Path(f"/proc/{pid}/stat").read_bytes()
-    fields = data[data.rfind(b")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def process_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def bench_samples(n: int) -> tuple[list[float], int]:
     clock = FakeClock()
     sampler = MetricsSampler(
@@ -156,21 +144,15 @@ def bench_dstate(n: int = 50) -> tuple[float, int]:
     return (time.process_time() - t0) / n * 1e6, nproc
 
 
-def bench_fs(n: int = 1000) -> tuple[float, float]:
-    """µs per refresh (ours + the helper's CPU) and the helper's RSS in MiB."""
+def bench_fs(n: int = 500) -> float:
+    """µs of CPU per refresh of two local mounts: a thread per call, started and joined."""
     fs = FsUsage(("/", "/tmp"), 2.0)
-    fs.measure()  # start the helper; its start-up is a one-off
-    assert fs.helper_pid is not None
-    pid = fs.helper_pid
-    h0 = process_cpu_s(pid)
     t0 = time.process_time()
     for _ in range(n):
         fs.measure()
-    ours = time.process_time() - t0
-    theirs = process_cpu_s(pid) - h0
-    rss = process_rss_mib(pid)
+    spent = time.process_time() - t0
     fs.close()
-    return (ours + theirs) / n * 1e6, rss
+    return spent / n * 1e6
 
 
 def bench_mailq(n: int = 10) -> tuple[float, str]:
@@ -240,14 +222,26 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--paced", type=int, default=15,
                     help="samples taken one real second apart (default 15)")
+    ap.add_argument("--rounds", type=int, default=30,
+                    help="rounds of the psutil comparison (default 30)")
     args = ap.parse_args()
+    print_cpu(args)
+    print_rss()
+    print(f"\nthe sampler's readers against psutil ({args.rounds} rounds side by side, "
+          "medians of thread CPU):")
+    report(compare(args.rounds))
+    print(f"importing psutil costs {psutil_import_mib():.1f} MiB of RSS")
+    return 0
 
+
+def print_cpu(args: argparse.Namespace) -> None:
+    """CPU per sample and of the slow parts, amortised per second."""
     times, nvalues = bench_samples(args.samples)
     median, mean = statistics.median(times), statistics.fmean(times)
     paced = bench_paced(args.paced) if args.paced > 0 else []
     paced_median = statistics.median(paced) if paced else 0.0
     dstate_us, nproc = bench_dstate()
-    fs_us, helper_rss = bench_fs()
+    fs_us = bench_fs()
     mq_us, mq_note = bench_mailq()
     unit_us, unit_n, unit_note = bench_units()
     fs_per_s = fs_us / FS_INTERVAL_S
@@ -256,20 +250,6 @@ def main() -> int:
     # the per-sample cost at the daemon's real pace, where measured (it is the larger)
     per_sample = max(mean, paced_median)
     total = per_sample + fs_per_s + mq_per_s + unit_per_s
-
-    root = Path(__file__).resolve().parents[1]
-    rss = json.loads(subprocess.run(
-        [sys.executable, "-c", RSS_PROBE], capture_output=True, text=True, check=True,
-        cwd=root,
-    ).stdout)
-    rss_nosite = json.loads(subprocess.run(
-        [sys.executable, "-S", "-c", RSS_PROBE], capture_output=True, text=True,
-        check=True, cwd=root,
-    ).stdout)
-    empty = float(subprocess.run(
-        [sys.executable, "-c", RSS_EMPTY], capture_output=True, text=True, check=True,
-    ).stdout)
-
     print(f"metrics sample: {nvalues} values, {args.samples} samples, 1 per simulated second")
     print(f"  CPU per sample      median {median:7.1f} µs   mean {mean:7.1f} µs   "
           f"p95 {sorted(times)[int(len(times) * 0.95)]:7.1f} µs")
@@ -278,7 +258,7 @@ def main() -> int:
               f"{paced_median:7.1f} µs   max {max(paced):7.1f} µs   (used for the all-in)")
     print(f"  D-state scan        {dstate_us:7.1f} µs per scan over {nproc} processes "
           f"(every 5 s; included in the mean)")
-    print(f"  fs usage (2 mounts) {fs_us:7.1f} µs per refresh incl. helper, every "
+    print(f"  fs usage (2 mounts) {fs_us:7.1f} µs per refresh (a thread per call), every "
           f"{FS_INTERVAL_S:g} s = {fs_per_s:5.1f} µs/s")
     print(f"  mail queue          {mq_us:7.1f} µs per run incl. child ({mq_note}), every "
           f"{MAILQ_INTERVAL_S:g} s = {mq_per_s:5.1f} µs/s")
@@ -286,15 +266,24 @@ def main() -> int:
           f"reported), every {UNIT_CPU_INTERVAL_S:g} s = {unit_per_s:5.1f} µs/s")
     print(f"  all-in per second   {total:7.1f} µs   budget {CPU_BUDGET_US:.0f} µs   "
           f"{'OK' if total < CPU_BUDGET_US else 'OVER BUDGET'}")
+
+
+def print_rss() -> None:
+    """RSS of an interpreter with the sources, matcher and catalog imported."""
+    root = Path(__file__).resolve().parents[1]
+    rss = json.loads(subprocess.run(
+        [sys.executable, "-c", RSS_PROBE], capture_output=True, text=True, check=True,
+        cwd=root,
+    ).stdout)
+    empty = float(subprocess.run(
+        [sys.executable, "-c", RSS_EMPTY], capture_output=True, text=True, check=True,
+    ).stdout)
     print(f"RSS after importing {len(rss['modules'])} modules (agent.sources.*, matcher, "
           f"catalog): {rss['rss_import']:.1f} MiB; after one sample "
           f"{rss['rss_sampling']:.1f} MiB   budget {RSS_BUDGET_MIB:.0f} MiB   "
           f"{'OK' if rss['rss_sampling'] < RSS_BUDGET_MIB else 'OVER BUDGET'}")
     print(f"  an empty interpreter in this environment: {empty:.1f} MiB (site and its .pth "
           f"files); the agent adds {rss['rss_sampling'] - empty:.1f} MiB")
-    print(f"  the same without site (python -S, no .pth files): "
-          f"{rss_nosite['rss_sampling']:.1f} MiB   "
-          f"{'OK' if rss_nosite['rss_sampling'] < RSS_BUDGET_MIB else 'OVER BUDGET'}")
     steps = rss["steps"]
     grew = sorted(
         ((b - a, name) for (_, a), (name, b) in itertools.pairwise(steps)),
@@ -303,9 +292,8 @@ def main() -> int:
     print("  largest steps (module, with what it imports first): " + ", ".join(
         f"{name} +{mib:.1f}" for mib, name in grew[:5]
     ) + " MiB")
-    print(f"  paramiko imported: {rss['paramiko'] or rss_nosite['paramiko']}")
-    print(f"  statvfs helper process (separate): {helper_rss:.1f} MiB RSS")
-    return 0
+    print(f"  paramiko imported: {rss['paramiko']}")
+    print("  (the whole running agent, every process, against Monit: bench/idle.py)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Each source keeps its own state (the kmsg position, a log file's offset, the pre
 metrics sample for rates), so a reload rebuilds only the sources whose settings changed:
 reloading to change a probe does not re-read the kernel ring or lose a log offset.
 Imports of the source modules are lazy: `nodewarden --help` does not pay for pyudev.
+
+A kernel log or device monitor that cannot be opened is tried again on a backoff
+(agent/daemon/reopen.py), and at every reload. A followed log file that does not exist
+is a warning at start and at reload (`warnings()`), and is read from its beginning when
+it appears; `problems()` says what is not working now, for the daemon's overview line.
 """
 
 from __future__ import annotations
@@ -15,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
 from agent.config import Config
+from agent.daemon.reopen import Reopen
 from agent.sources.settings import KmsgSettings, LogSourceSettings, MetricsSettings, ProbeSettings
 
 if TYPE_CHECKING:
     from agent.sources.kmsg import KmsgFollower
     from agent.sources.logfile import LogFileFollower
     from agent.sources.metrics import MetricsSampler
-    from agent.sources.probes import ProbeScheduler
+    from agent.sources.probescheduler import ProbeScheduler
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,8 @@ class Sources:
     udev_enabled: bool = False
     probes: ProbeScheduler | None = None
     probe_settings: tuple[ProbeSettings, ...] = ()
+    #: sources that failed to open, by name ("kmsg", "udev"): when to try again, and why
+    retries: dict[str, tuple[Reopen, str]] = field(default_factory=dict)
 
     def apply(self, config: Config) -> list[str]:
         """Bring the sources in line with `config`; returns a sentence per change."""
@@ -63,27 +71,53 @@ class Sources:
             self.kmsg.close(save=True)
             self.kmsg = None
         self.kmsg_settings = settings
+        self.retries.pop("kmsg", None)
         if settings.enabled:
-            from agent.sources.kmsg import KmsgFollower
-
-            try:
-                self.kmsg = KmsgFollower(
-                    self.state_dir / KMSG_POSITION_FILE, self.clock, device_path=settings.path
-                )
-            except OSError as exc:
-                # no kernel log (a container without /dev/kmsg): say so, keep every other
-                # source; the next reload tries again
-                self.kmsg_settings = None
-                changes.append(f"kmsg: UNAVAILABLE: cannot open {settings.path}: "
-                               f"{exc.strerror or exc}")
-                return
-            how = (
-                f"resuming after seq {self.kmsg.last_seq}" if self.kmsg.resumed
-                else "reading the whole ring (no position for this boot)"
-            )
-            changes.append(f"kmsg: following {settings.path}, {how}")
+            self._open_kmsg(changes)
         else:
             changes.append("kmsg: off")
+
+    def _open_kmsg(self, changes: list[str]) -> None:
+        from agent.sources.kmsg import KmsgFollower
+
+        assert self.kmsg_settings is not None
+        path = self.kmsg_settings.path
+        try:
+            self.kmsg = KmsgFollower(self.state_dir / KMSG_POSITION_FILE, self.clock,
+                                     device_path=path)
+        except OSError as exc:
+            # no kernel log (a container without /dev/kmsg): say so, keep every other
+            # source; tried again on a backoff and at the next reload
+            self._failed("kmsg", exc, f"cannot open {path}: {exc.strerror or exc}", changes)
+            return
+        self._opened("kmsg")
+        how = (
+            f"resuming after seq {self.kmsg.last_seq}" if self.kmsg.resumed
+            else "reading the whole ring (no position for this boot)"
+        )
+        changes.append(f"kmsg: following {path}, {how}")
+
+    def _failed(self, name: str, exc: OSError, why: str, changes: list[str]) -> None:
+        retry, _ = self.retries.get(name) or (Reopen(), "")
+        wait = retry.failed(self.clock.monotonic(), exc)
+        self.retries[name] = (retry, why)
+        changes.append(f"{name}: UNAVAILABLE: {why} (trying again in {wait:.0f} s)")
+
+    def _opened(self, name: str) -> None:
+        self.retries.pop(name, None)
+
+    def reopen_due(self) -> list[str]:
+        """Try again the sources whose retry is due; a sentence per attempt."""
+        changes: list[str] = []
+        now = self.clock.monotonic()
+        for name, (retry, _) in list(self.retries.items()):
+            if not retry.due(now):
+                continue
+            if name == "kmsg" and self.kmsg is None:
+                self._open_kmsg(changes)
+            elif name == "udev" and self.udev is None:
+                self._open_udev(changes)
+        return changes
 
     # ------------------------------------------------------------------ log files
     def _apply_logs(self, wanted: tuple[LogSourceSettings, ...], changes: list[str]) -> None:
@@ -121,13 +155,23 @@ class Sources:
             return
         self._close_udev()
         self.udev_enabled = enabled
+        self.retries.pop("udev", None)
         if enabled:
-            from agent.sources.udev import UdevMonitor
-
-            self.udev = UdevMonitor(self.clock)
-            changes.append("udev: watching block devices")
+            self._open_udev(changes)
         else:
             changes.append("udev: off")
+
+    def _open_udev(self, changes: list[str]) -> None:
+        from agent.sources.udev import UdevMonitor
+
+        try:
+            self.udev = UdevMonitor(self.clock)
+        except OSError as exc:  # no netlink here (a restricted container)
+            self._failed("udev", exc, f"cannot watch devices: {exc.strerror or exc}",
+                         changes)
+            return
+        self._opened("udev")
+        changes.append("udev: watching block devices")
 
     def _close_udev(self) -> None:
         if self.udev is not None:
@@ -145,12 +189,41 @@ class Sources:
             self.probes = None
         self.probe_settings = wanted
         if wanted:
-            from agent.sources.probes import ProbeScheduler
+            from agent.sources.probescheduler import ProbeScheduler
 
             self.probes = ProbeScheduler(wanted, self.clock)
             changes.append(f"probes: {', '.join(p.name for p in wanted)}")
         else:
             changes.append("probes: none")
+
+    # ------------------------------------------------------------------ what is wrong
+    def warnings(self) -> list[str]:
+        """Followed files that cannot be read now (said at start and at each reload)."""
+        out = []
+        for name, follower in self.logs.items():
+            stats = follower.stats()
+            if stats.open:
+                continue
+            if stats.error:
+                out.append(f"log:{name}: {stats.error}: tried again every sample")
+            else:
+                out.append(f"log:{name}: {stats.path} does not exist: it will be read from "
+                           "its beginning when it appears")
+        return out
+
+    def problems(self) -> list[str]:
+        """What does not work now, in a few words each (the overview line)."""
+        out = [f"{name} unavailable ({why})" for name, (_, why) in self.retries.items()]
+        for name, follower in self.logs.items():
+            stats = follower.stats()
+            if not stats.open:
+                out.append(f"log {name}: {stats.path} "
+                           + ("unreadable" if stats.error else "not there yet"))
+        if self.sampler is not None:
+            for mount, reading in self.sampler.fs_usage.readings().items():
+                if reading.reason.startswith("hung: "):
+                    out.append(f"filesystem {mount} hung")
+        return out
 
     # ------------------------------------------------------------------ end
     def save(self) -> None:

@@ -29,6 +29,13 @@ _FORBIDDEN_OPS = {
 _INLINE_FLAGS = "inline flags (?i) (?m) (?s) (?x) (also scoped: (?i:...)) are not supported"
 
 
+_UNSUPPORTED_WRAPPERS = {
+    sre_c.POSSESSIVE_REPEAT: "possessive quantifiers are not supported",
+    sre_c.ATOMIC_GROUP: "atomic groups are not supported",
+}
+_REPEATS = (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT)
+
+
 def regex_problems(parsed: Any) -> list[str]:
     """Constructs the engines cannot honour or that break anchoring, found by walking the
     parsed regex (`$` is allowed: it pins the end of the message on every engine)."""
@@ -36,25 +43,34 @@ def regex_problems(parsed: Any) -> list[str]:
 
     def walk(items: Sequence[tuple[Any, Any]]) -> None:
         for op, av in items:
-            if op in _FORBIDDEN_OPS:
-                found.append(_FORBIDDEN_OPS[op])
-            elif op is sre_c.AT and av in _FORBIDDEN_AT:
-                found.append(_FORBIDDEN_AT[av])
-            elif op is sre_c.SUBPATTERN:
-                if av[1] or av[2]:  # (?i:...): the required literal would be case-bound
-                    found.append(_INLINE_FLAGS)
-                walk(av[-1])
-            elif op is sre_c.BRANCH:
-                for branch in av[1]:
-                    walk(branch)
-            elif op in (sre_c.MAX_REPEAT, sre_c.MIN_REPEAT, sre_c.POSSESSIVE_REPEAT):
-                if op is sre_c.POSSESSIVE_REPEAT:
-                    found.append("possessive quantifiers are not supported")
-                walk(av[2])
-            elif op is sre_c.ATOMIC_GROUP:
-                found.append("atomic groups are not supported")
+            problem = _problem(op, av)
+            if problem is not None:
+                found.append(problem)
+            for child in _children(op, av):
+                walk(child)
 
     walk(parsed.data)
     if parsed.state.flags & (re.IGNORECASE | re.MULTILINE | re.DOTALL | re.VERBOSE):
         found.append(_INLINE_FLAGS)
     return sorted(set(found))
+
+
+def _problem(op: Any, av: Any) -> str | None:
+    if op in _FORBIDDEN_OPS:
+        return _FORBIDDEN_OPS[op]
+    if op is sre_c.AT:
+        return _FORBIDDEN_AT.get(av)
+    if op is sre_c.SUBPATTERN and (av[1] or av[2]):
+        return _INLINE_FLAGS  # (?i:...): the required literal would be case-bound
+    return _UNSUPPORTED_WRAPPERS.get(op)
+
+
+def _children(op: Any, av: Any) -> list[Sequence[tuple[Any, Any]]]:
+    """The sub-patterns a node holds (an atomic group's are not looked into: refused)."""
+    if op is sre_c.SUBPATTERN:
+        return [av[-1]]
+    if op is sre_c.BRANCH:
+        return list(av[1])
+    if op in _REPEATS:
+        return [av[2]]
+    return []

@@ -243,16 +243,44 @@ class UnitCpu:
         return self._layout
 
     def scan(self, mono: float) -> UnitReading:
+        layout = self._find_layout(mono)
+        if layout is None:
+            assert self._missing is not None
+            return self._missing[1]
+        current, paths = self._read_units(layout)
+        prev, prev_mono = self._prev, self._prev_mono
+        self._prev, self._prev_mono = current, mono
+        if prev_mono is None or mono <= prev_mono:
+            return UnitReading(layout=layout)
+        pct = _percentages(prev, current, mono - prev_mono)
+        busy = sorted((u for u, v in pct.items() if v >= self.floor_pct),
+                      key=lambda u: (-pct[u], u))[: self.top_n]
+        values = self._lingering(busy, pct, mono)
+        top: dict[str, TopProcess] = {}
+        procs: dict[str, dict[int, int]] = {}
+        for unit in (u for u in busy if pct[u] >= self.top_process_pct):
+            found = self._top_process(paths[unit], self._procs.get(unit), mono - prev_mono)
+            if found is not None:
+                top[unit], procs[unit] = found
+        self._procs = procs
+        return UnitReading(MappingProxyType(values), MappingProxyType(top), layout=layout)
+
+    def _find_layout(self, mono: float) -> Layout | None:
+        """The cgroup layout, looked for again at most every LAYOUT_RETRY_S while missing."""
+        if self._layout is not None:
+            return self._layout
+        if self._missing is not None and mono - self._missing[0] < LAYOUT_RETRY_S:
+            return None
+        self._layout = find_layout(self._root)
         if self._layout is None:
-            if self._missing is not None and mono - self._missing[0] < LAYOUT_RETRY_S:
-                return self._missing[1]
-            self._layout = find_layout(self._root)
-            if self._layout is None:
-                self._missing = (mono, UnitReading(
-                    error=f"no systemd cgroup tree under {self._root} (no *.slice with "
-                          "cpu.stat or cpuacct.usage)"))
-                return self._missing[1]
-        layout = self._layout
+            self._missing = (mono, UnitReading(
+                error=f"no systemd cgroup tree under {self._root} (no *.slice with "
+                      "cpu.stat or cpuacct.usage)"))
+        return self._layout
+
+    @staticmethod
+    def _read_units(layout: Layout) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+        """unit -> (inode, usage µs), and unit -> cgroup path."""
         current: dict[str, tuple[int, int]] = {}
         paths: dict[str, str] = {}
         for unit, path, inode in list_units(layout.base):
@@ -261,21 +289,12 @@ class UnitCpu:
             except (OSError, ValueError):
                 continue  # the unit stopped between listing and reading
             paths[unit] = path
-        prev, prev_mono = self._prev, self._prev_mono
-        self._prev, self._prev_mono = current, mono
-        if prev_mono is None or mono <= prev_mono:
-            return UnitReading(layout=layout)
-        scale = 100.0 / ((mono - prev_mono) * 1e6)
-        pct: dict[str, float] = {}
-        for unit, (inode, usage) in current.items():
-            before = prev.get(unit)
-            if before is None or before[0] != inode or usage < before[1]:
-                delta = usage  # a cgroup new since the last scan: all of it is recent
-            else:
-                delta = usage - before[1]
-            pct[unit] = delta * scale
-        busy = sorted((u for u, v in pct.items() if v >= self.floor_pct),
-                      key=lambda u: (-pct[u], u))[: self.top_n]
+        return current, paths
+
+    def _lingering(self, busy: list[str], pct: dict[str, float], mono: float
+                   ) -> dict[str, float]:
+        """The busy units, and those busy within `linger_s` (a value that drops to the
+        floor stays reported for a while, so a detector sees it end)."""
         for unit in busy:
             self._reported[unit] = mono
         values: dict[str, float] = {}
@@ -284,15 +303,7 @@ class UnitCpu:
                 del self._reported[unit]
             else:
                 values[unit] = pct.get(unit, 0.0)
-        hot = [u for u in busy if pct[u] >= self.top_process_pct]
-        top: dict[str, TopProcess] = {}
-        procs: dict[str, dict[int, int]] = {}
-        for unit in hot:
-            found = self._top_process(paths[unit], self._procs.get(unit), mono - prev_mono)
-            if found is not None:
-                top[unit], procs[unit] = found
-        self._procs = procs
-        return UnitReading(MappingProxyType(values), MappingProxyType(top), layout=layout)
+        return values
 
     # ------------------------------------------------------------------ top process
     def _top_process(
@@ -345,3 +356,18 @@ def details_of(reading: UnitReading) -> Mapping[str, str]:
     if not reading.top:
         return EMPTY
     return MappingProxyType({metric_name(u): t.describe() for u, t in reading.top.items()})
+
+
+def _percentages(prev: dict[str, tuple[int, int]], current: dict[str, tuple[int, int]],
+                 dt: float) -> dict[str, float]:
+    """Each unit's CPU use over `dt` seconds, in % of one core."""
+    scale = 100.0 / (dt * 1e6)
+    pct: dict[str, float] = {}
+    for unit, (inode, usage) in current.items():
+        before = prev.get(unit)
+        if before is None or before[0] != inode or usage < before[1]:
+            delta = usage  # a cgroup new since the last scan: all of it is recent
+        else:
+            delta = usage - before[1]
+        pct[unit] = delta * scale
+    return pct

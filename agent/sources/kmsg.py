@@ -25,12 +25,12 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from agent.boot import BOOT_ID_PATH, read_boot_id
 from agent.clock import Clock
 from agent.model import EMPTY, LogLine
 from agent.state.files import StateError, write_json_atomic
 
 DEFAULT_DEVICE = Path("/dev/kmsg")
-DEFAULT_BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
 #: the kernel answers EINVAL to a read buffer smaller than one record (records reach
 #: CONSOLE_EXT_LOG_MAX = 8192 bytes); twice that leaves room.
 READ_SIZE = 16384
@@ -171,10 +171,6 @@ class KmsgPosition:
     seq: int
 
 
-def read_boot_id(path: Path = DEFAULT_BOOT_ID_PATH) -> str:
-    return path.read_text(encoding="ascii").strip()
-
-
 def load_position(path: Path) -> KmsgPosition | None:
     """The saved position, or None when there is none or it is unreadable.
 
@@ -226,7 +222,7 @@ class KmsgFollower:
         clock: Clock,
         *,
         device_path: Path = DEFAULT_DEVICE,
-        boot_id_path: Path = DEFAULT_BOOT_ID_PATH,
+        boot_id_path: Path = BOOT_ID_PATH,
         opener: Callable[[Path], KmsgDevice] = DevKmsg,
         save_interval_s: float = 1.0,
         max_records_per_call: int = 10_000,

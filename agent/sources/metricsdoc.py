@@ -1,4 +1,4 @@
-"""docs/metrics.md, generated from the metric declarations in agent/sources/metrics.py.
+"""docs/metrics.md, generated from the metric declarations in agent/sources/metricspec.py.
 
 Regenerate with `python -m agent.sources.metricsdoc > docs/metrics.md`; a unit test
 checks that the committed page matches the declarations.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from agent.sources.metrics import METRICS, MetricSpec
+from agent.sources.metricspec import METRICS, MetricSpec
 
 INTRO = """\
 # Metrics
@@ -19,7 +19,7 @@ for a block device (`vda`, `nvme0n1`, `dm-3`), a configured mount point (`/`,
 `/var/mail`: the name is then `fs./var/mail.used_pct`), a configured probe and a systemd
 unit (`unit.provision.service.cpu_pct`, `unit.session-4.scope.cpu_pct`).
 
-*This page is generated from the declarations in `agent/sources/metrics.py`
+*This page is generated from the declarations in `agent/sources/metricspec.py`
 (`python -m agent.sources.metricsdoc > docs/metrics.md`); edit those, not this page.*
 
 ## How values are taken

@@ -9,11 +9,10 @@ Bounds, because a probe must not be the thing that hangs: the connect timeout bo
 the TCP connect; every later step (TLS handshake, reading one reply) has its own
 deadline of `read_timeout_s`, enforced across recv calls so a server trickling a byte a
 second cannot stretch it; a reply line is capped at MAX_LINE_BYTES, a multi-line reply
-at MAX_REPLY_LINES and an HTTP body at MAX_BODY_BYTES.
+at MAX_REPLY_LINES and an HTTP body at MAX_BODY_BYTES (ssl and http.client, ~4.5 MiB of
+RSS, are imported when a probe runs).
 
-`ProbeScheduler` runs the configured probes in worker threads on their own interval and
-hands results back through a queue plus a wake-up pipe the daemon's selectors loop
-watches, so a hanging probe never blocks the loop (DESIGN.md "The loop never blocks").
+`agent/sources/probescheduler.py` runs them in worker threads, off the daemon's loop.
 """
 
 from __future__ import annotations
@@ -21,127 +20,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import os
-import queue
 import socket
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from agent.clock import Clock
 from agent.model import ProbeResult
+from agent.sources.probeconn import Conn, ProbeFailed, StepTimeout
 from agent.sources.settings import ProbeSettings
 
-if TYPE_CHECKING:  # ssl and http.client cost ~4.5 MiB RSS: imported when a probe runs
-    import ssl
-
-MAX_LINE_BYTES = 8192
 MAX_REPLY_LINES = 200
 MAX_BODY_BYTES = 1024 * 1024
 MAX_BANNER_BYTES = 65536
-_RECV_CHUNK = 4096
 _USER_AGENT = "nodewarden-probe/1"
-
-
-class ProbeFailed(Exception):
-    """A probe step failed; `str(exc)` is the detail without the `kind:` prefix."""
-
-
-class _StepTimeout(Exception):
-    """The current step's deadline passed."""
-
-
-# --------------------------------------------------------------------------- connection
-class _Conn:
-    """A socket with a per-step deadline, a read buffer and bounded line reads."""
-
-    def __init__(self, sock: socket.socket, clock: Clock, read_timeout_s: float) -> None:
-        self.sock: socket.socket = sock
-        self.clock = clock
-        self.read_timeout_s = read_timeout_s
-        self.step = "connecting"
-        self._deadline = clock.monotonic() + read_timeout_s
-        self._buf = b""
-
-    def begin(self, step: str) -> None:
-        """Start a step: a new deadline of read_timeout_s, and the name failures carry."""
-        self.step = step
-        self._deadline = self.clock.monotonic() + self.read_timeout_s
-
-    def _arm(self) -> None:
-        remaining = self._deadline - self.clock.monotonic()
-        if remaining <= 0:
-            raise _StepTimeout
-        self.sock.settimeout(remaining)
-
-    def send(self, data: bytes) -> None:
-        self._arm()
-        try:
-            self.sock.sendall(data)
-        except TimeoutError as exc:
-            raise _StepTimeout from exc
-
-    def recv(self, limit: int = _RECV_CHUNK) -> bytes:
-        """Buffered bytes first, then at most `limit` from the socket (b"" = closed)."""
-        if self._buf:
-            out, self._buf = self._buf[:limit], self._buf[limit:]
-            return out
-        self._arm()
-        try:
-            return self.sock.recv(limit)
-        except TimeoutError as exc:
-            raise _StepTimeout from exc
-
-    def readline(self) -> str:
-        """One CRLF/LF-terminated line, decoded leniently, without its terminator."""
-        too_long = f"reply line longer than {MAX_LINE_BYTES} bytes while {self.step}"
-        while b"\n" not in self._buf:
-            if len(self._buf) > MAX_LINE_BYTES:
-                raise ProbeFailed(too_long)
-            self._arm()
-            try:
-                chunk = self.sock.recv(_RECV_CHUNK)
-            except TimeoutError as exc:
-                raise _StepTimeout from exc
-            if not chunk:
-                raise ProbeFailed(f"connection closed by server while {self.step}")
-            self._buf += chunk
-        line, _, self._buf = self._buf.partition(b"\n")
-        if len(line) > MAX_LINE_BYTES:
-            raise ProbeFailed(too_long)
-        return line.rstrip(b"\r").decode("utf-8", "replace")
-
-    def start_tls(self, settings: ProbeSettings) -> None:
-        """Wrap the socket in TLS (after STARTTLS, or at once for implicit TLS)."""
-        if self._buf:
-            # Bytes sent before the handshake would be injected plaintext (CVE-2011-0411).
-            raise ProbeFailed(f"server sent data before the TLS handshake while {self.step}")
-        context = tls_context(settings.verify_tls)
-        self.begin("doing TLS handshake")
-        self._arm()
-        try:
-            self.sock = context.wrap_socket(
-                self.sock, server_hostname=settings.server_name or settings.host
-            )
-        except TimeoutError as exc:
-            raise _StepTimeout from exc
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
-def tls_context(verify: bool) -> ssl.SSLContext:
-    """The system's default TLS context; `verify=False` checks neither chain nor name."""
-    import ssl
-
-    context = ssl.create_default_context()
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
 
 
 # --------------------------------------------------------------------------- protocols
@@ -172,7 +63,7 @@ def _imap_astring(value: str) -> tuple[bytes, bytes | None]:
     return b"{%d}" % len(raw), raw
 
 
-def _imap_tagged(conn: _Conn, tag: str) -> str:
+def _imap_tagged(conn: Conn, tag: str) -> str:
     """Read to the tagged completion line, skipping (a bounded number of) untagged ones."""
     for _ in range(MAX_REPLY_LINES):
         line = conn.readline()
@@ -181,7 +72,7 @@ def _imap_tagged(conn: _Conn, tag: str) -> str:
     raise ProbeFailed(f"more than {MAX_REPLY_LINES} reply lines while {conn.step}")
 
 
-def _imap_command(conn: _Conn, tag: str, verb: str, args: Sequence[str] = ()) -> str:
+def _imap_command(conn: Conn, tag: str, verb: str, args: Sequence[str] = ()) -> str:
     """Send one command (with synchronising literals where needed); the tagged reply."""
     pending = f"{tag} {verb}".encode()
     for arg in args:
@@ -197,7 +88,7 @@ def _imap_command(conn: _Conn, tag: str, verb: str, args: Sequence[str] = ()) ->
     return _imap_tagged(conn, tag)
 
 
-def _probe_imap(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
+def _probe_imap(conn: Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
     conn.begin("reading greeting")
     greeting = conn.readline()
     if greeting.startswith("* BYE"):
@@ -219,14 +110,14 @@ def _probe_imap(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | N
     return "greeting OK" + (", login OK" if login else "")
 
 
-def _pop3_ok(conn: _Conn, what: str) -> str:
+def _pop3_ok(conn: Conn, what: str) -> str:
     line = conn.readline()
     if not line.startswith("+OK"):
         raise ProbeFailed(f"{what}: {_clip(line)}")
     return line
 
 
-def _probe_pop3(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
+def _probe_pop3(conn: Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
     conn.begin("reading greeting")
     _pop3_ok(conn, "unexpected greeting")
     if settings.tls == "starttls":
@@ -252,7 +143,7 @@ def _probe_pop3(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | N
     return "greeting OK" + (", login OK" if login else "")
 
 
-def _smtp_reply(conn: _Conn) -> tuple[int, list[str]]:
+def _smtp_reply(conn: Conn) -> tuple[int, list[str]]:
     """One (possibly multi-line) SMTP reply: its code and the text of each line."""
     texts: list[str] = []
     for _ in range(MAX_REPLY_LINES):
@@ -266,7 +157,7 @@ def _smtp_reply(conn: _Conn) -> tuple[int, list[str]]:
     raise ProbeFailed(f"more than {MAX_REPLY_LINES} reply lines while {conn.step}")
 
 
-def _smtp_expect(conn: _Conn, want: int, what: str) -> list[str]:
+def _smtp_expect(conn: Conn, want: int, what: str) -> list[str]:
     code, texts = _smtp_reply(conn)
     if code != want:
         raise ProbeFailed(f"{what}: {code} {_clip(texts[0] if texts else '')}")
@@ -282,7 +173,7 @@ def _ehlo_name(sock: socket.socket) -> str:
     return f"[IPv6:{addr}]" if ":" in addr else f"[{addr}]"
 
 
-def _probe_smtp(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
+def _probe_smtp(conn: Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
     conn.begin("reading greeting")
     _smtp_expect(conn, 220, "unexpected greeting")
     ehlo = f"EHLO {_ehlo_name(conn.sock)}\r\n".encode()
@@ -322,9 +213,9 @@ Buffer = bytearray | memoryview
 
 
 class _DeadlineRaw(io.RawIOBase):
-    """Lets http.client parse a response read through _Conn's deadlines."""
+    """Lets http.client parse a response read through Conn's deadlines."""
 
-    def __init__(self, conn: _Conn) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def readable(self) -> bool:
@@ -340,7 +231,7 @@ class _DeadlineRaw(io.RawIOBase):
 class _SockShim:
     """The one method http.client.HTTPResponse needs from a socket."""
 
-    def __init__(self, conn: _Conn) -> None:
+    def __init__(self, conn: Conn) -> None:
         self.conn = conn
 
     def makefile(self, mode: str) -> io.BufferedReader:
@@ -355,7 +246,7 @@ def _host_header(settings: ProbeSettings) -> str:
     return host if settings.port == default else f"{host}:{settings.port}"
 
 
-def _probe_http(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
+def _probe_http(conn: Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
     import http.client
 
     del login  # HTTP probes do not log in (docs/probes.md)
@@ -398,7 +289,7 @@ def _probe_http(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | N
     return f"status {response.status}, expect_text found"
 
 
-def _probe_tcp(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
+def _probe_tcp(conn: Conn, settings: ProbeSettings, login: tuple[str, str] | None) -> str:
     del login
     if settings.expect_text is None:
         return "connected"
@@ -415,10 +306,10 @@ def _probe_tcp(conn: _Conn, settings: ProbeSettings, login: tuple[str, str] | No
     return "banner matched"
 
 
-def _polite(conn: _Conn, goodbye: Callable[[], object]) -> None:
+def _polite(conn: Conn, goodbye: Callable[[], object]) -> None:
     """Say goodbye (LOGOUT/QUIT) so servers log a clean session; its failure is no failure."""
     conn.begin("saying goodbye")
-    with contextlib.suppress(ProbeFailed, _StepTimeout, OSError):
+    with contextlib.suppress(ProbeFailed, StepTimeout, OSError):
         goodbye()
 
 
@@ -428,7 +319,7 @@ def _clip(text: str, limit: int = 160) -> str:
 
 
 _PROTOCOLS: dict[
-    str, Callable[[_Conn, ProbeSettings, tuple[str, str] | None], str]
+    str, Callable[[Conn, ProbeSettings, tuple[str, str] | None], str]
 ] = {
     "imap": _probe_imap,
     "pop3": _probe_pop3,
@@ -441,7 +332,6 @@ _PROTOCOLS: dict[
 # --------------------------------------------------------------------------- entry point
 def run_probe(settings: ProbeSettings, clock: Clock) -> ProbeResult:
     """Probe one endpoint; never raises. `latency_ms` covers connect to the last reply."""
-    import ssl
     kind = settings.kind
     t = clock.now()
     protocol = _PROTOCOLS.get(kind)
@@ -457,158 +347,48 @@ def run_probe(settings: ProbeSettings, clock: Clock) -> ProbeResult:
         latency = (clock.monotonic() - start) * 1000.0
         return ProbeResult(t, settings.name, ok, latency, f"{kind}: {detail}")
 
-    where = f"{settings.host}:{settings.port}"
     try:
         sock = socket.create_connection(
             (settings.host, settings.port), timeout=settings.connect_timeout_s
         )
-    except TimeoutError:
-        return result(False, f"timeout after {settings.connect_timeout_s}s connecting to {where}")
-    except ConnectionRefusedError:
-        return result(False, f"connection refused by {where}")
-    except OSError as exc:
-        return result(False, f"cannot connect to {where}: {exc.strerror or exc}")
     except Exception as exc:  # never raise
-        return result(False, f"connecting to {where}: {type(exc).__name__}: {exc}")
-    conn = _Conn(sock, clock, settings.read_timeout_s)
+        return result(False, _connect_failure(exc, settings))
+    conn = Conn(sock, clock, settings.read_timeout_s)
     try:
         if settings.tls == "tls":
             conn.start_tls(settings)
         return result(True, protocol(conn, settings, login))
-    except ProbeFailed as exc:
-        return result(False, str(exc))
-    except _StepTimeout:
-        return result(False, f"timeout after {settings.read_timeout_s}s {conn.step}")
-    except ssl.SSLCertVerificationError as exc:
-        return result(False, f"TLS certificate verification failed: {exc.verify_message}")
-    except ssl.SSLError as exc:
-        return result(False, f"TLS error while {conn.step}: {exc.reason or exc}")
-    except ConnectionError as exc:
-        return result(False, f"connection lost while {conn.step}: {exc.strerror or exc}")
-    except OSError as exc:
-        return result(False, f"error while {conn.step}: {exc.strerror or exc}")
-    except Exception as exc:  # a bug here must not take the agent down
-        return result(False, f"internal error while {conn.step}: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # a bug here must not take the agent down either
+        return result(False, _session_failure(exc, conn, settings))
     finally:
         conn.close()
 
 
-# --------------------------------------------------------------------------- scheduler
-Runner = Callable[[ProbeSettings, Clock], ProbeResult]
+def _connect_failure(exc: Exception, settings: ProbeSettings) -> str:
+    where = f"{settings.host}:{settings.port}"
+    if isinstance(exc, TimeoutError):
+        return f"timeout after {settings.connect_timeout_s}s connecting to {where}"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused by {where}"
+    if isinstance(exc, OSError):
+        return f"cannot connect to {where}: {exc.strerror or exc}"
+    return f"connecting to {where}: {type(exc).__name__}: {exc}"
 
 
-@dataclass
-class _Slot:
-    settings: ProbeSettings
-    next_due: float
-    in_flight: bool = False
+def _session_failure(exc: Exception, conn: Conn, settings: ProbeSettings) -> str:
+    """What went wrong after the connect, named by the step it went wrong in."""
+    import ssl
 
-
-class ProbeScheduler:
-    """Runs each probe on its own interval in a worker thread; results come back by queue.
-
-    The daemon's selectors loop watches `fileno()` (a pipe that gets a byte per result),
-    calls `drain()` when it is readable and `tick(now)` on its timer. At most one run per
-    probe is in flight: a probe that hangs past its interval is not started again until
-    its result has been drained. `now` is the clock's monotonic time.
-    """
-
-    def __init__(
-        self,
-        probes: Iterable[ProbeSettings],
-        clock: Clock,
-        run: Runner = run_probe,
-        first_due: float | None = None,
-    ) -> None:
-        start = clock.monotonic() if first_due is None else first_due
-        self._slots = {p.name: _Slot(p, start) for p in probes}
-        self._clock = clock
-        self._run = run
-        self._results: queue.SimpleQueue[ProbeResult] = queue.SimpleQueue()
-        self._read_fd, self._write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        # Guards the write end: a worker finishing after close() must not write into a
-        # recycled fd number that now belongs to something else.
-        self._pipe_lock = threading.Lock()
-        self._closed = False
-
-    def fileno(self) -> int:
-        """Readable when at least one result is waiting in `drain()`."""
-        return self._read_fd
-
-    def due(self, now: float) -> list[ProbeSettings]:
-        """The probes whose interval has come and that are not already running."""
-        return [s.settings for s in self._slots.values() if not s.in_flight and now >= s.next_due]
-
-    def next_due_in(self, now: float) -> float | None:
-        """Seconds until the next probe is due (0 = now), None when all are in flight."""
-        waits = [s.next_due - now for s in self._slots.values() if not s.in_flight]
-        return max(0.0, min(waits)) if waits else None
-
-    def in_flight(self) -> list[str]:
-        return [name for name, s in self._slots.items() if s.in_flight]
-
-    def start(self, settings: ProbeSettings, now: float) -> None:
-        """Run one probe in a worker thread; its next run is due one interval from now."""
-        slot = self._slots[settings.name]
-        slot.in_flight = True
-        slot.next_due = now + settings.interval_s
-        worker = threading.Thread(
-            target=self._work, args=(settings,), name=f"probe-{settings.name}", daemon=True
-        )
-        worker.start()
-
-    def tick(self, now: float) -> list[str]:
-        """Start every due probe; the names started."""
-        started = self.due(now)
-        for settings in started:
-            self.start(settings, now)
-        return [s.name for s in started]
-
-    def drain(self) -> list[ProbeResult]:
-        """Every result that has arrived (possibly none); their probes may run again."""
-        with contextlib.suppress(BlockingIOError):
-            while os.read(self._read_fd, 4096):
-                pass
-        out: list[ProbeResult] = []
-        while True:
-            try:
-                result = self._results.get_nowait()
-            except queue.Empty:
-                break
-            slot = self._slots.get(result.name)
-            if slot is not None:
-                slot.in_flight = False
-            out.append(result)
-        return out
-
-    def close(self) -> None:
-        """Close the wake-up pipe. Running workers finish on their own (their timeouts)."""
-        with self._pipe_lock:
-            if self._closed:
-                return
-            self._closed = True
-            for fd in (self._read_fd, self._write_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def __enter__(self) -> ProbeScheduler:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _work(self, settings: ProbeSettings) -> None:
-        try:
-            result = self._run(settings, self._clock)
-        except Exception as exc:  # a runner must never lose a slot for good
-            result = ProbeResult(
-                self._clock.now(), settings.name, False, None,
-                f"{settings.kind}: internal error: {type(exc).__name__}: {exc}",
-            )
-        self._results.put(result)
-        with self._pipe_lock:
-            if self._closed:
-                return  # nobody listens any more
-            # A full pipe already means "wake up".
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._write_fd, b"\0")
+    if isinstance(exc, ProbeFailed):
+        return str(exc)
+    if isinstance(exc, StepTimeout):
+        return f"timeout after {settings.read_timeout_s}s {conn.step}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error while {conn.step}: {exc.reason or exc}"
+    if isinstance(exc, ConnectionError):
+        return f"connection lost while {conn.step}: {exc.strerror or exc}"
+    if isinstance(exc, OSError):
+        return f"error while {conn.step}: {exc.strerror or exc}"
+    return f"internal error while {conn.step}: {type(exc).__name__}: {exc}"

@@ -19,7 +19,29 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_result,
+    stop_after_delay,
+    stop_any,
+    wait_fixed,
+)
+from tenacity.stop import stop_base
+
+T = TypeVar("T")
+
+
+class stop_when(stop_base):  # noqa: N801 (named like tenacity's own stop conditions)
+    """A tenacity stop condition from a plain predicate (the agent exited)."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self.done = done
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.done()
 
 DEADLINE_S = 20.0
 
@@ -166,25 +188,33 @@ class Agent:
     def wait_audit(
         self, pred: Callable[[dict[str, Any]], bool], deadline_s: float = DEADLINE_S
     ) -> dict[str, Any]:
-        end = time.monotonic() + deadline_s
-        while True:
-            for rec in self.audit():
-                if pred(rec):
-                    return rec
-            if time.monotonic() > end or self.proc.poll() is not None:
-                raise AssertionError(f"no such audit record\n{self.log()}")
-            time.sleep(0.05)  # polling a file with a deadline, not waiting for time to pass
+        def find() -> dict[str, Any] | None:
+            return next((rec for rec in self.audit() if pred(rec)), None)
+
+        found = self._poll(find, deadline_s)
+        if found is None:
+            raise AssertionError(f"no such audit record\n{self.log()}")
+        return found
 
     def log(self) -> str:
         return self.stderr_path.read_text(encoding="utf-8", errors="replace")
 
     def wait_log(self, text: str, deadline_s: float = DEADLINE_S) -> str:
-        end = time.monotonic() + deadline_s
-        while text not in (out := self.log()):
-            if time.monotonic() > end or self.proc.poll() is not None:
-                raise AssertionError(f"{text!r} not in the agent's log:\n{out}")
-            time.sleep(0.05)
+        out = self._poll(lambda: (log if text in (log := self.log()) else None), deadline_s)
+        if out is None:
+            raise AssertionError(f"{text!r} not in the agent's log:\n{self.log()}")
         return out
+
+    def _poll(self, look: Callable[[], T | None], deadline_s: float) -> T | None:
+        """`look()` every 50 ms until it finds something, the agent exits or the deadline
+        passes (polling a file with a deadline, not waiting for time to pass)."""
+        retrying = Retrying(
+            stop=stop_any(stop_after_delay(deadline_s),
+                          stop_when(lambda: self.proc.poll() is not None)),
+            wait=wait_fixed(0.05), retry=retry_if_result(lambda found: found is None),
+            retry_error_callback=lambda state: None)
+        found: T | None = retrying(look)
+        return found
 
     # ------------------------------------------------------------------ signals, end
     def signal(self, signum: int) -> None:

@@ -4,7 +4,9 @@ signals, its real sd_notify messages (to a socket the test binds) and its audit 
 from __future__ import annotations
 
 import json
+import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -181,3 +183,51 @@ def test_a_node_restart_intent_from_the_previous_boot_is_reconciled_at_start(
     (done,) = read_intents(state)
     assert not done.pending
     assert done.outcome == "rebooted"
+
+
+def test_a_first_run_tells_what_it_sees_and_that_the_mail_log_is_missing(
+    tmp_path: Path,
+) -> None:
+    """Issue 8: after "started" the log says what the agent read and that the followed
+    file is not there (a warning once, not every sample); when the file appears and when
+    a finding fires, a new line says so."""
+    state, mail = tmp_path / "state", tmp_path / "mail.log"  # not created: missing
+    config = tmp_path / "agent.toml"
+    write_config(config, state, mail)
+    warning = (f"WARNING nodewarden: log:mail: {mail} does not exist: it will be read from "
+               "its beginning when it appears")
+    with running_agent(tmp_path, config, state, watchdog_usec=400_000) as agent:
+        first = agent.wait_log("seeing: ")
+        line = next(x for x in first.splitlines() if "seeing: " in x)
+        assert line.index("seeing: ") > 0 and first.index("started in dry-run mode") < (
+            first.index("seeing: "))
+        assert " kernel record" in line and " read, 0 lines from 1 log" in line
+        assert f"log mail: {mail} not there yet" in line
+        assert line.endswith("dry-run: nothing is executed")
+
+        # many loop turns later (the watchdog pings every 0.2 s), said once only
+        def pings(n: int) -> Callable[[str], bool]:
+            return lambda _: sum(m == "WATCHDOG=1" for m in agent.messages) >= n
+
+        agent.wait_notify(pings(15))
+        assert agent.log().count(warning) == 1
+
+        mail.write_text("Nov 25 13:00:00 mx1 postfix/qmgr[11]: 4F2A: removed\n")
+        agent.wait_log("from 1 log; load1")  # a line without "not there yet"
+        appeared = [x for x in agent.log().splitlines() if "seeing: " in x][-1]
+        assert "not there yet" not in appeared
+
+        def firing() -> list[int]:  # the ring may hold other tests' findings
+            return [int(m) for m in re.findall(r"seeing: (\d+) findings? firing", agent.log())]
+
+        before = firing()[-1] if firing() else 0
+        write_kmsg(hung_task_line(token()))
+        agent.wait_log(f"seeing: {before + 1} finding")
+
+        missing = tmp_path / "mail2.log"  # a reload to a file that is not there says so
+        write_config(config, state, missing)
+        agent.signal(signal.SIGHUP)
+        agent.wait_log(f"log:mail: {missing} does not exist: it will be read from its "
+                       "beginning when it appears")
+        assert agent.log().count(warning) == 1
+        assert agent.stop() == 0

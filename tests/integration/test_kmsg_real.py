@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from agent.boot import BOOT_ID_PATH
 from agent.clock import FakeClock
 from agent.model import LogLine
-from agent.sources.kmsg import DEFAULT_BOOT_ID_PATH, KmsgFollower, load_position
+from agent.sources.kmsg import KmsgFollower, load_position
 
 pytestmark = pytest.mark.realparts
 
@@ -69,7 +70,7 @@ def test_follow_resume_and_reboot(tmp_path: Path, kmsg_writable: None) -> None:
         assert one.seq is not None and one.monotonic_usec is not None
     saved = load_position(state)
     assert saved is not None
-    assert saved.boot_id == DEFAULT_BOOT_ID_PATH.read_text().strip()
+    assert saved.boot_id == BOOT_ID_PATH.read_text().strip()
     assert saved.seq >= one.seq
 
     # 2. same boot: resume after the saved seq; only the new line comes

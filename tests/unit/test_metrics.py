@@ -5,17 +5,12 @@ the counters the tests check set to round numbers."""
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.clock import FakeClock
 from agent.sources import procfs
-from agent.sources.fsusage import FsUsage, parse_answer, used_pct
-from agent.sources.mailq import MailQueue, count_queue
 from agent.sources.metrics import METRICS, PSI_NAMES, MetricsSampler
 from agent.sources.metricsdoc import render
 from agent.sources.settings import MetricsSettings
@@ -260,164 +255,6 @@ def test_real_proc_parses() -> None:
     sample = sampler.sample()
     for name in ("load1", "procs_running", "mem_available_pct", "tcp_listen_drops_per_s"):
         assert name in sample.values, sample.reasons
-
-
-# --------------------------------------------------------------------------- fs usage
-def pid_exists(pid: int) -> bool:
-    """True while the process exists, zombies included (not yet reaped)."""
-    return Path(f"/proc/{pid}").exists()
-
-
-@pytest.fixture
-def fs_usage() -> Iterator[list[FsUsage]]:
-    made: list[FsUsage] = []
-    yield made
-    for f in made:
-        f.close()
-
-
-HANGING_HELPER = (
-    sys.executable, "-c",
-    "import sys, time\n"
-    "for line in sys.stdin:\n"
-    "    if line.strip() == '/hang':\n"
-    "        time.sleep(3600)\n"
-    "    sys.stdout.write('ok 100 25 25\\n')\n"
-    "    sys.stdout.flush()\n",
-)
-
-
-def test_fs_timeout_kills_helper_and_other_mounts_still_measured(
-    fs_usage: list[FsUsage],
-) -> None:
-    fs = FsUsage(("/a", "/hang", "/b"), 0.3, helper_argv=HANGING_HELPER)
-    fs_usage.append(fs)
-    readings = fs.measure()  # returns although the helper sleeps an hour on /hang
-    assert readings["/a"].used_pct == 75.0
-    assert readings["/b"].used_pct == 75.0
-    hung = readings["/hang"]
-    assert hung.used_pct is None
-    assert hung.reason.startswith("statvfs timed out after 0.3 s (helper pid ")
-    killed_pid = int(hung.reason.split("helper pid ")[1].split()[0])
-    assert not pid_exists(killed_pid)  # killed and reaped
-    assert fs.helper_pid not in (None, killed_pid)  # a fresh helper measured /b
-    assert fs.stuck_pids() == {}
-
-
-def test_fs_real_helper_measures_like_statvfs(tmp_path: Path, fs_usage: list[FsUsage]) -> None:
-    fs = FsUsage((str(tmp_path), str(tmp_path / "missing")), 5.0)
-    fs_usage.append(fs)
-    readings = fs.measure()
-    st = os.statvfs(tmp_path)
-    expected = used_pct(st.f_blocks, st.f_bfree, st.f_bavail)
-    assert readings[str(tmp_path)].used_pct == pytest.approx(expected, abs=0.5)
-    assert readings[str(tmp_path / "missing")].reason == (
-        "statvfs failed: No such file or directory"
-    )
-
-
-def test_fs_helper_nonsense_and_df_arithmetic() -> None:
-    assert parse_answer("/x", b"ok 1000 400 300\n").used_pct == pytest.approx(600 / 9)
-    assert parse_answer("/x", b"garbage\n").reason.startswith("helper answered nonsense")
-    assert used_pct(0, 0, 0) == 0.0
-
-
-def test_sampler_reports_fs_from_cache_and_staleness(tmp_path: Path, clock: FakeClock) -> None:
-    settings = MetricsSettings(filesystems=(str(tmp_path), "/hang"), fs_timeout_s=0.3)
-    fs = FsUsage(settings.filesystems, 0.3, helper_argv=HANGING_HELPER)
-    with MetricsSampler(
-        settings, clock, FIXTURES / "proc_t0", SYS, background=False, fs_usage=fs,
-        fs_interval_s=10.0,
-    ) as sampler:
-        name = f"fs.{tmp_path}.used_pct"
-        assert sampler.sample().reasons[name] == "not measured yet"
-        sampler.refresh_slow()
-        sample = sampler.sample()
-        assert sample.values[name] == 75.0
-        assert "timed out" in sample.reasons["fs./hang.used_pct"]
-        clock.advance(60.0)  # the worker stopped refreshing: the cache goes stale
-        assert sampler.sample().reasons[name].startswith("stale: last measured 60 s ago")
-
-
-# --------------------------------------------------------------------------- mail queue
-POSTQUEUE_J = (
-    b'{"queue_name": "deferred", "queue_id": "4F1A32", "arrival_time": 1700000000, '
-    b'"message_size": 1234, "sender": "a@example.org", "recipients": [{"address": '
-    b'"b@example.net", "delay_reason": "connect to mx: Connection timed out"}]}\n'
-)
-
-
-@pytest.mark.parametrize(
-    ("output", "expected"),
-    [
-        (POSTQUEUE_J * 3, 3),
-        (b"", 0),
-        (b"Mail queue is empty\n", 0),
-        (b"-Queue ID-  --Size-- ----Arrival Time---- -Sender/Recipient-------\n"
-         b"4F1A32*     1234 Mon Oct 20 03:18:44  a@example.org\n"
-         b"                                       b@example.net\n\n"
-         b"-- 2 Kbytes in 2 Requests.\n", 2),
-        (b"-- 1 Kbytes in 1 Request.\n", 1),
-        (b"\t\tTotal requests: 7\n", 7),
-        (b"17\n", 17),
-    ],
-)
-def test_queue_formats_in_any_chunking(output: bytes, expected: int) -> None:
-    assert count_queue([output]) == expected
-    assert count_queue([output[i : i + 1] for i in range(len(output))]) == expected
-
-
-def test_queue_unknown_output_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unrecognised"):
-        count_queue([b"something else\n"])
-
-
-def stand_in(tmp_path: Path, body: str) -> tuple[str, ...]:
-    script = tmp_path / "postqueue.py"
-    script.write_text("import sys, time\n" + body)
-    return (sys.executable, str(script), "-j")
-
-
-def test_mailq_command_postqueue_json_lines(tmp_path: Path) -> None:
-    argv = stand_in(tmp_path, f"sys.stdout.buffer.write({POSTQUEUE_J * 4!r})\n")
-    assert MailQueue(argv, 5.0).measure().size == 4
-
-
-def test_mailq_command_empty_queue(tmp_path: Path) -> None:
-    assert MailQueue(stand_in(tmp_path, ""), 5.0).measure().size == 0
-
-
-def test_mailq_command_failure_says_why(tmp_path: Path) -> None:
-    argv = stand_in(tmp_path, "sys.stderr.write('postqueue: fatal: Queue report "
-                    "unavailable - mail system is down\\n')\nsys.exit(69)\n")
-    reading = MailQueue(argv, 5.0).measure()
-    assert reading.size is None
-    assert reading.reason.endswith("exited 69: postqueue: fatal: Queue report unavailable - "
-                                   "mail system is down")
-
-
-def test_mailq_command_timeout_kills_it(tmp_path: Path) -> None:
-    pidfile = tmp_path / "pid"
-    argv = stand_in(tmp_path, f"import os\nopen({str(pidfile)!r}, 'w').write(str(os.getpid()))"
-                    "\ntime.sleep(3600)\n")
-    reading = MailQueue(argv, 0.5).measure()
-    assert reading.size is None
-    assert "timed out after 0.5 s (killed)" in reading.reason
-    assert not pid_exists(int(pidfile.read_text()))
-
-
-def test_mailq_missing_command() -> None:
-    reading = MailQueue(("/nonexistent/postqueue", "-j"), 1.0).measure()
-    assert reading.size is None
-    assert reading.reason.startswith("cannot run /nonexistent/postqueue")
-
-
-def test_sampler_mailq_size_from_command(tmp_path: Path, clock: FakeClock) -> None:
-    argv = stand_in(tmp_path, f"sys.stdout.buffer.write({POSTQUEUE_J * 2!r})\n")
-    settings = MetricsSettings(filesystems=(), mailq_command=argv)
-    with MetricsSampler(settings, clock, FIXTURES / "proc_t0", SYS, background=False) as s:
-        s.refresh_slow()
-        assert s.sample().values["mailq_size"] == 2.0
 
 
 # --------------------------------------------------------------------------- declarations

@@ -15,7 +15,9 @@ import pytest
 
 from agent.clock import Clock, FakeClock, SystemClock
 from agent.model import ProbeResult
-from agent.sources.probes import MAX_LINE_BYTES, MAX_REPLY_LINES, ProbeScheduler, run_probe
+from agent.sources.probeconn import MAX_LINE_BYTES
+from agent.sources.probes import MAX_REPLY_LINES, run_probe
+from agent.sources.probescheduler import ProbeScheduler
 from agent.sources.settings import ProbeSettings
 from tests.unit._scripted_server import (
     Call,

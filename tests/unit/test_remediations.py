@@ -14,10 +14,10 @@ from types import MappingProxyType
 import psutil
 import pytest
 
+from agent.boot import read_boot_id
 from agent.clock import FakeClock
 from agent.execute import haproxy_cmd, intent, stop_process, unit_props
 from agent.model import Step, StepResult
-from agent.sources.kmsg import read_boot_id
 from remediations import (
     ActionContext,
     InvalidParams,

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from agent.clock import FakeClock
 from agent.sources import procfs
-from agent.sources.metrics import SYNRECV_INTERVAL_S, SYNRECV_LINGER_S, MetricsSampler
+from agent.sources.metrics import MetricsSampler
+from agent.sources.metricspec import SYNRECV_INTERVAL_S, SYNRECV_LINGER_S
 from agent.sources.settings import MetricsSettings
 
 FIXTURES = Path(__file__).parent / "fixtures"

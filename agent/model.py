@@ -1,4 +1,4 @@
-"""The values that flow through the agent (DESIGN.md "Data flow").
+"""The values that flow through the agent (docs/architecture.md "Data flow").
 
 sources --Observation--> detectors --Finding--> policy --Proposal--> guards --Verdict-->
 executor --Outcome.  Every value here is a frozen dataclass: stages never share mutable
@@ -14,7 +14,8 @@ from typing import Literal
 
 EMPTY: Mapping[str, str] = MappingProxyType({})
 
-#: syslog facility of messages the kernel itself printed (DESIGN.md: only these may act)
+#: syslog facility of messages the kernel itself printed (docs/architecture.md, safety property 5:
+#: only these may act)
 KERNEL_FACILITY = 0
 
 

@@ -21,7 +21,7 @@
    _proctree.py: children too); bench/idle.py sets the idle figure against Monit's.
 
 Budgets: p99 < 100 ms (issue 4); RSS <= 25 MiB in all processes (issue 8). Printed,
-never asserted (DESIGN.md: benchmarks print figures).
+never asserted (docs/architecture.md, convention 12: benchmarks print figures).
 """
 
 from __future__ import annotations

@@ -31,10 +31,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from agent.detect.catalog import load_catalog
-from bench.scan import generate
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/scan_cli.py` from anywhere: bench.scan
+
+from agent.detect.catalog import load_catalog  # noqa: E402
+from bench.scan import generate  # noqa: E402
+
 READ_TEXT = ("import sys\nfor line in open(sys.argv[1], encoding='utf-8', errors='replace'):"
              " pass")
 READ_BINARY = "import sys\nfor line in open(sys.argv[1], 'rb'): pass"

@@ -4,7 +4,7 @@
 `Remediation` that states its own facts once, as class attributes, and its `plan()`;
 the module holds one instance, `ACTION`, and its docstring is the runbook (what it does,
 when, how to verify and undo it). Docs, `--help`, the policy and the guard chain read
-everything from there (STYLE.md 6):
+everything from there (docs/architecture.md, convention 6):
 
     NAME, SUMMARY                 # "restart-service", one line
     DISRUPTIVE, NEEDS_LEASE       # takes a service or the node away; needs a lease first

@@ -8,7 +8,8 @@
     revert-spamfilter = ["/usr/local/sbin/spamfilter-revert", "--host", "{hostname}"]
 
 Each `[actions.NAME]` table must name an installed remediation, and its keys must be ones
-the module declares in SETTINGS (STYLE.md 6): a typo is refused with file, key and reason,
+the module declares in SETTINGS (docs/architecture.md, convention 6): a typo is refused with file,
+key and reason,
 not silently ignored. Values are strings, numbers, lists of strings or (for `exec`'s
 `commands`) a table of argv lists; the remediation validates them when it plans, and the
 preconditions guard reports what it refuses.

@@ -160,7 +160,7 @@ class FailoverService(Remediation):
     SUBJECT = ParamSpec("the service moved off this host (any name)")
     EXAMPLE = Example(subject="imap", params={"server": "imap/mail1"},
                       settings={"haproxy_socket": "/run/haproxy/admin.sock"})
-    # counted per host: a failover storm moves a whole site (DESIGN safety property 3)
+    # counted per host: a failover storm moves a whole site (docs/architecture.md safety property 3)
     BUDGET = Budget(3, 86400.0, "host")
     COOLDOWN_S = 3600.0
 

@@ -77,7 +77,8 @@ class NodeRestart(Remediation):
     }
     SUBJECT = ParamSpec("this host's name")
     EXAMPLE = Example(subject="nas-a1", params={"reason": "hung nfsd tasks, load 40"})
-    # DESIGN safety property 3: at most R node restarts per host per 24 h, across reboots
+    # docs/architecture.md safety property 3: at most R node restarts per host per 24 h, across
+    # reboots
     BUDGET = Budget(2, 86400.0, "host")
     COOLDOWN_S = 3600.0
 

@@ -30,7 +30,8 @@ def execute_decision(decision: Decision, clock: Clock) -> Outcome:
     """Run (or, in dry-run, record) a decision's plan with its own step timeouts.
 
     Runs in the daemon's execution worker, never on the loop. The executor is the same
-    object in both modes; only the runner differs (DESIGN.md: dry-run cannot diverge).
+    object in both modes; only the runner differs (docs/architecture.md, safety property 4:
+    dry-run cannot diverge).
     """
     from agent.execute import Executor, RecordingRunner, SubprocessRunner
 

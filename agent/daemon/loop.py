@@ -1,4 +1,4 @@
-"""The running agent: one `selectors` loop over every source (DESIGN.md "Data flow").
+"""The running agent: one `selectors` loop over every source (docs/architecture.md "Data flow").
 
     kmsg fd ─┐
     udev fd ─┤                      ┌─> audit log (JSON lines, state_dir/audit.jsonl)
@@ -131,7 +131,7 @@ class Daemon:
         self._sel.register(self._wake.read_fd, selectors.EVENT_READ, self._on_wake)
         events, failed = reconcile_intents(self.state_dir, self.clock)
         self.errors += failed
-        self._emit(events)  # safety state first (STYLE.md 9)
+        self._emit(events)  # safety state first (docs/architecture.md, convention 9)
         self.pipeline = self._pipeline_factory(self.loaded, self.clock)
         self.sources = Sources(self.clock, self.state_dir)
         self._log_changes(self.sources.apply(self.config), warn=True)
@@ -351,7 +351,8 @@ class Daemon:
             log.log(level, "%s", describe(event))
 
     def summary(self) -> str:
-        """The cycle's sentence (STYLE.md 3), shown as systemd STATUS= and in the log."""
+        """The cycle's sentence (docs/architecture.md, convention 3), shown as systemd STATUS= and
+        in the log."""
         return self.status.summary(getattr(self.pipeline, "sentence", None))
 
     def _update_status(self) -> None:

@@ -4,7 +4,8 @@ A kernel log or device monitor that cannot be opened (a container without /dev/k
 netlink, a transient EMFILE) is tried again with exponential backoff and jitter, capped,
 instead of only at the next reload. tenacity's `Retrying.iter()` is a pure decision
 ("sleep N" after a failure); nothing sleeps here: the daemon's loop tries again on the
-first sample tick after `next_at` (STYLE.md: deciding is split from doing).
+first sample tick after `next_at` (docs/architecture.md, convention 2: deciding is split from
+doing).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What the daemon does once, before it watches: its state directory, the safety state a
-previous run left (STYLE.md 9), and handing start-up's memory back."""
+previous run left (docs/architecture.md, convention 9), and handing start-up's memory back."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The daemon's view of what fires and what it read, and its one-line cycle sentence
-(STYLE.md 3).
+(docs/architecture.md, convention 3).
 
 Findings are tracked from the events the pipeline emits (any Pipeline, not only
 agent/pipeline/decide.py's): a finding event makes its (problem, subject) fire, its

@@ -1,4 +1,4 @@
-"""systemd notification and watchdog pings (DESIGN.md safety property 9).
+"""systemd notification and watchdog pings (docs/architecture.md, safety property 9).
 
 The agent runs as `Type=notify` with `WatchdogSec=`: it says READY=1 once it is really
 watching, a one-line STATUS= each cycle, STOPPING=1 on the way out, and WATCHDOG=1 at

@@ -1,4 +1,5 @@
-"""Bounded background work for the daemon's loop (STYLE.md 10: the loop never blocks).
+"""Bounded background work for the daemon's loop (docs/architecture.md, convention 10: the loop
+never blocks).
 
 Slow or blocking work -- a remediation's steps, a metrics sample that measures a possibly
 hung NFS mount -- runs in a small thread pool. Results come back through a queue, and a

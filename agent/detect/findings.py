@@ -15,7 +15,7 @@ for one that ended. Updates to a firing finding (count, last_seen, evidence) are
 changes; `active()` shows them. Pure: no I/O; time comes from the observations' `t` and
 from `tick(now)` (the same clock the sources stamp with).
 
-Trust (DESIGN safety property 5): evidence counts as trusted when it came from the
+Trust (docs/architecture.md safety property 5): evidence counts as trusted when it came from the
 kernel itself (LogLine.from_kernel), a followed log file (source `log:NAME`), a metric, a
 probe or a udev event. A kmsg line with a facility other than 0 was written from
 userspace. Untrusted matches never touch the trusted findings: they go to a detector of

@@ -1,5 +1,5 @@
 """Runners carry out one Step. The Executor is the same for dry-run and execute; only the
-runner differs (DESIGN.md safety property 4), so the two cannot diverge.
+runner differs (docs/architecture.md, safety property 4), so the two cannot diverge.
 
 `SubprocessRunner` runs the argv (never a shell) in its own process group with a
 sanitized environment, captures bounded output and kills the whole group on timeout.

@@ -38,7 +38,7 @@ class PreconditionGuard:
 
 class LeaseGuard:
     """Disruptive or needs_lease actions need a lease from the coordinator; no answer
-    means no (DESIGN safety property 2). In dry-run it only asks `can_grant()`."""
+    means no (docs/architecture.md safety property 2). In dry-run it only asks `can_grant()`."""
 
     name = "lease"
 

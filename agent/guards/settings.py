@@ -24,8 +24,8 @@ from remediations import UnknownAction, load, names
 
 
 def default_budgets() -> Mapping[str, Budget]:
-    """Each action's own budget (remediations: node restarts and failovers per host, DESIGN
-    safety property 3; the rest per action and problem); a page has none."""
+    """Each action's own budget (remediations: node restarts and failovers per host,
+    docs/architecture.md safety property 3; the rest per action and problem); a page has none."""
     return MappingProxyType({a: b for a in names() if (b := load(a).BUDGET) is not None})
 
 

@@ -10,7 +10,7 @@ from agent.schema import MODES
 
 
 class TrustGuard:
-    """DESIGN safety property 5: a kernel line written from userspace never acts."""
+    """docs/architecture.md safety property 5: a kernel line written from userspace never acts."""
 
     name = "trust"
 

@@ -9,8 +9,8 @@ about the same problem and subject as one that went out less than `fold_s` ago i
 into it instead (PageFoldGuard), and the next page that goes out says how many were.
 Cooldowns and flapping are keyed on the proposal's target ("dovecot" and "dovecot.service"
 are one unit); budgets on the action and the problem (one problem's noise cannot spend
-another's), or on the action alone for host-wide budgets (node-restart: DESIGN safety
-property 3).
+another's), or on the action alone for host-wide budgets (node-restart:
+docs/architecture.md safety property 3).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ class CooldownLeft:
 
 class BudgetGuard:
     """At most N executions of an action per window, counted from the persisted history
-    (DESIGN safety property 3), for operator requests too. Pages are never budgeted. A
+    (docs/architecture.md safety property 3), for operator requests too. Pages are never budgeted. A
     broken history denies every other action until an operator clears it."""
 
     name = "budget"

@@ -257,7 +257,7 @@ class DecisionPipeline:
         return self.detectors.active()
 
     def sentence(self) -> str:
-        """The last cycle's one-line summary (STYLE.md 3)."""
+        """The last cycle's one-line summary (docs/architecture.md, convention 3)."""
         return self._sentence
 
     def carry_over(self, previous: object) -> bool:

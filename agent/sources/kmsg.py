@@ -1,4 +1,4 @@
-"""Follow the kernel log through /dev/kmsg (DESIGN.md "Sources → kmsg").
+"""Follow the kernel log through /dev/kmsg (docs/architecture.md "Sources").
 
 Each read() of /dev/kmsg returns exactly one record::
 

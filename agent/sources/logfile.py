@@ -1,4 +1,4 @@
-"""Follow a log file like `tail -F` (DESIGN.md "Sources → log files").
+"""Follow a log file like `tail -F` (docs/architecture.md "Sources").
 
 Survives rotation by rename (finish the old file, then open the new one), copytruncate
 (size below our offset: start again at 0), partial lines (buffered until the newline),

@@ -14,7 +14,8 @@ in-memory state as it was, so memory and disk never disagree.
 Broken files fail closed. Approvals and ladders are reported (`problems`) and start clean:
 losing them is safe (an approval is asked again, a ladder starts from its first rung).
 The history must never be silently reset — that would re-open the node-restart budget
-and allow a reboot loop (DESIGN safety property 3) — and a maintenance flag must never be
+and allow a reboot loop (docs/architecture.md safety property 3) — and a maintenance flag must
+never be
 silently switched off. So:
 
 * a history line that cannot be read is skipped (every valid entry is kept and counts),

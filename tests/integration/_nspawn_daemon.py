@@ -1,4 +1,5 @@
-"""A throwaway systemd in a `systemd-nspawn` volatile container (DESIGN.md "Testing").
+"""A throwaway systemd in a `systemd-nspawn` volatile container (docs/architecture.md "Testing
+with real parts").
 
 `--volatile=yes` gives the container a tmpfs root with the host's /usr read-only; this
 Python (pyenv under /root) and the checkout are bound in read-only, so the installed

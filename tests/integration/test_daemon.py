@@ -167,7 +167,8 @@ def test_a_line_appended_to_the_mail_log_is_matched(
 def test_a_node_restart_intent_from_the_previous_boot_is_reconciled_at_start(
     tmp_path: Path, setup: tuple[Path, Path, Path]
 ) -> None:
-    """Safety state first (STYLE.md 9): the agent records that it rebooted on purpose."""
+    """Safety state first (docs/architecture.md, convention 9): the agent records that it rebooted
+    on purpose."""
     from agent.execute.intent import read_intents, write_intent
 
     config, state, _ = setup

@@ -393,7 +393,7 @@ def test_page_runs_the_paging_command_even_without_syslog(
 
 def test_dry_run_and_execute_hand_the_runner_the_same_steps(
         recorder: tuple[Path, Path]) -> None:
-    """DESIGN safety property 4, on a real run: same plan, same steps, nothing run."""
+    """docs/architecture.md safety property 4, on a real run: same plan, same steps, nothing run."""
     script, out = recorder
     settings = {"commands": {"rec": [str(script), "{subject}"]}}
     plan = plan_of("exec", "x", {"command": "rec"}, ctx(settings=settings))

@@ -1,6 +1,6 @@
 """The shipped unit: `systemd-analyze verify` is silent, and in a real systemd (an nspawn
 container) the agent reaches active via READY=1, publishes its cycle sentence, and a hung
-agent is killed and restarted by the watchdog (DESIGN.md safety property 9)."""
+agent is killed and restarted by the watchdog (docs/architecture.md, safety property 9)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_systemd_analyze_verify_prints_nothing(tmp_path: Path) -> None:
 
 
 def test_the_verify_check_would_catch_an_unknown_key(tmp_path: Path) -> None:
-    """It exits 0 on unknown keys (DESIGN.md): only its output tells."""
+    """It exits 0 on unknown keys (docs/facts.md): only its output tells."""
     unit = unit_with_real_binary(tmp_path)
     unit.write_text(unit.read_text().replace("[Service]\n", "[Service]\nWatchdogSecs=3\n"))
     assert "WatchdogSecs" in verify(unit)

@@ -102,7 +102,8 @@ def test_dry_run_records_every_step_and_executes_nothing() -> None:
 
 @pytest.mark.parametrize("action", names())
 def test_dry_run_hands_the_runner_exactly_what_execute_runs(action: str) -> None:
-    """DESIGN.md safety property 4: same Executor, same plan, only the runner differs."""
+    """docs/architecture.md, safety property 4: same Executor, same plan, only the runner
+    differs."""
     r = load(action)
     params, _ = r.resolve(r.EXAMPLE.params)
     plan = r.plan(r.EXAMPLE.subject, params, example_context(r))

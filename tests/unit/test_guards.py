@@ -1,5 +1,6 @@
 """The guard chain: each guard denies when it should and allows when it should; the
-budget survives an agent restart (DESIGN safety property 3); spoofed lines never act (5);
+budget survives an agent restart (docs/architecture.md safety property 3); spoofed lines never act
+(5);
 no lease, no disruptive action (2)."""
 
 from __future__ import annotations

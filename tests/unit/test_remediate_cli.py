@@ -1,5 +1,5 @@
 """`nodewarden remediate`: dry-run runs nothing and prints exactly the plan --execute runs
-(DESIGN safety property 4), through the daemon's guard chain.
+(docs/architecture.md safety property 4), through the daemon's guard chain.
 
 A recording stand-in for `systemctl` (a script that appends its argv to a file) is put
 first on PATH; `remediate` runs steps with the operator's PATH, so `--execute` runs the

@@ -5,6 +5,8 @@ read at once."""
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +128,28 @@ def test_the_layers_are_real() -> None:
     assert layer("agent.sources.kmsg") < layer("agent.daemon.loop")  # type: ignore[operator]
     assert layer("agent.detect.catalog") == layer("agent.detect")
     assert not ours("json") and ours("remediations.page")
+
+
+def _tracked_text_files() -> list[Path]:
+    listed = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                            check=True).stdout.split()
+    return [REPO / f for f in listed
+            if f.endswith((".py", ".md", ".toml", ".service", ".jsonl", ".txt", ".cfg"))
+            or f.startswith(".ci/")]
+
+
+def test_the_design_it_points_to_is_in_the_repository() -> None:
+    """Code, tests and docs point at docs/ (docs/architecture.md), never at a document a
+    clone does not have; every docs/ file they name exists."""
+    outside = re.compile(r"\b(?:DESIGN|STYLE)\.md\b|\.\./shared\b")
+    named = re.compile(r"\bdocs/[\w/.-]+\.md\b")
+    wrong = []
+    for path in _tracked_text_files():
+        if path.name == "test_structure.py":
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        where = path.relative_to(REPO)
+        wrong += [f"{where}: {m.group(0)}" for m in outside.finditer(text)]
+        wrong += [f"{where}: {m.group(0)} does not exist" for m in named.finditer(text)
+                  if "NAME" not in m.group(0) and not (REPO / m.group(0)).is_file()]
+    assert wrong == []

@@ -33,6 +33,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench.psutil_vs_proc
+
 from agent.clock import FakeClock
 from agent.sources import procfs
 from agent.sources.cgroups import UnitCpu

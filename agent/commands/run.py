@@ -14,7 +14,8 @@ HELP = (
     "and probes, decide, and act through the guard chain (the shipped mode is dry-run: "
     "nothing is executed). Built for systemd Type=notify with a watchdog; SIGHUP reloads "
     "the configuration (a bad one is refused and the old one kept), SIGTERM stops. "
-    "Refuses to start, exit 2, when the configuration or a signature has any error."
+    "Exit 0 after a clean stop (SIGTERM, SIGINT); 2, refusing to start, when the "
+    "configuration or a signature has any error."
 )
 
 LOG_LEVELS = ("debug", "info", "warning", "error")

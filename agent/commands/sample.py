@@ -22,7 +22,8 @@ HELP = (
     "Print one metrics sample, the block-device inventory and the result of every "
     "configured probe. Takes about one second: rates (CPU %, TCP, disks) are deltas "
     "between a priming read and a sample taken one second later. Metric names are the "
-    "stable ones of docs/metrics.md."
+    "stable ones of docs/metrics.md. Exit 0 after the sample (a failed probe is a "
+    "result, not an error); 2 for a bad configuration."
 )
 
 

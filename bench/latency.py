@@ -100,8 +100,9 @@ def write_lines(n: int, rate: float, run_id: str) -> dict[str, float]:
         if delay > 0:
             time.sleep(delay)
         task = f"{run_id}-{i}"
-        # the newline finalises the record (without it readers wait for the next one)
-        line = (f"<11>bench: INFO: task {task}:{1000 + i} blocked for more than "
+        # the newline finalises the record (without it readers wait for the next one); no
+        # prefix: signatures match at the start of the message
+        line = (f"<11>INFO: task {task}:{1000 + i} blocked for more than "
                 "120 seconds.\n")
         fd = os.open("/dev/kmsg", os.O_WRONLY | os.O_CLOEXEC)
         try:

@@ -5,9 +5,11 @@ watching, a one-line STATUS= each cycle, STOPPING=1 on the way out, and WATCHDOG
 half of `WATCHDOG_USEC` -- but only from the main loop, so a hung loop stops pinging and
 systemd kills and restarts it.
 
-The sender is our own (a datagram to `$NOTIFY_SOCKET`) rather than sdnotify 0.3, which
-connects once, swallows every error and knows nothing of the watchdog: here a failed send
-is logged once, and the watchdog interval is read from `WATCHDOG_USEC` / `WATCHDOG_PID`.
+The sender is our own (a non-blocking datagram to `$NOTIFY_SOCKET`) rather than sdnotify
+0.3, whose blocking socket hangs once systemd stops reading (measured: docs/facts.md),
+which connects once, swallows every error and knows nothing of the watchdog: here a
+failed send is logged once, and the watchdog interval is read from `WATCHDOG_USEC` /
+`WATCHDOG_PID`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ class Executor:
     def _verify(self, plan: Plan, results: list[StepResult]) -> str:
         """Rounds of the verify steps, `verify_interval_s` apart on the injected clock,
         until one passes or `verify_attempts` have run: the last round's failure, or ""."""
-        import tenacity  # 50 ms of imports (asyncio): paid by the first plan, not by scan
+        import tenacity  # ~50 ms of imports: paid by the first plan run, not by scan
 
         def one_round() -> str:
             for step in plan.verify:

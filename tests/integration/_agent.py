@@ -21,27 +21,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_result,
-    stop_after_delay,
-    stop_any,
-    wait_fixed,
-)
-from tenacity.stop import stop_base
+from tests.integration._wait import poll
 
 T = TypeVar("T")
 
-
-class stop_when(stop_base):  # noqa: N801 (named like tenacity's own stop conditions)
-    """A tenacity stop condition from a plain predicate (the agent exited)."""
-
-    def __init__(self, done: Callable[[], bool]) -> None:
-        self.done = done
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.done()
 
 DEADLINE_S = 20.0
 
@@ -208,13 +191,7 @@ class Agent:
     def _poll(self, look: Callable[[], T | None], deadline_s: float) -> T | None:
         """`look()` every 50 ms until it finds something, the agent exits or the deadline
         passes (polling a file with a deadline, not waiting for time to pass)."""
-        retrying = Retrying(
-            stop=stop_any(stop_after_delay(deadline_s),
-                          stop_when(lambda: self.proc.poll() is not None)),
-            wait=wait_fixed(0.05), retry=retry_if_result(lambda found: found is None),
-            retry_error_callback=lambda state: None)
-        found: T | None = retrying(look)
-        return found
+        return poll(look, deadline_s, give_up=lambda: self.proc.poll() is not None)
 
     # ------------------------------------------------------------------ signals, end
     def signal(self, signum: int) -> None:

@@ -14,13 +14,13 @@ import socket
 import socketserver
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from agent.execute.haproxy_cmd import ServerState, servers
+from tests.integration._wait import poll
 
 BACKEND = "nwtest"
 
@@ -66,11 +66,10 @@ class HAProxy:
 
     def wait_for(self, what: str, cond: Callable[[], bool], timeout: float = 10.0) -> None:
         """Poll the runtime API (HAProxy has no change notification) until `cond` holds."""
-        deadline = time.monotonic() + timeout
-        while not cond():
-            assert self.proc.poll() is None, "haproxy exited"
-            assert time.monotonic() < deadline, f"haproxy: not {what} within {timeout}s"
-            time.sleep(0.05)
+        held = poll(lambda: True if cond() else None, timeout,
+                    give_up=lambda: self.proc.poll() is not None)
+        assert self.proc.poll() is None, "haproxy exited"
+        assert held, f"haproxy: not {what} within {timeout}s"
 
 
 def config_text(sock: Path, frontend_port: int, ports: dict[str, int]) -> str:

@@ -26,10 +26,11 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.integration._wait import poll
 
 LOOPBACK = "127.0.0.1"
 START_TIMEOUT_S = 20.0
@@ -49,14 +50,17 @@ def free_port() -> int:
 
 def wait_for_port(port: int, proc: subprocess.Popen[bytes], *logs: Path) -> None:
     """Poll until `port` accepts a connection; fail with the logs if the daemon died."""
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited {proc.returncode}:\n{_tails(logs)}")
+    def listening() -> bool | None:
         with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), 0.2):
-            return
-        time.sleep(0.02)  # poll interval of a bounded readiness loop, not a wait for time
-    raise RuntimeError(f"port {port} not listening after {START_TIMEOUT_S}s:\n{_tails(logs)}")
+            return True
+        return None
+
+    up = poll(listening, START_TIMEOUT_S, 0.02, give_up=lambda: proc.poll() is not None)
+    if proc.poll() is not None:
+        raise RuntimeError(f"{proc.args!r} exited {proc.returncode}:\n{_tails(logs)}")
+    if not up:
+        raise RuntimeError(f"port {port} not listening after {START_TIMEOUT_S}s:\n"
+                           f"{_tails(logs)}")
 
 
 def _tails(paths: tuple[Path, ...], lines: int = 30) -> str:
@@ -108,10 +112,8 @@ def _config_processes(marker: str) -> list[int]:
 
 def _reap_stragglers(marker: str) -> None:
     """Wait (bounded) for processes tagged `marker` to exit; SIGKILL what remains."""
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while (pids := _config_processes(marker)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
+    poll(lambda: True if not _config_processes(marker) else None, STOP_TIMEOUT_S)
+    for pid in _config_processes(marker):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -10,15 +10,11 @@ doing).
 
 from __future__ import annotations
 
-from tenacity import (
-    DoSleep,
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_never,
-    wait_exponential_jitter,
-)
-from tenacity.wait import wait_base
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # tenacity (~1 MiB with concurrent.futures) is imported on a failure
+    from tenacity import RetryCallState
+    from tenacity.wait import wait_base
 
 #: the first retry after about a second, doubling to at most five minutes apart
 FIRST_S = 1.0
@@ -30,6 +26,13 @@ class Reopen:
     """The retry schedule of one source; monotonic seconds."""
 
     def __init__(self, wait: wait_base | None = None) -> None:
+        from tenacity import (
+            Retrying,
+            retry_if_exception_type,
+            stop_never,
+            wait_exponential_jitter,
+        )
+
         self._retrying = Retrying(
             wait=wait or wait_exponential_jitter(initial=FIRST_S, max=MAX_S, jitter=JITTER_S),
             stop=stop_never, retry=retry_if_exception_type(OSError))
@@ -43,6 +46,8 @@ class Reopen:
 
     def failed(self, now: float, exc: OSError) -> float:
         """Record a failed open; returns the seconds until the next try."""
+        from tenacity import DoSleep, RetryCallState
+
         if self._state is None:
             self._retrying.begin()  # fresh statistics for this stretch of failures
             self._state = RetryCallState(self._retrying, fn=None, args=(), kwargs={})

@@ -75,8 +75,6 @@ class Executor:
     def _verify(self, plan: Plan, results: list[StepResult]) -> str:
         """Rounds of the verify steps, `verify_interval_s` apart on the injected clock,
         until one passes or `verify_attempts` have run: the last round's failure, or ""."""
-        import tenacity  # ~50 ms of imports: paid by the first plan run, not by scan
-
         def one_round() -> str:
             for step in plan.verify:
                 result = self.runner.run(step)
@@ -84,6 +82,10 @@ class Executor:
                 if not step_ok(step, result):
                     return describe_failure("verify " + _show(step), result)
             return ""
+
+        if self._attempts == 1:
+            return one_round()  # nothing to retry: the daemon does not carry tenacity for it
+        import tenacity  # ~1 MiB and ~50 ms of imports, paid by the first plan that polls
 
         rounds = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(self._attempts),

@@ -25,13 +25,16 @@ import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import psutil
+if TYPE_CHECKING:  # imported where processes are read: the daemon loads this module to
+    import psutil  # check plans, and must not carry psutil for it (docs/architecture.md)
 
 PROC = Path("/proc")
 KTHREADD_PID = 2
 UNIT_SUFFIXES = (".service", ".scope")
-GONE = (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+#: psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD
+GONE = ("zombie", "dead")
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,8 @@ def _cgroup(pid: int) -> str:
 
 
 def _info(process: psutil.Process) -> ProcInfo | None:
+    import psutil
+
     try:
         with process.oneshot():
             name, ppid = process.name(), process.ppid()
@@ -89,6 +94,8 @@ def _info(process: psutil.Process) -> ProcInfo | None:
 
 def read_process(pid: int) -> ProcInfo | None:
     """What psutil says about `pid`, or None when there is no such process."""
+    import psutil
+
     try:
         return _info(psutil.Process(pid))
     except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -97,6 +104,8 @@ def read_process(pid: int) -> ProcInfo | None:
 
 def find_by_name(name: str) -> list[ProcInfo]:
     """Live processes whose name is exactly `name` (the kernel's comm)."""
+    import psutil
+
     out = []
     for process in psutil.process_iter():
         info = _info(process)

@@ -133,9 +133,11 @@ class Sources:
         for name, s in by_name.items():
             if name in self.logs:
                 continue
-            self.logs[name] = LogFileFollower(name, s.path, s.max_line_bytes, self.clock)
+            follower = LogFileFollower(name, s.path, s.max_line_bytes, self.clock)
+            self.logs[name] = follower
             self.log_settings[name] = s
-            changes.append(f"log:{name}: following {s.path}")
+            changes.append(f"log:{name}: following {s.path}" if follower.stats().open
+                           else f"log:{name}: will follow {s.path} once it exists")
 
     # ------------------------------------------------------------------ metrics
     def _apply_metrics(self, settings: MetricsSettings, changes: list[str]) -> None:

@@ -64,7 +64,7 @@ def test_a_missing_followed_file_is_a_warning_until_it_appears(tmp_path: Path) -
                     metrics=MetricsSettings(filesystems=()), udev=UdevSettings(enabled=False))
     sources = Sources(FakeClock(), tmp_path)
     try:
-        sources.apply(config)
+        assert f"log:mail: will follow {mail} once it exists" in sources.apply(config)
         assert sources.warnings() == [f"log:mail: {mail} does not exist: it will be read from "
                                       "its beginning when it appears"]
         assert sources.problems() == [f"log mail: {mail} not there yet"]

@@ -152,7 +152,8 @@ class LineBlocks:
             yield pending, [pending]
 
 
-def _decode(raw: bytes, stats: ScanStats) -> str:
+def decode(raw: bytes, stats: ScanStats) -> str:
+    """A candidate line as text (invalid UTF-8 replaced); its oddities are counted."""
     if b"\0" in raw:
         stats.nul_lines += 1
     try:
@@ -164,7 +165,7 @@ def _decode(raw: bytes, stats: ScanStats) -> str:
 
 def _count_oddities(block: bytes, lines: list[bytes], stats: ScanStats,
                     skip: Collection[int]) -> None:
-    """Count invalid-UTF-8 and NUL lines that are not candidates (those count in _decode)."""
+    """Count invalid-UTF-8 and NUL lines that are not candidates (those count in `decode`)."""
     if block.isascii() and b"\0" not in block:
         return
     for i, raw in enumerate(lines):
@@ -208,8 +209,23 @@ def _truncated(m: SignatureMatch) -> SignatureMatch:
     return dataclasses.replace(m, line=dataclasses.replace(m.line, truncated=True))
 
 
-def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
-    """Every match in the stream, in line order; `stats` is filled in as it goes."""
+@dataclass
+class Block:
+    """One block of lines and what the prefilter says of them."""
+
+    #: the block's lines (without their `\\n`)
+    lines: list[bytes]
+    #: line index -> indices of the signatures that may match it
+    candidates: dict[int, set[int]]
+    #: the 0-based number (in the stream) of the block's first line
+    first: int
+    #: 0-based numbers (in the stream) of lines cut at MAX_LINE_BYTES, so far
+    cut: set[int]
+
+
+def scan_blocks(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[Block]:
+    """The stream's blocks with their candidates; oddities of non-candidate lines are
+    counted (a candidate's count when it is decoded: `decode`)."""
     reader = LineBlocks(stream, stats)
     everything = matcher.all_indices
     for block, lines in reader:
@@ -222,17 +238,34 @@ def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterato
                 if len(raw) > MAX_MATCH_CHARS:
                     candidates[i] = set(everything)
         _count_oddities(block, lines, stats, candidates.keys())
-        cut = reader.truncated_lines
-        for i in sorted(candidates):
-            matches = match_raw_line(_decode(lines[i], stats), matcher, candidates[i])
-            if not matches:
-                continue
-            stats.matched_lines += 1
-            for m in matches:
-                if cut and first + i in cut:
-                    m = _truncated(m)
-                if m.recovery:
-                    stats.recoveries += 1
-                else:
-                    stats.findings += 1
-                yield _hit(first + i + 1, m)
+        yield Block(lines, candidates, first, reader.truncated_lines)
+
+
+def count(matches: list[SignatureMatch], stats: ScanStats) -> None:
+    """Count a matching line's findings and recoveries."""
+    stats.matched_lines += 1
+    for m in matches:
+        if m.recovery:
+            stats.recoveries += 1
+        else:
+            stats.findings += 1
+
+
+def line_matches(blk: Block, i: int, matcher: Matcher,
+                 stats: ScanStats) -> list[SignatureMatch]:
+    """What a candidate line of a block matches (marked truncated when it was cut)."""
+    matches = match_raw_line(decode(blk.lines[i], stats), matcher, blk.candidates[i])
+    if matches and blk.cut and blk.first + i in blk.cut:
+        matches = [_truncated(m) for m in matches]
+    return matches
+
+
+def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
+    """Every match in the stream, in line order; `stats` is filled in as it goes."""
+    for blk in scan_blocks(stream, matcher, stats):
+        for i in sorted(blk.candidates):
+            matches = line_matches(blk, i, matcher, stats)
+            if matches:
+                count(matches, stats)
+                for m in matches:
+                    yield _hit(blk.first + i + 1, m)

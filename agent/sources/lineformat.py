@@ -231,3 +231,8 @@ _FIRST_CHAR: dict[str, _Parser] = {
     **dict.fromkeys(_MONTH_INITIALS, _maybe_bsd),
     **dict.fromkeys(_FAC_INITIALS, _maybe_xprefix),
 }
+
+
+def may_have_prefix(first: str) -> bool:
+    """Whether a line starting with `first` may carry a prefix (else it is plain text)."""
+    return first in _FIRST_CHAR

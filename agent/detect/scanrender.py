@@ -1,0 +1,134 @@
+"""`nodewarden scan`'s output path: each block's output, a repeated message rendered once.
+
+A kernel log repeats itself: the same message comes back with only its dmesg timestamp
+changed (a server not responding, a link flapping, a disk's errors). A line's output is
+its line number and a part that depends only on what matched and on the line's text,
+source, facility and truncation (the `Rendering`'s `tail`). For a line whose
+candidates are all kernel signatures and whose form is a plain message or a
+`[  sec.frac] ` dmesg stamp, those are all given by the message's bytes: such a line of
+valid UTF-8, without NUL, short enough never to be windowed or cut, keeps its tails in a
+memo by message (and the candidates it was confirmed with), and the next line with the
+same message and the same candidates costs a dictionary look-up instead of a parse, a
+regex match per candidate and a rendering. Every other line takes scan_stream's path
+(agent/detect/scanner.py), whose matches this renders one by one; tests/unit/
+test_scan_memo.py checks both give the same output, line for line.
+
+The memo holds at most MEMO_ENTRIES messages of at most MEMO_MESSAGE_BYTES each (it is
+emptied when full): a crafted log of unique lines only makes every line take the
+ordinary path.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import BinaryIO, Protocol
+
+from agent.detect.matcher import Matcher
+from agent.detect.scanner import ScanStats, count, line_matches, scan_blocks
+from agent.model import SignatureMatch
+from agent.sources.lineformat import may_have_prefix
+
+MEMO_ENTRIES = 4096
+MEMO_MESSAGE_BYTES = 1024
+#: `[  123.456789] `: lineformat's fast dmesg form (the `]` within the first 24 bytes)
+_STAMP = re.compile(rb"\[ *\d+\.\d+\]")
+_STAMP_CLOSE_BEFORE = 24
+
+
+class Rendering(Protocol):
+    """How a match is printed: `prefix`, the line number, then `tail(match)`."""
+
+    @property
+    def prefix(self) -> str:
+        """What every output line starts with."""
+
+    def tail(self, match: SignatureMatch) -> str:
+        """The output after the line number: the same for two matches of the same
+        signature with the same groups, on lines of the same text, source, facility
+        and truncation."""
+
+
+def message_start(raw: bytes) -> int:
+    """Where the kernel message of a plain or fast-form dmesg line starts (as
+    agent/sources/lineformat.py parses it); -1 for any other form."""
+    first = raw[:1]
+    if first == b"[":
+        m = _STAMP.match(raw)
+        if m is None or m.end() > _STAMP_CLOSE_BEFORE:
+            return -1
+        end = m.end()
+        return end + 1 if raw[end : end + 1] == b" " else end
+    if first.isascii() and may_have_prefix(first.decode()):
+        return -1
+    return 0
+
+
+def _clean(raw: bytes) -> bool:
+    """Valid UTF-8 without NUL: a line whose decoding counts no oddity."""
+    if b"\0" in raw:
+        return False
+    if raw.isascii():
+        return True
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _Memo:
+    """Message -> (candidates, tails, findings, recoveries) of the lines seen so far."""
+
+    def __init__(self) -> None:
+        self.entries: dict[bytes, tuple[set[int], list[str], int, int]] = {}
+
+    def keep(self, key: bytes, candidates: set[int], tails: list[str],
+             matches: list[SignatureMatch]) -> None:
+        if len(key) > MEMO_MESSAGE_BYTES:
+            return
+        if len(self.entries) >= MEMO_ENTRIES:
+            self.entries.clear()
+        recoveries = sum(1 for m in matches if m.recovery)
+        self.entries[key] = (candidates, tails, len(matches) - recoveries, recoveries)
+
+
+def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
+                  rendering: Rendering) -> Iterator[str]:
+    """The output of every match in the stream, a string per block of lines (each
+    output line ending with a newline); `stats` is filled in as it goes."""
+    memo = _Memo()
+    entries = memo.entries
+    kernel = matcher.kernel_indices
+    prefix = rendering.prefix
+    tail = rendering.tail
+    for blk in scan_blocks(stream, matcher, stats):
+        out: list[str] = []
+        lines, candidates = blk.lines, blk.candidates
+        for i in sorted(candidates):
+            raw, cands = lines[i], candidates[i]
+            key = None
+            if cands <= kernel and len(raw) <= MEMO_MESSAGE_BYTES:
+                start = message_start(raw)
+                if start >= 0:
+                    key = raw[start:]
+                    entry = entries.get(key)
+                    if entry is not None and entry[0] == cands:
+                        if entry[1]:
+                            stats.matched_lines += 1
+                            stats.findings += entry[2]
+                            stats.recoveries += entry[3]
+                            n = f"{prefix}{blk.first + i + 1}"
+                            out.extend(n + t for t in entry[1])
+                        continue
+            matches = line_matches(blk, i, matcher, stats)
+            tails = [tail(m) for m in matches]
+            if key is not None and _clean(raw):
+                memo.keep(key, cands, tails, matches)
+            if matches:
+                count(matches, stats)
+                n = f"{prefix}{blk.first + i + 1}"
+                out.extend(n + t for t in tails)
+        if out:
+            out.append("")
+            yield "\n".join(out)

@@ -30,7 +30,7 @@ from agent.detect.dbcache import DatabaseCache, default_cache
 from agent.detect.hsdb import ESCAPE, hyperscan_available
 from agent.detect.linear import LinearRegex, LiteralSearch, encode
 from agent.detect.matchtemplate import MatchTemplate
-from agent.detect.prefilter import prefilter_pattern
+from agent.detect.prefilter import pattern_of
 from agent.detect.signature import MAX_MATCH_CHARS, Catalog, Signature, match_window
 from agent.model import LogLine, SignatureMatch
 from agent.sources.logrecord import parse_record
@@ -54,7 +54,7 @@ class _HyperscanPrefilter:
 
     def __init__(self, sigs: Sequence[Signature], databases: Mapping[str, Any],
                  cache: DatabaseCache | None) -> None:
-        self._patterns = [prefilter_pattern(s.regex) for s in sigs]
+        self._patterns = [pattern_of(s) for s in sigs]
         self._databases = dict(databases)
         self._cache = cache
         # the last id is the escape: a line holding one is a candidate for every signature

@@ -268,10 +268,19 @@ class Matcher:
         out: dict[int, set[int]] = {}
         line = 0
         pos = 0
+        end = -1  # the offset of the newline that ends the line of the last hit
         count = block.count
+        find = block.find
+        current: set[int] = set()
         for to, sig in hits:
-            # the match's last byte is at to-1: count the newlines before it
-            line += count(b"\n", pos, to - 1)
-            pos = to - 1
-            out.setdefault(line, set()).update(sig)
+            at = to - 1  # the match's last byte
+            if at <= end:
+                current.update(sig)  # another hit in the same line
+                continue
+            line += count(b"\n", pos, at)
+            pos = at
+            end = find(b"\n", at)
+            if end < 0:
+                end = len(block)
+            current = out[line] = set(sig)
         return out

@@ -77,34 +77,30 @@ def _clean(raw: bytes) -> bool:
     return True
 
 
-class _Memo:
-    """Message -> (candidates, tails, findings, recoveries) of the lines seen so far."""
+#: what the memo keeps of a message: the candidates it was confirmed with, its output
+#: tails, and its findings and recoveries
+_Entry = tuple[set[int], tuple[str, ...], int, int]
 
-    def __init__(self) -> None:
-        self.entries: dict[bytes, tuple[set[int], list[str], int, int]] = {}
 
-    def keep(self, key: bytes, candidates: set[int], tails: list[str],
-             matches: list[SignatureMatch]) -> None:
-        if len(key) > MEMO_MESSAGE_BYTES:
-            return
-        if len(self.entries) >= MEMO_ENTRIES:
-            self.entries.clear()
-        recoveries = sum(1 for m in matches if m.recovery)
-        self.entries[key] = (candidates, tails, len(matches) - recoveries, recoveries)
+def _keep(memo: dict[bytes, _Entry], key: bytes, candidates: set[int],
+          tails: tuple[str, ...], matches: list[SignatureMatch]) -> None:
+    if len(key) > MEMO_MESSAGE_BYTES:
+        return
+    if len(memo) >= MEMO_ENTRIES:
+        memo.clear()
+    recoveries = sum(1 for m in matches if m.recovery)
+    memo[key] = (candidates, tails, len(matches) - recoveries, recoveries)
 
 
 def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
                   rendering: Rendering) -> Iterator[str]:
     """The output of every match in the stream, a string per block of lines (each
     output line ending with a newline); `stats` is filled in as it goes."""
-    memo = _Memo()
-    entries = memo.entries
+    memo: dict[bytes, _Entry] = {}
     kernel = matcher.kernel_indices
-    prefix = rendering.prefix
-    tail = rendering.tail
     for blk in scan_blocks(stream, matcher, stats):
         out: list[str] = []
-        lines, candidates = blk.lines, blk.candidates
+        lines, candidates, first = blk.lines, blk.candidates, blk.first + 1
         for i in sorted(candidates):
             raw, cands = lines[i], candidates[i]
             key = None
@@ -112,23 +108,31 @@ def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
                 start = message_start(raw)
                 if start >= 0:
                     key = raw[start:]
-                    entry = entries.get(key)
+                    entry = memo.get(key)
                     if entry is not None and entry[0] == cands:
                         if entry[1]:
-                            stats.matched_lines += 1
-                            stats.findings += entry[2]
-                            stats.recoveries += entry[3]
-                            n = f"{prefix}{blk.first + i + 1}"
-                            out.extend(n + t for t in entry[1])
+                            _repeat(entry, f"{rendering.prefix}{first + i}", out, stats)
                         continue
             matches = line_matches(blk, i, matcher, stats)
-            tails = [tail(m) for m in matches]
+            tails = tuple(map(rendering.tail, matches))
             if key is not None and _clean(raw):
-                memo.keep(key, cands, tails, matches)
+                _keep(memo, key, cands, tails, matches)
             if matches:
                 count(matches, stats)
-                n = f"{prefix}{blk.first + i + 1}"
+                n = f"{rendering.prefix}{first + i}"
                 out.extend(n + t for t in tails)
         if out:
             out.append("")
             yield "\n".join(out)
+
+
+def _repeat(entry: _Entry, n: str, out: list[str], stats: ScanStats) -> None:
+    """A repeated message's output and counts, from its memo entry."""
+    tails = entry[1]
+    if len(tails) == 1:
+        out.append(n + tails[0])
+    else:
+        out.extend(n + t for t in tails)
+    stats.matched_lines += 1
+    stats.findings += entry[2]
+    stats.recoveries += entry[3]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, load_catalog
 from agent.detect.hsdb import BLOCK
+from agent.detect.loader import DEFAULT_SIGNATURES_DIR, load_catalog
 from agent.detect.matcher import Matcher, choose_engine
 from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats
 from agent.detect.scanrender import scan_rendered

@@ -31,9 +31,9 @@ from agent.sources.lineformat import may_have_prefix
 
 MEMO_ENTRIES = 4096
 MEMO_MESSAGE_BYTES = 1024
-#: `[  123.456789] `: lineformat's fast dmesg form (the `]` within the first 24 bytes)
-_STAMP = re.compile(rb"\[ *\d+\.\d+\]")
-_STAMP_CLOSE_BEFORE = 24
+#: `[  123.456789] `: lineformat's fast dmesg form (the `]` within the first 24 bytes),
+#: and the space after it
+_STAMP = re.compile(rb"\[(?=[ \d.]{0,22}\])[ ]*\d+\.\d+\] ?")
 
 
 class Rendering(Protocol):
@@ -55,10 +55,7 @@ def message_start(raw: bytes) -> int:
     first = raw[:1]
     if first == b"[":
         m = _STAMP.match(raw)
-        if m is None or m.end() > _STAMP_CLOSE_BEFORE:
-            return -1
-        end = m.end()
-        return end + 1 if raw[end : end + 1] == b" " else end
+        return -1 if m is None else m.end()
     if first.isascii() and may_have_prefix(first.decode()):
         return -1
     return 0
@@ -98,6 +95,8 @@ def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
     output line ending with a newline); `stats` is filled in as it goes."""
     memo: dict[bytes, _Entry] = {}
     kernel = matcher.kernel_indices
+    stamp = _STAMP.match
+    prefix = rendering.prefix
     for blk in scan_blocks(stream, matcher, stats):
         out: list[str] = []
         lines, candidates, first = blk.lines, blk.candidates, blk.first + 1
@@ -105,13 +104,14 @@ def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
             raw, cands = lines[i], candidates[i]
             key = None
             if cands <= kernel and len(raw) <= MEMO_MESSAGE_BYTES:
-                start = message_start(raw)
+                m = stamp(raw)  # the common form, without a call to message_start
+                start = m.end() if m is not None else message_start(raw)
                 if start >= 0:
                     key = raw[start:]
                     entry = memo.get(key)
                     if entry is not None and entry[0] == cands:
                         if entry[1]:
-                            _repeat(entry, f"{rendering.prefix}{first + i}", out, stats)
+                            _repeat(entry, f"{prefix}{first + i}", out, stats)
                         continue
             matches = line_matches(blk, i, matcher, stats)
             tails = tuple(map(rendering.tail, matches))
@@ -119,7 +119,7 @@ def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
                 _keep(memo, key, cands, tails, matches)
             if matches:
                 count(matches, stats)
-                n = f"{rendering.prefix}{first + i}"
+                n = f"{prefix}{first + i}"
                 out.extend(n + t for t in tails)
         if out:
             out.append("")

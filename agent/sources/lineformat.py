@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from agent.model import LogLine
-from agent.sources.kmsg import unescape
 
 KERNEL_TAG = "kernel"
 USER_FACILITY = 1
@@ -66,6 +65,19 @@ _ISO = re.compile(
 )
 _BSD = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? ")
 _HOST_TAG = re.compile(r"(?P<host>\S+) (?P<tag>[^\s:\[]+)(?:\[(?P<pid>\d+)\])?: ?")
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def unescape(raw: bytes) -> str:
+    """Decode the kernel's `\\xNN` escapes of a /dev/kmsg record, then UTF-8 (invalid
+    bytes become U+FFFD).
+
+    The kernel escapes control bytes, bytes >= 127 and the backslash itself, so a
+    multi-byte UTF-8 character arrives as several escapes and is rebuilt here.
+    """
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
+    return raw.decode("utf-8", "replace")
 
 
 # LogLine is a frozen dataclass: its __init__ sets each of its nine fields through

@@ -58,8 +58,12 @@ BENIGN = (  # real dmesg lines, long by nature
 )
 
 
-def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int = 1) -> int:
-    """Write n dmesg-style lines, ~trouble_pct % drawn from the kernel examples."""
+def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int = 1, *,
+             unique: bool = False) -> int:
+    """Write n dmesg-style lines, ~trouble_pct % drawn from the kernel examples. `unique`:
+    every digit of a trouble line's message is drawn anew (a sector, a pid, an address),
+    so its messages rarely repeat and scan's memo of repeated messages rarely helps;
+    a message redrawn that way may no longer match."""
     rng = random.Random(seed)
     # the bare kernel message of each kernel example (an example may carry a prefix)
     trouble = [parse_line(ex.line).text for s in catalog.signatures if s.source == "kmsg"
@@ -69,7 +73,10 @@ def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int
         for i in range(n):
             stamp = f"[{i * 0.000731:12.6f}] "
             if rng.random() * 100 < trouble_pct:
-                f.write(stamp + rng.choice(trouble) + "\n")
+                message = rng.choice(trouble)
+                if unique:
+                    message = _DIGIT.sub(lambda _m: str(rng.randrange(10)), message)
+                f.write(stamp + message + "\n")
                 count += 1
                 continue
             tpl = BENIGN[rng.randrange(len(BENIGN))]
@@ -80,6 +87,9 @@ def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int
                                        c=rng.randrange(1000000),
                                        l="abcdef"[rng.randrange(6)]) + "\n")
     return count
+
+
+_DIGIT = re.compile(r"\d")
 
 
 def floor(path: Path) -> int:

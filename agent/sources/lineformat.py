@@ -55,6 +55,7 @@ _STAMP = (
     r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\] ?"
 )
 _BRACKET = re.compile(_STAMP)
+_FAST_STAMP = re.compile(r"\[(?=[ 0-9.]{0,22}\]) *([0-9]+)\.([0-9]+)\] ?")
 _RAWPRIO = re.compile(r"<(?P<prio>\d{1,4})>(?:" + _STAMP + ")?")
 _XPREFIX = re.compile(
     r"(?P<fac>[a-z0-9]+) *:(?P<lvl>[a-z]+) *: ?(?:" + _STAMP + ")?"
@@ -124,15 +125,14 @@ def parse_line(raw: str, *, source: str = "kmsg", t: float = 0.0) -> LogLine:
 
 # --------------------------------------------------------------------------- formats
 def _dmesg(line: str, source: str, t: float) -> LogLine:
-    # Fast path without a regex for the commonest input, "[  123.456789] text".
-    end = line.find("]", 1, 24)
-    if end > 0:
-        sec, dot, frac = line[1:end].lstrip(" ").partition(".")
-        if dot and sec.isdigit() and frac.isdigit() and sec.isascii() and frac.isascii():
-            text = line[end + 2 :] if line[end + 1 : end + 2] == " " else line[end + 1 :]
-            out = _plain(text, source, t)
-            out.__dict__["monotonic_usec"] = int(sec) * 1_000_000 + int((frac + "000000")[:6])
-            return out
+    # One regex for the commonest input, "[  123.456789] text" (the "]" among the first
+    # 24 characters, ASCII digits only)
+    fast = _FAST_STAMP.match(line)
+    if fast is not None:
+        sec, frac = fast.groups()
+        out = _plain(line[fast.end() :], source, t)
+        out.__dict__["monotonic_usec"] = int(sec) * 1_000_000 + int((frac + "000000")[:6])
+        return out
     m = _BRACKET.match(line)
     if m is None:
         return _plain(line, source, t)

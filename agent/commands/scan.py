@@ -76,8 +76,9 @@ class Renderer:
         if not self.as_json:
             return f"{subject_at}{_shown(m.subject)}{severity_at}{_shown(line.text)}"
         facility = "null" if line.facility is None else int(line.facility)
-        groups = ("{" + ", ".join(f"{_enc(k)}: {_enc(v)}" for k, v in m.groups.items()) + "}"
-                  if m.groups else "{}")
+        groups = "{}"
+        if m.groups:
+            groups = "{" + ", ".join([f"{_enc(k)}: {_enc(v)}" for k, v in m.groups.items()]) + "}"
         return (f"{subject_at}{_enc(m.subject)}{severity_at}"
                 f"{facility}{source_at}{_enc(line.source)}, \"text\": {_enc(line.text)}, "
                 f"\"groups\": {groups}, \"truncated\": {'true' if line.truncated else 'false'}}}")

@@ -184,10 +184,10 @@ def match_raw_line(raw: str, matcher: Matcher, candidates: Iterable[int]) -> lis
     """A decoded line, tried as a kernel message and, whole, as a line of each log source."""
     cands = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
     kernel = parse_line(raw, source="kmsg")
+    if cands <= matcher.kernel_indices:  # the common case: only kernel signatures
+        return matcher.confirm_kernel(kernel, cands)
     out = matcher.confirm(kernel, cands) if not matcher.kernel_indices.isdisjoint(cands) \
         else []
-    if cands <= matcher.kernel_indices:
-        return out  # the common case: only kernel signatures are candidates
     for source in sorted(matcher.sources_of(cands) - {"kmsg"}):
         whole = LogLine(source=source, text=raw.rstrip("\r\n"), t=0.0, facility=kernel.facility)
         out.extend(matcher.confirm(whole, cands))

@@ -89,16 +89,16 @@ def test_a_full_memo_is_emptied_and_the_output_is_the_same(
 
 
 def test_the_memo_is_used_for_a_repeated_message(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A repeat costs no regex: with the matcher's confirm broken after the first line,
-    the repeats still print (and a new message would fail)."""
+    """A repeat costs no regex: the matcher confirms the first line only."""
     calls = []
-    real = Matcher.confirm
+    for name in ("confirm", "confirm_kernel"):
+        real = getattr(Matcher, name)
 
-    def counted(self: Matcher, *args: Any) -> Any:
-        calls.append(args)
-        return real(self, *args)
+        def counted(self: Matcher, *args: Any, _real: Any = real) -> Any:
+            calls.append(args)
+            return _real(self, *args)
 
-    monkeypatch.setattr(Matcher, "confirm", counted)
+        monkeypatch.setattr(Matcher, name, counted)
     line = "nfs: server nas-a1 not responding, still trying"
     data = "".join(f"[{n:12.6f}] {line}\n" for n in range(50)).encode()
     out, stats = _memo_output(data, False)

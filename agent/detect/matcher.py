@@ -265,7 +265,8 @@ class Matcher:
     def all_indices(self) -> frozenset[int]:
         return frozenset(range(len(self._sigs)))
 
-    def candidates(self, block: bytes) -> dict[int, set[int]]:
+    def candidates(self, block: bytes, spans: dict[int, tuple[int, int]] | None = None
+                   ) -> dict[int, set[int]]:
         """Line index -> indices of signatures that may match it, for a block of lines.
 
         `block` is lines joined by `\\n`; one engine call covers the whole block. A
@@ -273,6 +274,7 @@ class Matcher:
         match a line's message text is a candidate for that line, because the prefilter
         runs over the raw line, which contains the text; a line holding an ESCAPE (a kmsg
         record's escaped byte: its text is unescaped) is a candidate for every signature.
+        `spans`, when given, gets each candidate line's (start, end) offsets in `block`.
         """
         if self._prefilter is None or not block:
             return {}
@@ -286,6 +288,7 @@ class Matcher:
         end = -1  # the offset of the newline that ends the line of the last hit
         count = block.count
         find = block.find
+        rfind = block.rfind
         current: set[int] = set()
         for to, sig in hits:
             at = to - 1  # the match's last byte
@@ -298,4 +301,6 @@ class Matcher:
             if end < 0:
                 end = len(block)
             current = out[line] = set(sig)
+            if spans is not None:
+                spans[line] = (rfind(b"\n", 0, at) + 1, end)
         return out

@@ -99,9 +99,9 @@ def scan_rendered(stream: BinaryIO, matcher: Matcher, stats: ScanStats,
     prefix = rendering.prefix
     for blk in scan_blocks(stream, matcher, stats):
         out: list[str] = []
-        lines, candidates, first = blk.lines, blk.candidates, blk.first + 1
+        line, candidates, first = blk.line, blk.candidates, blk.first + 1
         for i in sorted(candidates):
-            raw, cands = lines[i], candidates[i]
+            raw, cands = line(i), candidates[i]
             key = None
             if cands <= kernel and len(raw) <= MEMO_MESSAGE_BYTES:
                 m = stamp(raw)  # the common form, without a call to message_start

@@ -81,11 +81,9 @@ _Entry = tuple[set[int], tuple[str, ...], int, int]
 
 def _keep(memo: dict[bytes, _Entry], key: bytes, candidates: set[int],
           tails: tuple[str, ...], matches: list[SignatureMatch]) -> None:
-    if len(key) > MEMO_MESSAGE_BYTES:
-        return
     if len(memo) >= MEMO_ENTRIES:
         memo.clear()
-    recoveries = sum(1 for m in matches if m.recovery)
+    recoveries = [m.recovery for m in matches].count(True) if matches else 0
     memo[key] = (candidates, tails, len(matches) - recoveries, recoveries)
 
 

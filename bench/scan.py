@@ -1,7 +1,8 @@
 """Benchmark the signature matcher over a generated 1,000,000-line kernel log.
 
 Prints lines/s (median of --runs runs, the functions taking turns run by run) for:
-  floor      read the file in blocks and split the lines (what scan does before matching)
+  floor      read the file in blocks of lines, as scan does before matching (a clean
+             block is only counted, not split: LineBlocks.lazy)
   naive      floor + decode each line + every signature's compiled regex .search on it
   hyperscan  `nodewarden scan`'s own loop (agent.detect.scanner.scan_stream), hyperscan engine
   portable   the same loop with the portable Aho-Corasick engine
@@ -27,6 +28,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+# `python bench/scan.py` from anywhere measures this checkout's code (not an installed one)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.detect.catalog import MAX_MATCH_CHARS, Catalog, load_catalog
 from agent.detect.hsdb import BLOCK, LINE
@@ -58,8 +62,12 @@ BENIGN = (  # real dmesg lines, long by nature
 )
 
 
-def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int = 1) -> int:
-    """Write n dmesg-style lines, ~trouble_pct % drawn from the kernel examples."""
+def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int = 1, *,
+             unique: bool = False) -> int:
+    """Write n dmesg-style lines, ~trouble_pct % drawn from the kernel examples. `unique`:
+    every digit of a trouble line's message is drawn anew (a sector, a pid, an address),
+    so its messages rarely repeat and scan's memo of repeated messages rarely helps;
+    a message redrawn that way may no longer match."""
     rng = random.Random(seed)
     # the bare kernel message of each kernel example (an example may carry a prefix)
     trouble = [parse_line(ex.line).text for s in catalog.signatures if s.source == "kmsg"
@@ -69,7 +77,10 @@ def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int
         for i in range(n):
             stamp = f"[{i * 0.000731:12.6f}] "
             if rng.random() * 100 < trouble_pct:
-                f.write(stamp + rng.choice(trouble) + "\n")
+                message = rng.choice(trouble)
+                if unique:
+                    message = _DIGIT.sub(lambda _m: str(rng.randrange(10)), message)
+                f.write(stamp + message + "\n")
                 count += 1
                 continue
             tpl = BENIGN[rng.randrange(len(BENIGN))]
@@ -82,10 +93,13 @@ def generate(path: Path, n: int, trouble_pct: float, catalog: Catalog, seed: int
     return count
 
 
+_DIGIT = re.compile(r"\d")
+
+
 def floor(path: Path) -> int:
     stats = ScanStats()
     with path.open("rb") as f:
-        for _block, _lines in LineBlocks(f, stats):
+        for _block, _lines in LineBlocks(f, stats).lazy():
             pass
     return stats.lines
 

@@ -13,6 +13,16 @@ moment means something):
              reading a log does), on a generated dmesg-style log with --trouble-pct
              (default 13) % matched lines; budget (issue 8): <= 3x, JSON and text. The
              ratio to a binary read (`open(FILE, "rb")`, no decoding) is printed too.
+             The trouble lines are the catalog's examples, so their messages repeat
+             (as a failing disk or server repeats itself), which scan's memo of
+             repeated messages serves (agent/detect/scanrender.py); the row "json,
+             unique" runs a corpus whose trouble messages have every digit drawn anew,
+             so they rarely repeat: the cost of matching each line in full.
+
+The code's bytecode is compiled first (`python -m compileall`, into the usual
+__pycache__ folders), as an installed package has it: with PYTHONDONTWRITEBYTECODE set
+and no bytecode, every scan process would compile its ~70 modules from source (~0.15 s),
+which no installed agent does.
 
 Figures, never pass/fail: the exit code is 0 either way (1 only when scan itself fails).
 
@@ -35,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `python bench/scan_cli.py` from anywhere: bench.scan
 
 from agent.detect.catalog import load_catalog  # noqa: E402
-from bench.scan import generate  # noqa: E402
+from bench.scan import BENIGN, generate  # noqa: E402
 
 READ_TEXT = ("import sys\nfor line in open(sys.argv[1], encoding='utf-8', errors='replace'):"
              " pass")
@@ -93,19 +103,33 @@ def end_to_end(py: str, env: dict[str, str], tmp: Path, args: argparse.Namespace
     log = tmp / "kern.log"
     trouble = generate(log, args.lines, args.trouble_pct, catalog)
     print(f"corpus: {args.lines} lines, {log.stat().st_size / 1e6:.1f} MB, {trouble} trouble "
-          f"lines ({100 * trouble / args.lines:.1f}%)")
+          f"lines ({100 * trouble / args.lines:.1f}%), {_distinct(log)} distinct messages "
+          "among them")
+    unique = tmp / "kern-unique.log"
+    generate(unique, args.lines, args.trouble_pct, catalog, unique=True)
     warm = dict(env, NODEWARDEN_CACHE=str(tmp / "cache-warm"))
     sigs = tmp / "sigs"
-    base = [py, "-m", "agent", "scan", str(log), "--signatures-dir", str(sigs),
-            "--engine", args.engine]
-    read_text = [py, "-c", READ_TEXT, str(log)]
-    read_binary = [py, "-c", READ_BINARY, str(log)]
-    for form, scan in (("json", [*base, "--json"]), ("text", base)):
+    for form, path, json_flag in (("json", log, True), ("text", log, False),
+                                  ("json, unique", unique, True)):
+        scan = [py, "-m", "agent", "scan", str(path), "--signatures-dir", str(sigs),
+                "--engine", args.engine, *(["--json"] if json_flag else [])]
+        if path == unique:
+            print(f"corpus, unique: {_distinct(unique)} distinct trouble messages")
+        read_text = [py, "-c", READ_TEXT, str(path)]
+        read_binary = [py, "-c", READ_BINARY, str(path)]
         ratio, a, b = paired(scan, read_text, args.pairs, env, warm)
         rb, _a, b2 = paired(scan, read_binary, args.pairs, env, warm)
         print(f"  end to end, {form:4s}  {ratio:5.1f}x a decoding per-line read  "
               f"(scan {a:.2f} s, read {b:.2f} s; budget <= 3x); {rb:.1f}x a binary "
               f"per-line read ({b2:.2f} s)")
+
+
+def _distinct(log: Path) -> int:
+    """How many distinct messages the trouble lines of a generated corpus hold (a
+    trouble line is one whose message is not a BENIGN template's)."""
+    heads = tuple(t.split("{", 1)[0] for t in BENIGN)
+    with log.open() as f:
+        return len({line[15:] for line in f if not line[15:].startswith(heads)})
 
 
 def main() -> int:
@@ -117,6 +141,8 @@ def main() -> int:
     args = parser.parse_args()
     py = sys.executable
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    subprocess.run([py, "-m", "compileall", "-q", str(REPO / "agent")], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
     print(f"nodewarden scan, whole processes, engine {args.engine}; ratios are medians of "
           f"{args.pairs} side-by-side pairs")
     with tempfile.TemporaryDirectory() as tmp:

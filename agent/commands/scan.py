@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from agent.cli import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE
-from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, load_catalog
 from agent.detect.hsdb import BLOCK
+from agent.detect.loader import DEFAULT_SIGNATURES_DIR, load_catalog
 from agent.detect.matcher import Matcher, choose_engine
-from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats, scan_stream
+from agent.detect.scanner import MAX_LINE_BYTES, ScanHit, ScanStats
+from agent.detect.scanrender import scan_rendered
 from agent.model import SignatureMatch
 from agent.report.text import printable
 
@@ -49,6 +50,8 @@ class Renderer:
 
     def __init__(self, as_json: bool) -> None:
         self.as_json = as_json
+        #: what an output line starts with, before its line number
+        self.prefix = "{\"line_no\": " if as_json else ""
         self._heads: dict[tuple[str, str, str, bool], tuple[str, str, str]] = {}
 
     def _head(self, m: SignatureMatch) -> tuple[str, str, str]:
@@ -66,18 +69,22 @@ class Renderer:
             self._heads[key] = head
         return head
 
-    def __call__(self, hit: ScanHit) -> str:
-        m = hit.match
+    def tail(self, m: SignatureMatch) -> str:
+        """The output line after its line number (agent/detect/scanrender.py)."""
         line = m.line
         subject_at, severity_at, source_at = self._head(m)
         if not self.as_json:
-            return f"{hit.line_no}{subject_at}{_shown(m.subject)}{severity_at}{_shown(line.text)}"
+            return f"{subject_at}{_shown(m.subject)}{severity_at}{_shown(line.text)}"
         facility = "null" if line.facility is None else int(line.facility)
-        groups = ("{" + ", ".join(f"{_enc(k)}: {_enc(v)}" for k, v in m.groups.items()) + "}"
-                  if m.groups else "{}")
-        return (f"{{\"line_no\": {hit.line_no}{subject_at}{_enc(m.subject)}{severity_at}"
+        groups = "{}"
+        if m.groups:
+            groups = "{" + ", ".join([f"{_enc(k)}: {_enc(v)}" for k, v in m.groups.items()]) + "}"
+        return (f"{subject_at}{_enc(m.subject)}{severity_at}"
                 f"{facility}{source_at}{_enc(line.source)}, \"text\": {_enc(line.text)}, "
                 f"\"groups\": {groups}, \"truncated\": {'true' if line.truncated else 'false'}}}")
+
+    def __call__(self, hit: ScanHit) -> str:
+        return f"{self.prefix}{hit.line_no}{self.tail(hit.match)}"
 
 
 def _shown(text: str) -> str:
@@ -90,24 +97,11 @@ def render(hit: ScanHit, as_json: bool) -> str:
     return Renderer(as_json)(hit)
 
 
-#: hits rendered before one write: output is written in batches, not a call per line
-BATCH = 512
-
-
 def _scan(stream: BinaryIO, matcher: Matcher, as_json: bool) -> ScanStats:
     stats = ScanStats()
     out = sys.stdout
-    render_hit = Renderer(as_json)
-    batch: list[str] = []
-    for hit in scan_stream(stream, matcher, stats):
-        batch.append(render_hit(hit))
-        if len(batch) >= BATCH:
-            batch.append("")
-            out.write("\n".join(batch))
-            batch.clear()
-    if batch:
-        batch.append("")
-        out.write("\n".join(batch))
+    for chunk in scan_rendered(stream, matcher, stats, Renderer(as_json)):
+        out.write(chunk)  # one write per block of lines read
     out.flush()
     return stats
 

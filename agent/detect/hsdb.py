@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.detect.dbcache import DatabaseCache
-from agent.detect.prefilter import prefilter_pattern
+from agent.detect.prefilter import pattern_of
 from agent.detect.signature import Signature, config_key
 from agent.schema import ConfigError
 
@@ -116,7 +116,7 @@ def _refused(sigs: Sequence[Signature], flags: Sequence[str]) -> list[ConfigErro
     errors: list[ConfigError] = []
     for sig in sigs:
         try:
-            compile_patterns([prefilter_pattern(sig.regex)], flags)
+            compile_patterns([pattern_of(sig)], flags)
         except hyperscan.error as exc:
             errors.append(ConfigError(sig.file, config_key(sig.id, "regex"),
                                       f"hyperscan cannot compile it: {exc}"))
@@ -134,7 +134,7 @@ def _build_all(sigs: Sequence[Signature], modes: Sequence[str],
                cache: DatabaseCache | None) -> dict[str, Any]:
     import hyperscan
 
-    patterns = [prefilter_pattern(s.regex) for s in sigs]
+    patterns = [pattern_of(s) for s in sigs]
     out: dict[str, Any] = {}
     for mode in modes:
         try:

@@ -24,6 +24,7 @@ from pathlib import Path
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, Literal
 
+from agent.detect import catcache
 from agent.detect.dbcache import DatabaseCache, default_cache
 from agent.detect.examples import signature_example_errors
 from agent.detect.hsdb import LINE, checked_databases
@@ -280,14 +281,21 @@ def load_catalog(
     (agent/detect/hsdb.py; the default is the daemon's per-line one), built once, and the
     first of them checks the patterns; () builds none and leaves hyperscan's check out.
     `cache`: where built databases are kept ("env": as NODEWARDEN_CACHE says; None: no
-    cache).
+    cache); a catalog read without an error is kept there too (agent/detect/catcache.py).
     """
-    seen: dict[str, str] = {}
-    sigs: list[Signature] = []
-    errors: list[ConfigError] = []
     files: list[tuple[str, bytes | OSError]] = list(_builtin_files())
     if user_dir is not None and user_dir.is_dir():
         files.extend(_user_files(user_dir))
+    where = default_cache() if isinstance(cache, str) else cache
+    sigs, errors = _read_cached(files, where)
+    kept, built, refused = checked_databases(sigs, databases, where)
+    return Catalog(tuple(kept), built), errors + refused
+
+
+def _read(files: list[tuple[str, bytes | OSError]]) -> tuple[list[Signature], list[ConfigError]]:
+    seen: dict[str, str] = {}
+    sigs: list[Signature] = []
+    errors: list[ConfigError] = []
     for name, data in files:
         if isinstance(data, OSError):
             errors.append(ConfigError(name, "-", f"cannot read: {data.strerror or data}"))
@@ -295,6 +303,21 @@ def load_catalog(
         got, errs = parse_signature_file(data, name, seen)
         sigs.extend(got)
         errors.extend(errs)
-    where = default_cache() if isinstance(cache, str) else cache
-    kept, built, refused = checked_databases(sigs, databases, where)
-    return Catalog(tuple(kept), built), errors + refused
+    return sigs, errors
+
+
+def _read_cached(files: list[tuple[str, bytes | OSError]], where: DatabaseCache | None
+                 ) -> tuple[list[Signature], list[ConfigError]]:
+    """The files read in full, or taken from the catalog cache (agent/detect/catcache.py)
+    when they were read without an error before, by the same code."""
+    readable = [(name, data) for name, data in files if not isinstance(data, OSError)]
+    if where is None or len(readable) != len(files) or (code := catcache.code_digest()) is None:
+        return _read(files)
+    key = catcache.catalog_key(readable, code)
+    cached = catcache.load(where, key)
+    if cached is not None:
+        return cached, []
+    sigs, errors = _read(files)
+    if not errors:
+        catcache.store(where, key, sigs)
+    return sigs, errors

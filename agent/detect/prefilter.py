@@ -36,6 +36,8 @@ from re import _constants as sre_c  # type: ignore[attr-defined]
 from re import _parser as sre_parse  # type: ignore[attr-defined]
 from typing import Any, Literal
 
+from agent.detect.signature import Signature
+
 _BOUNDED = re.compile(r"\{(\d+),\d+\}")
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{(\d+)(,\d*)?\})[?+]?")
 #: escapes of one letter that stand for a class, an anchor or a control character
@@ -320,3 +322,9 @@ def prefilter_pattern(regex: str) -> str:
     except ValueError:
         return widened
     return widened if trimmed is None else trimmed
+
+
+def pattern_of(sig: Signature) -> str:
+    """A signature's prefilter pattern: the one it carries (from the catalog cache,
+    agent/detect/catcache.py), else computed."""
+    return sig.prefilter or prefilter_pattern(sig.regex)

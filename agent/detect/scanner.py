@@ -86,6 +86,8 @@ class LineBlocks:
         self.truncated_lines: set[int] = set()
         #: the length of the longest line of the block last yielded
         self.longest = 0
+        #: how many lines the block last yielded by `lazy` holds
+        self.count = 0
 
     def _cut(self, head: bytes, tail: bytes) -> bytes:
         self.truncated_lines.add(self._stats.lines)
@@ -105,6 +107,34 @@ class LineBlocks:
 
     def __iter__(self) -> Iterator[tuple[bytes, list[bytes]]]:
         """(block, lines) pairs with block == b"\\n".join(lines)."""
+        for block, lines in self._iterate(lazy=False):
+            yield block, lines if lines is not None else block.split(b"\n")
+
+    def lazy(self) -> Iterator[tuple[bytes, list[bytes] | None]]:
+        """As iterating, but a block of clean ASCII (no NUL) none of whose lines can be
+        longer than MAX_MATCH_CHARS comes whole, with None for its lines (`longest` is then
+        0): it is not split, its lines are only counted."""
+        return self._iterate(lazy=True)
+
+    def _complete(self, block: bytes, lazy: bool) -> tuple[bytes, list[bytes] | None]:
+        """A block of complete lines, split and capped (or left whole: `lazy`)."""
+        stats = self._stats
+        if lazy and block.isascii() and b"\0" not in block and _short_lines(block):
+            self.count = block.count(b"\n") + 1
+            stats.lines += self.count
+            self.longest = 0
+            return block, None
+        lines = block.split(b"\n")
+        self.count = len(lines)
+        self.longest = max(map(len, lines))
+        if self.longest > self._max:
+            lines = self._cap(lines)
+            block = b"\n".join(lines)
+        else:
+            stats.lines += len(lines)
+        return block, lines
+
+    def _iterate(self, lazy: bool) -> Iterator[tuple[bytes, list[bytes] | None]]:
         stats = self._stats
         pending = b""
         long_head: bytes | None = None  # inside an over-long line: its first bytes
@@ -127,16 +157,8 @@ class LineBlocks:
             buf = pending + data if pending else data
             last = buf.rfind(b"\n")
             if last >= 0:
-                block = buf[:last]
                 pending = buf[last + 1 :]
-                lines = block.split(b"\n")
-                self.longest = max(map(len, lines))
-                if self.longest > self._max:
-                    lines = self._cap(lines)
-                    block = b"\n".join(lines)
-                else:
-                    stats.lines += len(lines)
-                yield block, lines
+                yield self._complete(buf[:last], lazy)
             else:
                 pending = buf
             if len(pending) > self._max:
@@ -152,7 +174,20 @@ class LineBlocks:
             yield pending, [pending]
 
 
-def _decode(raw: bytes, stats: ScanStats) -> str:
+#: a run of non-newline bytes of 2 * _WINDOW - 1 or more fills a whole aligned window
+_WINDOW = MAX_MATCH_CHARS // 2
+
+
+def _short_lines(block: bytes) -> bool:
+    """True when no line of `block` can be longer than MAX_MATCH_CHARS: every aligned
+    window of _WINDOW bytes holds a newline (a few hundred `find`s per MiB)."""
+    find = block.find
+    return all(find(b"\n", k, k + _WINDOW) >= 0
+               for k in range(0, len(block) - _WINDOW + 1, _WINDOW))
+
+
+def decode(raw: bytes, stats: ScanStats) -> str:
+    """A candidate line as text (invalid UTF-8 replaced); its oddities are counted."""
     if b"\0" in raw:
         stats.nul_lines += 1
     try:
@@ -164,7 +199,7 @@ def _decode(raw: bytes, stats: ScanStats) -> str:
 
 def _count_oddities(block: bytes, lines: list[bytes], stats: ScanStats,
                     skip: Collection[int]) -> None:
-    """Count invalid-UTF-8 and NUL lines that are not candidates (those count in _decode)."""
+    """Count invalid-UTF-8 and NUL lines that are not candidates (those count in `decode`)."""
     if block.isascii() and b"\0" not in block:
         return
     for i, raw in enumerate(lines):
@@ -183,10 +218,10 @@ def match_raw_line(raw: str, matcher: Matcher, candidates: Iterable[int]) -> lis
     """A decoded line, tried as a kernel message and, whole, as a line of each log source."""
     cands = candidates if isinstance(candidates, (set, frozenset)) else set(candidates)
     kernel = parse_line(raw, source="kmsg")
+    if cands <= matcher.kernel_indices:  # the common case: only kernel signatures
+        return matcher.confirm_kernel(kernel, cands)
     out = matcher.confirm(kernel, cands) if not matcher.kernel_indices.isdisjoint(cands) \
         else []
-    if cands <= matcher.kernel_indices:
-        return out  # the common case: only kernel signatures are candidates
     for source in sorted(matcher.sources_of(cands) - {"kmsg"}):
         whole = LogLine(source=source, text=raw.rstrip("\r\n"), t=0.0, facility=kernel.facility)
         out.extend(matcher.confirm(whole, cands))
@@ -208,11 +243,43 @@ def _truncated(m: SignatureMatch) -> SignatureMatch:
     return dataclasses.replace(m, line=dataclasses.replace(m.line, truncated=True))
 
 
-def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
-    """Every match in the stream, in line order; `stats` is filled in as it goes."""
+@dataclass
+class Block:
+    """One block of lines and what the prefilter says of them."""
+
+    #: the block's lines (without their `\\n`), or None when it was not split
+    lines: list[bytes] | None
+    #: line index -> indices of the signatures that may match it
+    candidates: dict[int, set[int]]
+    #: the 0-based number (in the stream) of the block's first line
+    first: int
+    #: 0-based numbers (in the stream) of lines cut at MAX_LINE_BYTES, so far
+    cut: set[int]
+    #: the lines joined by `\\n`
+    block: bytes = b""
+    #: line index -> (start, end) offsets in `block`, of every candidate line
+    spans: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+
+    def line(self, i: int) -> bytes:
+        """The block's line `i` (a candidate's, when the block was not split)."""
+        if self.lines is not None:
+            return self.lines[i]
+        start, end = self.spans[i]
+        return self.block[start:end]
+
+
+def scan_blocks(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[Block]:
+    """The stream's blocks with their candidates; oddities of non-candidate lines are
+    counted (a candidate's count when it is decoded: `decode`)."""
     reader = LineBlocks(stream, stats)
     everything = matcher.all_indices
-    for block, lines in reader:
+    for block, lines in reader.lazy():
+        if lines is None:  # no long line, no oddity: candidates and where they are
+            spans: dict[int, tuple[int, int]] = {}
+            candidates = matcher.candidates(block, spans)
+            first = stats.lines - reader.count
+            yield Block(None, candidates, first, reader.truncated_lines, block, spans)
+            continue
         first = stats.lines - len(lines)
         candidates = matcher.candidates(block)
         if reader.longest > MAX_MATCH_CHARS:
@@ -222,17 +289,34 @@ def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterato
                 if len(raw) > MAX_MATCH_CHARS:
                     candidates[i] = set(everything)
         _count_oddities(block, lines, stats, candidates.keys())
-        cut = reader.truncated_lines
-        for i in sorted(candidates):
-            matches = match_raw_line(_decode(lines[i], stats), matcher, candidates[i])
-            if not matches:
-                continue
-            stats.matched_lines += 1
-            for m in matches:
-                if cut and first + i in cut:
-                    m = _truncated(m)
-                if m.recovery:
-                    stats.recoveries += 1
-                else:
-                    stats.findings += 1
-                yield _hit(first + i + 1, m)
+        yield Block(lines, candidates, first, reader.truncated_lines, block)
+
+
+def count(matches: list[SignatureMatch], stats: ScanStats) -> None:
+    """Count a matching line's findings and recoveries."""
+    stats.matched_lines += 1
+    for m in matches:
+        if m.recovery:
+            stats.recoveries += 1
+        else:
+            stats.findings += 1
+
+
+def line_matches(blk: Block, i: int, matcher: Matcher,
+                 stats: ScanStats) -> list[SignatureMatch]:
+    """What a candidate line of a block matches (marked truncated when it was cut)."""
+    matches = match_raw_line(decode(blk.line(i), stats), matcher, blk.candidates[i])
+    if matches and blk.cut and blk.first + i in blk.cut:
+        matches = [_truncated(m) for m in matches]
+    return matches
+
+
+def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
+    """Every match in the stream, in line order; `stats` is filled in as it goes."""
+    for blk in scan_blocks(stream, matcher, stats):
+        for i in sorted(blk.candidates):
+            matches = line_matches(blk, i, matcher, stats)
+            if matches:
+                count(matches, stats)
+                for m in matches:
+                    yield _hit(blk.first + i + 1, m)

@@ -93,6 +93,8 @@ class Signature:
     compiled: LinearRegex | None = field(default=None, compare=False, repr=False, hash=False)
     compiled_program: LinearRegex | None = field(default=None, compare=False, repr=False,
                                                  hash=False)
+    #: the hyperscan prefilter pattern when known (from the catalog cache), else ""
+    prefilter: str = field(default="", compare=False, repr=False, hash=False)
 
     @property
     def subject_is_group(self) -> bool:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Protocol
 from agent.boot import BOOT_ID_PATH, read_boot_id
 from agent.clock import Clock
 from agent.model import EMPTY, LogLine
+from agent.sources.lineformat import unescape
 from agent.state.files import StateError, write_json_atomic
 
 DEFAULT_DEVICE = Path("/dev/kmsg")
@@ -36,25 +36,11 @@ DEFAULT_DEVICE = Path("/dev/kmsg")
 READ_SIZE = 16384
 SOURCE = "kmsg"
 
-_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
-
-
 class KmsgParseError(ValueError):
     """A record that does not follow the /dev/kmsg format."""
 
 
 # --------------------------------------------------------------------------- parsing
-def unescape(raw: bytes) -> str:
-    """Decode the kernel's `\\xNN` escapes, then UTF-8 (invalid bytes become U+FFFD).
-
-    The kernel escapes control bytes, bytes >= 127 and the backslash itself, so a
-    multi-byte UTF-8 character arrives as several escapes and is rebuilt here.
-    """
-    if b"\\" in raw:
-        raw = _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
-    return raw.decode("utf-8", "replace")
-
-
 @dataclass(frozen=True)
 class KmsgHeader:
     """The numbers before the `;` of a record."""

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from agent.model import LogLine
-from agent.sources.kmsg import unescape
 
 KERNEL_TAG = "kernel"
 USER_FACILITY = 1
@@ -56,6 +55,7 @@ _STAMP = (
     r"|[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \d{4})\] ?"
 )
 _BRACKET = re.compile(_STAMP)
+_FAST_STAMP = re.compile(r"\[(?=[ 0-9.]{0,22}\]) *([0-9]+)\.([0-9]+)\] ?")
 _RAWPRIO = re.compile(r"<(?P<prio>\d{1,4})>(?:" + _STAMP + ")?")
 _XPREFIX = re.compile(
     r"(?P<fac>[a-z0-9]+) *:(?P<lvl>[a-z]+) *: ?(?:" + _STAMP + ")?"
@@ -66,6 +66,19 @@ _ISO = re.compile(
 )
 _BSD = re.compile(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)? ")
 _HOST_TAG = re.compile(r"(?P<host>\S+) (?P<tag>[^\s:\[]+)(?:\[(?P<pid>\d+)\])?: ?")
+_ESCAPE = re.compile(rb"\\x([0-9a-fA-F]{2})")
+
+
+def unescape(raw: bytes) -> str:
+    """Decode the kernel's `\\xNN` escapes of a /dev/kmsg record, then UTF-8 (invalid
+    bytes become U+FFFD).
+
+    The kernel escapes control bytes, bytes >= 127 and the backslash itself, so a
+    multi-byte UTF-8 character arrives as several escapes and is rebuilt here.
+    """
+    if b"\\" in raw:
+        raw = _ESCAPE.sub(lambda m: bytes((int(m.group(1), 16),)), raw)
+    return raw.decode("utf-8", "replace")
 
 
 # LogLine is a frozen dataclass: its __init__ sets each of its nine fields through
@@ -112,15 +125,14 @@ def parse_line(raw: str, *, source: str = "kmsg", t: float = 0.0) -> LogLine:
 
 # --------------------------------------------------------------------------- formats
 def _dmesg(line: str, source: str, t: float) -> LogLine:
-    # Fast path without a regex for the commonest input, "[  123.456789] text".
-    end = line.find("]", 1, 24)
-    if end > 0:
-        sec, dot, frac = line[1:end].lstrip(" ").partition(".")
-        if dot and sec.isdigit() and frac.isdigit() and sec.isascii() and frac.isascii():
-            text = line[end + 2 :] if line[end + 1 : end + 2] == " " else line[end + 1 :]
-            out = _plain(text, source, t)
-            out.__dict__["monotonic_usec"] = int(sec) * 1_000_000 + int((frac + "000000")[:6])
-            return out
+    # One regex for the commonest input, "[  123.456789] text" (the "]" among the first
+    # 24 characters, ASCII digits only)
+    fast = _FAST_STAMP.match(line)
+    if fast is not None:
+        sec, frac = fast.groups()
+        out = _plain(line[fast.end() :], source, t)
+        out.__dict__["monotonic_usec"] = int(sec) * 1_000_000 + int((frac + "000000")[:6])
+        return out
     m = _BRACKET.match(line)
     if m is None:
         return _plain(line, source, t)
@@ -231,3 +243,8 @@ _FIRST_CHAR: dict[str, _Parser] = {
     **dict.fromkeys(_MONTH_INITIALS, _maybe_bsd),
     **dict.fromkeys(_FAC_INITIALS, _maybe_xprefix),
 }
+
+
+def may_have_prefix(first: str) -> bool:
+    """Whether a line starting with `first` may carry a prefix (else it is plain text)."""
+    return first in _FIRST_CHAR

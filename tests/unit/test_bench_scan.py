@@ -33,7 +33,7 @@ def test_bench_scan_cli_prints_every_figure() -> None:
     )
     assert out.returncode == 0, out.stderr
     for row in ("start-up, warm cache", "start-up, cold cache", "end to end, json",
-                "end to end, text"):
+                "end to end, text", "end to end, json, unique"):
         assert f"  {row} " in out.stdout, out.stdout
-    assert out.stdout.count("x a decoding per-line read") == 2
+    assert out.stdout.count("x a decoding per-line read") == 3
     assert "budget <= 15x" in out.stdout and "budget <= 3x" in out.stdout

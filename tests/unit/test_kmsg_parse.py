@@ -22,8 +22,8 @@ from agent.sources.kmsg import (
     load_position,
     parse_record,
     save_position,
-    unescape,
 )
+from agent.sources.lineformat import unescape
 
 
 # --------------------------------------------------------------------------- parse_record

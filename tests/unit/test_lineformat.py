@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import pytest
 
 from agent.model import LogLine
+from agent.sources import lineformat
 from agent.sources.lineformat import parse_line
 
 
@@ -125,3 +127,27 @@ def test_source_is_passed_through() -> None:
                                  "1,2,3,", "2021-10-20T", "x" * 100_000])
 def test_garbage_never_raises(raw: str) -> None:
     assert parse_line(raw).text == raw
+
+
+def _stamp_by_hand(line: str) -> tuple[str, int] | None:
+    """The fast dmesg stamp read step by step (the code before the regex): the first "]"
+    among the first 24 characters, spaces, ASCII digits, ".", ASCII digits."""
+    end = line.find("]", 1, 24)
+    if end > 0:
+        sec, dot, frac = line[1:end].lstrip(" ").partition(".")
+        if dot and sec.isdigit() and frac.isdigit() and sec.isascii() and frac.isascii():
+            text = line[end + 2 :] if line[end + 1 : end + 2] == " " else line[end + 1 :]
+            return text, int(sec) * 1_000_000 + int((frac + "000000")[:6])
+    return None
+
+
+def test_the_fast_stamp_reads_what_the_plain_reading_reads() -> None:
+    rng = random.Random(5)
+    alphabet = " 0123456789.]][a\u0661x"
+    for _ in range(20000):
+        line = "[" + "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
+        want = _stamp_by_hand(line)
+        assert (lineformat._FAST_STAMP.match(line) is None) == (want is None), line
+        if want is not None:
+            got = parse_line(line)
+            assert (got.text, got.monotonic_usec) == want, line

@@ -138,3 +138,15 @@ def test_every_example_holds_one_of_its_literals(sig_id: str) -> None:
     sig = builtin().by_id(sig_id)
     for ex in sig.examples:
         assert any(lit in ex.line for lit in sig.literals), (sig.literals, ex.line)
+
+
+def test_the_kernel_confirm_gives_what_confirm_gives() -> None:
+    matcher = Matcher(builtin())
+    kernel = matcher.kernel_indices
+    lines = [ex.line for s in builtin().signatures for ex in s.examples] + list(BENIGN)
+    lines.append("x" * 5000 + " nfs: server a not responding")  # windowed
+    for raw in lines:
+        line = LogLine(source="kmsg", text=message_of("kmsg", raw)[1], t=0.0)
+        for cands in (set(kernel), set(sorted(kernel)[:1]), set()):
+            assert ([vars(m) for m in matcher.confirm_kernel(line, cands)]
+                    == [vars(m) for m in matcher.confirm(line, cands)])

@@ -16,7 +16,6 @@ every time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from typing import Any
 
 from re2 import _re2
 
-from agent.detect.dbcache import DatabaseCache
+from agent.detect.dbcache import DatabaseCache, digest
 from agent.detect.linear import LinearRegex
 from agent.detect.prefilter import pattern_of
 from agent.detect.signature import Example, Signature
@@ -43,7 +42,7 @@ _FIELDS = ("id", "problem", "regex", "source", "severity", "description", "refer
 def code_digest(root: Path = _AGENT) -> str | None:
     """The digest of the catalog code's sources; None when they cannot be read (then
     nothing is cached)."""
-    h = hashlib.sha256()
+    h = digest()
     try:
         for part in CODE:
             path = root / part
@@ -65,7 +64,7 @@ def catalog_key(files: Sequence[tuple[str, bytes]], code: str) -> bytes:
     return json.dumps({
         "what": "signature catalog", "format": FORMAT, "code": code,
         "python": list(sys.version_info[:3]), "re2": re2_build,
-        "files": [[name, hashlib.sha256(data).hexdigest()] for name, data in files],
+        "files": [[name, digest(data).hexdigest()] for name, data in files],
     }, sort_keys=True).encode()
 
 

@@ -25,13 +25,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
+
+try:  # BLAKE2 built into CPython: hashlib would load OpenSSL's libcrypto (3.4 MiB of RSS
+    from _blake2 import blake2b  # for the daemon's life) to give the same digest kind
+except ImportError:  # pragma: no cover (a Python built without it)
+    from hashlib import blake2b
 
 CACHE_ENV = "NODEWARDEN_CACHE"
 OFF_VALUES = frozenset({"off", "0", "no", "false", "none"})
@@ -109,7 +114,7 @@ class DatabaseCache:
 
     @staticmethod
     def _name(key: bytes) -> str:
-        return hashlib.sha256(key).hexdigest() + _SUFFIX
+        return digest(key).hexdigest() + _SUFFIX
 
     def load(self, key: bytes) -> bytes | None:
         """The payload stored under `key`, or None (missing, unsafe, changed, corrupt)."""
@@ -153,7 +158,7 @@ def _skip(what: str, path: Path, exc: OSError) -> None:
 
 def pack(key: bytes, payload: bytes) -> bytes:
     """An entry: magic, the key's digest, the payload's digest, the payload."""
-    return (MAGIC + hashlib.sha256(key).digest() + hashlib.sha256(payload).digest()
+    return (MAGIC + digest(key).digest() + digest(payload).digest()
             + payload)
 
 
@@ -162,10 +167,10 @@ def unpack(blob: bytes, key: bytes) -> bytes | None:
     head = len(MAGIC)
     if not blob.startswith(MAGIC) or len(blob) < head + 2 * _DIGEST:
         return None
-    if blob[head:head + _DIGEST] != hashlib.sha256(key).digest():
+    if blob[head:head + _DIGEST] != digest(key).digest():
         return None
     payload = blob[head + 2 * _DIGEST:]
-    if blob[head + _DIGEST:head + 2 * _DIGEST] != hashlib.sha256(payload).digest():
+    if blob[head + _DIGEST:head + 2 * _DIGEST] != digest(payload).digest():
         return None
     return payload
 
@@ -234,3 +239,14 @@ def default_cache(environ: Mapping[str, str] | None = None,
     xdg = env.get("XDG_CACHE_HOME", "")
     base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".cache"
     return DatabaseCache(base / "nodewarden")
+
+
+class Digest(Protocol):
+    def update(self, data: bytes, /) -> None: ...
+    def digest(self) -> bytes: ...
+    def hexdigest(self) -> str: ...
+
+
+def digest(data: bytes = b"") -> Digest:
+    """A 32-byte BLAKE2b of `data`, to update further or read."""
+    return blake2b(data, digest_size=_DIGEST)

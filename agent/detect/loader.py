@@ -17,7 +17,6 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Sequence
-from importlib import resources
 from pathlib import Path
 
 # re's own parser (the sre_parse module of old, deprecated under that name): no type stubs
@@ -230,7 +229,9 @@ def parse_signature_file(
 
 
 def _builtin_files() -> Iterator[tuple[str, bytes]]:
-    folder = resources.files("agent").joinpath("signatures")
+    # the package's own folder, not importlib.resources (it imports tempfile, zipfile and
+    # their kin, ~2 MiB of RSS the daemon would carry): the agent runs from files
+    folder = Path(__file__).resolve().parent.parent / "signatures"
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".toml"):
             yield f"agent/signatures/{entry.name}", entry.read_bytes()

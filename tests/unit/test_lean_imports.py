@@ -19,6 +19,9 @@ NOT_AT_START = {
     "asyncio": "nothing here is async",
     "paramiko": "the reporter (issue 9) imports it lazily",
     "http.client": "only an HTTP probe needs it",
+    "hashlib": "it loads OpenSSL (3.4 MiB): the caches digest with the built-in BLAKE2",
+    "tempfile": "importlib.resources and its kin: the built-in files are read by path",
+    "zipfile": "importlib.resources and its kin: the built-in files are read by path",
 }
 
 START = """

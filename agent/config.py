@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, Catalog, check_examples, load_catalog
+from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, Catalog, load_catalog
 from agent.detect.rules import Rule, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
 from agent.policy.ladder import Ladder, parse_policy
@@ -227,7 +227,7 @@ def load_config(
     `check` reports everything at once."""
     config, errors = read_config(explicit, overlay=overlay, overlay_label=overlay_label)
     catalog, catalog_errors = load_catalog(signatures_dir or config.agent.signatures_dir)
-    errors = [*errors, *catalog_errors, *check_examples(catalog)]
+    errors = [*errors, *catalog_errors]  # examples: checked by the loader, per signature
     errors += [ConfigError(f"remediations/{module_name(action)}.py", action, reason)
                for action, reason in broken_modules()]
     if errors:

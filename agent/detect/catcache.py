@@ -30,7 +30,7 @@ from agent.detect.prefilter import pattern_of
 from agent.detect.signature import Example, Signature
 
 #: bump when what is stored changes
-FORMAT = 1
+FORMAT = 2  # 2: the regexes' group names, so they compile on first use
 _AGENT = Path(__file__).resolve().parents[1]
 #: the code a catalog's reading depends on (folders: every module in them)
 CODE = ("detect", "sources", "schema.py", "model.py")
@@ -72,6 +72,8 @@ def _record(sig: Signature) -> dict[str, Any]:
     out = {name: getattr(sig, name) for name in _FIELDS}
     out["prefilter"] = pattern_of(sig)
     out["examples"] = [[ex.line, ex.subject] for ex in sig.examples]
+    out["groups"] = [sorted(sig.compiled.group_names) if sig.compiled else None,
+                     sorted(sig.compiled_program.group_names) if sig.compiled_program else None]
     return out
 
 
@@ -84,8 +86,17 @@ def _signature(rec: dict[str, Any]) -> Signature:
         raise TypeError("not a list of strings")
     examples = tuple(Example(line, subject) for line, subject in rec["examples"])
     program = fields["program"]
-    return Signature(**fields, examples=examples, compiled=LinearRegex(fields["regex"]),
-                     compiled_program=None if program is None else LinearRegex(program))
+    groups, program_groups = rec["groups"]
+    return Signature(**fields, examples=examples,
+                     compiled=LinearRegex(fields["regex"], lazy=_names(groups)),
+                     compiled_program=None if program is None
+                     else LinearRegex(program, lazy=_names(program_groups)))
+
+
+def _names(value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError("group names: not a list of strings")
+    return frozenset(value)
 
 
 def load(cache: DatabaseCache, key: bytes) -> list[Signature] | None:

@@ -35,28 +35,50 @@ def encode(text: str) -> bytes:
 
 
 class LinearRegex:
-    """One compiled pattern; ValueError with RE2's reason when it cannot be compiled."""
+    """One compiled pattern; ValueError with RE2's reason when it cannot be compiled.
 
-    __slots__ = ("_groups", "_re", "group_names", "pattern")
+    `lazy=` the pattern's group names (a pattern already known to compile: the catalog
+    cache keeps only catalogs read without error, keyed by the RE2 build) compiles it on
+    first use: the daemon carries RE2 programs only for the signatures its lines ever
+    reach (each ~25 KiB, and more once matched)."""
 
-    def __init__(self, pattern: str) -> None:
+    __slots__ = ("_group_names", "_groups", "_re", "pattern")
+
+    def __init__(self, pattern: str, *, lazy: frozenset[str] | None = None) -> None:
+        self.pattern = pattern
+        self._re: _re2.RE2 | None = None
+        self._groups: tuple[tuple[str, int], ...] = ()
+        self._group_names: frozenset[str] = lazy or frozenset()
+        if lazy is None:
+            self._compile()
+
+    def _compile(self) -> _re2.RE2:
         options = re2.Options()
         options.max_mem = MAX_MEM
         options.log_errors = False
-        compiled = _re2.RE2(pattern.encode("utf-8"), options)
+        compiled = _re2.RE2(self.pattern.encode("utf-8"), options)
         if not compiled.ok():
             raise ValueError(f"RE2 cannot compile it: {compiled.error()}")
-        self.pattern = pattern
-        self._re = compiled
         self._groups = tuple((name.decode("utf-8"), index)
                              for name, index in compiled.NamedCapturingGroups())
-        self.group_names = frozenset(name for name, _ in self._groups)
+        self._group_names = frozenset(name for name, _ in self._groups)
+        self._re = compiled
+        return compiled
+
+    @property
+    def group_names(self) -> frozenset[str]:
+        return self._group_names
+
+    @property
+    def compiled(self) -> bool:
+        """Whether RE2 holds a program for it yet (lazy ones compile on first use)."""
+        return self._re is not None
 
     def match(self, data: bytes) -> Mapping[str, str] | None:
         """Named groups of a match at the start of `data` (None: no match): the caller's
         to keep (a new dict, or a read-only empty mapping). Runs on every candidate line
         of a scan, so it is kept to the fewest Python steps."""
-        spans = self._re.Match(_START, data, 0, len(data))
+        spans = (self._re or self._compile()).Match(_START, data, 0, len(data))
         if spans[0][0] < 0:
             return None
         if not self._groups:
@@ -69,7 +91,8 @@ class LinearRegex:
         return out
 
     def fullmatch(self, data: bytes) -> bool:
-        return bool(self._re.Match(_BOTH, data, 0, len(data))[0] != _NONE)
+        compiled = self._re or self._compile()
+        return bool(compiled.Match(_BOTH, data, 0, len(data))[0] != _NONE)
 
     def __repr__(self) -> str:
         return f"LinearRegex({self.pattern!r})"

@@ -77,6 +77,26 @@ def test_a_second_load_takes_the_same_catalog_from_the_cache(
         assert [b.extract(ex.line) for ex in b.examples] == [ex.subject for ex in b.examples]
 
 
+def test_signatures_from_the_cache_compile_on_first_use(
+        cache: DatabaseCache, user_dir: Path) -> None:
+    """The daemon carries RE2 programs only for the signatures its lines reach: from the
+    cache, a signature knows its group names without compiling, and compiles when it
+    first matches, to the same groups."""
+    first, _ = load_catalog(user_dir, databases=(), cache=cache)
+    second, _ = load_catalog(user_dir, databases=(), cache=cache)
+    assert all(s.compiled is not None and not s.compiled.compiled for s in second.signatures)
+    for a, b in zip(first.signatures, second.signatures, strict=True):
+        assert b.compiled is not None and a.compiled is not None
+        assert b.compiled.group_names == a.compiled.group_names
+        assert b.subject_is_group == a.subject_is_group
+    used = second.signatures[0]
+    assert used.compiled is not None
+    assert [used.extract(ex.line) for ex in used.examples] == [
+        ex.subject for ex in used.examples]
+    assert used.compiled.compiled
+    assert sum(s.compiled.compiled for s in second.signatures if s.compiled) == 1
+
+
 def test_a_changed_file_is_read_again(cache: DatabaseCache, user_dir: Path,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     load_catalog(user_dir, databases=(), cache=cache)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -56,7 +56,7 @@ def write_intent(
     intent_id: str | None = None,
 ) -> Intent:
     """Record (durably, before acting) that `action` is about to happen."""
-    iid = intent_id or f"{int(now)}-{uuid.uuid4().hex[:8]}"
+    iid = intent_id or f"{int(now)}-{os.urandom(4).hex()}"  # uuid would import platform
     return save(state_dir, Intent(iid, action, subject, reason, now, boot_id))
 
 

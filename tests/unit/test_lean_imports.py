@@ -22,6 +22,7 @@ NOT_AT_START = {
     "hashlib": "it loads OpenSSL (3.4 MiB): the caches digest with the built-in BLAKE2",
     "tempfile": "importlib.resources and its kin: the built-in files are read by path",
     "zipfile": "importlib.resources and its kin: the built-in files are read by path",
+    "uuid": "it imports platform: an intent id is 4 random bytes",
 }
 
 START = """

@@ -153,7 +153,8 @@ def test_a_catastrophic_user_regex_cannot_hang_check_or_scan(
     (sigs / "local.toml").write_text(CATASTROPHIC)
     path = tmp_path / "agent.toml"
     path.write_text(f'[agent]\nsignatures_dir = "{sigs}"\nstate_dir = "{tmp_path}/s"\n')
-    env = {"NODEWARDEN_MATCHER": engine, "PATH": "/usr/bin:/bin"}
+    env = {"NODEWARDEN_MATCHER": engine, "PATH": "/usr/bin:/bin",
+           "NODEWARDEN_CACHE": os.environ.get("NODEWARDEN_CACHE", "off")}
     r = subprocess.run([sys.executable, "-m", "agent", "check", "--config", str(path)],
                        capture_output=True, text=True, cwd=ROOT, timeout=300, check=False,
                        env=env)

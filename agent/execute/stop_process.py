@@ -41,8 +41,9 @@ GONE = ("zombie", "dead")
 class ProcInfo:
     pid: int
     ppid: int
-    #: psutil's name: the kernel's comm (15 characters), or a longer name it takes from
-    #: the command line when comm is cut short (a configured name never matches that one)
+    #: the kernel's comm (/proc/PID/comm, at most 15 characters), not psutil's name():
+    #: for a 15-character comm that one is taken from the command line, so a process
+    #: named exactly as asked would be missed
     comm: str
     #: psutil's status ("running", "sleeping", "disk-sleep", "zombie"...)
     state: str
@@ -70,10 +71,11 @@ def unit_of(cgroup_text: str) -> str | None:
     return None
 
 
-def _cgroup(pid: int) -> str:
-    """/proc/PID/cgroup (psutil has no reader for it); empty when it cannot be read."""
+def _proc_text(pid: int, name: str) -> str:
+    """/proc/PID/NAME (psutil has no reader for the cgroup or the raw comm); empty when
+    it cannot be read."""
     try:
-        return (PROC / str(pid) / "cgroup").read_text()
+        return (PROC / str(pid) / name).read_text()
     except OSError:
         return ""
 
@@ -83,13 +85,14 @@ def _info(process: psutil.Process) -> ProcInfo | None:
 
     try:
         with process.oneshot():
-            name, ppid = process.name(), process.ppid()
-            state, created = process.status(), process.create_time()
+            ppid, state, created = process.ppid(), process.status(), process.create_time()
     except psutil.ZombieProcess:
         return ProcInfo(process.pid, 0, "", psutil.STATUS_ZOMBIE, None)
     except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    return ProcInfo(process.pid, ppid, name, state, unit_of(_cgroup(process.pid)), created)
+    comm = _proc_text(process.pid, "comm").removesuffix("\n")
+    return ProcInfo(process.pid, ppid, comm, state, unit_of(_proc_text(process.pid, "cgroup")),
+                    created)
 
 
 def read_process(pid: int) -> ProcInfo | None:

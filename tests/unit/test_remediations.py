@@ -429,6 +429,22 @@ def test_stop_process_preconditions_read_the_real_processes(tmp_path: Path) -> N
         dead.wait()
 
 
+def test_a_process_is_found_by_its_kernel_comm_when_its_name_was_cut(tmp_path: Path) -> None:
+    """A 15-character comm (TASK_COMM_LEN cut a longer name) is the name asked for;
+    psutil's name() would answer the command line's longer one and miss it."""
+    exe = tmp_path / "nwprovisioning-script"
+    shutil.copy("/bin/sleep", exe)
+    proc = subprocess.Popen([exe, "600"])
+    try:
+        found = stop_process.find_by_name("nwprovisioning-")
+        assert [i.pid for i in found] == [proc.pid]
+        assert psutil.Process(proc.pid).name() != "nwprovisioning-"  # why comm is read
+        assert StopProcess().preconditions("nwprovisioning-", {}, ctx()) == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_a_process_of_a_protected_unit_is_refused() -> None:
     info = stop_process.ProcInfo(300, 1, "sshd", "sleeping", "ssh.service")
     assert stop_process.refusal(info, (), ("ssh.service",)) == (

@@ -54,6 +54,12 @@ class Decision:
     plan: Plan
     execute: bool
 
+    def failed(self, outcome: Outcome) -> bool:
+        """Meant to run and did not succeed: a step failed, or it never ran at all (the
+        worker was full, or the same plan still running). A page that failed either way
+        has not gone out."""
+        return self.execute and not outcome.ok
+
 
 class Pipeline(Protocol):
     def observe(self, obs: Observation) -> Sequence[Event]: ...

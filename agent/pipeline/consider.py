@@ -172,7 +172,7 @@ class Decider:
         if lease is not None and not keep:
             self._release(lease)
         events = [outcome_event(decision, outcome, now)]
-        if decision.plan.action == "page" and outcome.executed and not outcome.ok:
+        if decision.plan.action == "page" and decision.failed(outcome):
             fold = self.chain.fold
             if fold is not None:
                 fold.failed(decision.proposal)

@@ -237,12 +237,13 @@ class DecisionPipeline:
     # ------------------------------------------------------------------ complete
     def complete(self, decision: Decision, outcome: Outcome) -> Sequence[Event]:
         now = self.clock.now()
+        page_lost = decision.plan.action == "page" and decision.failed(outcome)
         if outcome.executed:
             self.policy.record(decision.proposal, now, "executed" if outcome.ok else "failed")
-        else:
-            self.policy.record(decision.proposal, now, "planned")
+        else:  # a page that never ran is retried like one that failed
+            self.policy.record(decision.proposal, now, "failed" if page_lost else "planned")
         events = self.decider.finish(decision, outcome, now)
-        if decision.plan.action == "page" and outcome.executed and not outcome.ok:
+        if page_lost:
             # a page that did not go out is tried again: the ladder retries its page rung
             # after retry_s, a guard's page on its next deny
             self._paged.discard((decision.proposal.problem, decision.proposal.finding_subject))

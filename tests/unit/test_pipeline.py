@@ -473,3 +473,31 @@ def test_a_page_that_did_not_go_out_is_tried_again(tmp_path: Path) -> None:
     assert any("FAILED" in e.fields["text"] and "tried again" in e.fields["text"]
                for e in of(events, "note"))
     assert not of(events, "verdict", guard="fold", allow=False)  # nothing folds into it
+
+
+def test_a_page_the_worker_never_ran_is_tried_again(tmp_path: Path) -> None:
+    """Review: a page the daemon's worker refused (full, or the same page still running)
+    comes back as not executed; it has not gone out, so it is tried again like a failed
+    one, and nothing folds into it meanwhile."""
+    p, clock, _ = make(tmp_path, {"agent": {"mode": "enforce"}, "actions": {"page": {
+        "command": ["/usr/local/bin/page-oncall", "{subject}"]}}})
+    p.observe(kline("md/raid1:md0: Disk failure on sdb1, disabling device.", clock.now()))
+    events: list[Event] = []
+    refused = False
+    for _ in range(400):
+        got, decisions = p.decide(clock.now())
+        events += got
+        for d in decisions:
+            if d.plan.action == "page" and not refused:
+                refused = True  # what daemon/execution.py answers when the worker is full
+                outcome = Outcome(d.plan.action, d.plan.subject, ok=False, executed=False,
+                                  detail="not run: the worker is busy")
+            else:
+                outcome = Executor(OkRunner(), clock).run(d.plan)
+            events += p.complete(d, outcome)
+        clock.advance(1)
+    outcomes = of(events, "outcome", action="page")
+    assert [(e.fields["ok"], e.fields["executed"]) for e in outcomes] == [
+        (False, False), (True, True)]
+    assert outcomes[1].t - outcomes[0].t == pytest.approx(300)  # the ladder's retry_s
+    assert not of(events, "verdict", guard="fold", allow=False)

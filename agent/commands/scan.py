@@ -92,11 +92,6 @@ def _shown(text: str) -> str:
     return text if text.isprintable() else printable(text)
 
 
-def render(hit: ScanHit, as_json: bool) -> str:
-    """One hit's output line (a Renderer made for one line: scan keeps one for all)."""
-    return Renderer(as_json)(hit)
-
-
 def _scan(stream: BinaryIO, matcher: Matcher, as_json: bool) -> ScanStats:
     stats = ScanStats()
     out = sys.stdout

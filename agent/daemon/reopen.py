@@ -62,6 +62,3 @@ class Reopen:
     def due(self, now: float) -> bool:
         return self.next_at is not None and now >= self.next_at
 
-    def succeeded(self) -> None:
-        self._state = None
-        self.next_at = None

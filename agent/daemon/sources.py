@@ -228,10 +228,6 @@ class Sources:
         return out
 
     # ------------------------------------------------------------------ end
-    def save(self) -> None:
-        if self.kmsg is not None:
-            self.kmsg.save()
-
     def close(self) -> None:
         if self.kmsg is not None:
             self.kmsg.close(save=True)

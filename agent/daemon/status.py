@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from agent.daemon.overview import Seen
 from agent.daemon.watchdog import Notifier, status_message
 from agent.pipeline.api import Decision, Event
+from agent.report.text import printable
 
 if TYPE_CHECKING:
     from agent.daemon.sources import Sources
@@ -84,5 +85,5 @@ class CycleStatus:
         if text != self._last and ready:
             self.notifier.notify(status_message(text))
             if not text.startswith("no action") or not self._last.startswith("no action"):
-                log.info("%s", text)
+                log.info("%s", printable(text))  # subjects and reasons are others' text
         self._last = text

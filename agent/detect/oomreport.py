@@ -15,7 +15,7 @@ dump_oom_summary / dump_oom_victim, kernel/cgroup/cpuset.c, mm/memcontrol.c
 mem_cgroup_print_oom_context), so a separator inside a name (a comma in a cgroup, a cpuset
 or a task name) makes the report ambiguous rather than splitting it differently; and a
 summary long enough to have been cut by the kernel's record size is ambiguous too
-(MAX_SUMMARY_CHARS: the kernel prints it in pieces, and a full record ends early). The kill
+(MAX_SUMMARY_BYTES: the kernel prints it in pieces, and a full record ends early). The kill
 line must name the same pid, within REPORT_WINDOW_S of the summary. Only then, and only
 for a task in a `.service` directly under `/system.slice/` (or a sub-slice of it:
 `system-getty.slice/getty@tty1.service`) — a unit root started — is the finding
@@ -56,7 +56,8 @@ MAX_PENDING = 64
 #: name of its own can make a record end in text it chose (`...,task_memcg=/system.slice/
 #: dovecot.service,task=x,pid=N,uid=0`). A genuine summary with unit paths is a few
 #: hundred characters; one this long is ambiguous.
-MAX_SUMMARY_CHARS = 768
+#: in bytes, as the kernel counts its record (a character of a name may be 4 of them)
+MAX_SUMMARY_BYTES = 768
 
 _LIST = r"(?:\(null\)|[0-9,-]*)"
 _SUMMARY = re.compile(
@@ -83,8 +84,8 @@ class Summary:
 
 def parse_summary(text: str) -> Summary | None:
     """The summary line of an OOM report, when it has exactly the kernel's format and is
-    short enough that the kernel cannot have split it (MAX_SUMMARY_CHARS)."""
-    if len(text) >= MAX_SUMMARY_CHARS:
+    short enough that the kernel cannot have split it (MAX_SUMMARY_BYTES)."""
+    if len(text.encode("utf-8", "surrogatepass")) >= MAX_SUMMARY_BYTES:
         return None
     m = _SUMMARY.fullmatch(text)
     if m is None:

@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--refuse-pid", type=int, action="append", default=[])
     parser.add_argument("--protect", action="append", default=[])
     args = parser.parse_args(argv)
-    found = targets(args.pid, args.name)
+    # this helper is never its own target (`--name python3` would find it)
+    found = [i for i in targets(args.pid, args.name) if i.pid != os.getpid()]
     label = f"pid {args.pid}" if args.pid is not None else f"name {args.name!r}"
     if args.cmd == "gone":
         if found:

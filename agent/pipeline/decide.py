@@ -45,7 +45,6 @@ from agent.detect.findings import Detectors
 from agent.detect.matcher import Matcher
 from agent.detect.oomreport import OomReports
 from agent.detect.rules import ProbeRule
-from agent.detect.template import render
 from agent.guards import LeaseClient, NoCoordinator
 from agent.model import (
     DeviceEvent,
@@ -67,7 +66,7 @@ from agent.pipeline.events import (
 from agent.policy.engine import Policy
 from agent.report.status_file import StatusFile
 from agent.state import SafetyState
-from remediations import InvalidParams, UnknownAction, build_plan, target_of
+from remediations import InvalidParams, UnknownAction, build_plan
 
 #: policy steps per decide() (a ladder longer than this climbs over several cycles)
 MAX_STEPS = 8
@@ -191,10 +190,7 @@ class DecisionPipeline:
             ladder = self.policy.ladders.get(f.problem)
             if not isinstance(rule, ProbeRule) or ladder is None:
                 continue
-            values = {"subject": f.subject, "problem": f.problem,
-                      "host": self.config.agent.hostname}
-            if any(target_of(r.action, render(r.subject, values), {}) == target
-                   for r in ladder.rungs):
+            if any(self.policy.rung_target(r, f)[2] == target for r in ladder.rungs):
                 return f"probe finding {f.problem} {f.subject} is firing"
         runner = self.contexts.base.runner
         if runner is None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal
@@ -295,11 +295,18 @@ class Policy:
         self.notes.append(f"{where}: propose {rung.action} {proposal.subject} ({why})")
         return proposal
 
-    def _proposal(self, rung: Rung, index: int, f: Finding, why: str) -> Proposal:
+    def rung_target(self, rung: Rung, f: Finding
+                    ) -> tuple[str, Mapping[str, str], str]:
+        """The subject, params and target `rung` has for finding `f` (the one rendering
+        of a rung, for proposals and for health checks alike)."""
         values = {"subject": f.subject, "problem": f.problem, "host": self.hostname}
-        remediation = load(rung.action)
         subject = render(rung.subject, values)
         params = MappingProxyType({k: render(v, values) for k, v in rung.params.items()})
+        return subject, params, target_of(rung.action, subject, params)
+
+    def _proposal(self, rung: Rung, index: int, f: Finding, why: str) -> Proposal:
+        remediation = load(rung.action)
+        subject, params, target = self.rung_target(rung, f)
         return Proposal(
             action=rung.action,
             subject=subject,
@@ -312,7 +319,7 @@ class Policy:
             trusted=f.trusted,
             finding_subject=f.subject,
             reason=why,
-            target=target_of(rung.action, subject, params),
+            target=target,
         )
 
     # ------------------------------------------------------------------ feedback

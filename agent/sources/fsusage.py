@@ -27,6 +27,7 @@ once-every-10-s statvfs).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -183,7 +184,9 @@ class FsUsage:
             self._closed = True
             for call in self._calls.values():
                 if call.pid is not None and not call.done.is_set():
-                    os.kill(call.pid, signal.SIGKILL)  # ours, not yet reaped: no reuse
+                    # ours and not yet reaped (_stat_in_child clears pid before reaping)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(call.pid, signal.SIGKILL)
 
     def _run(self, mount: str, call: _Call, in_child: bool) -> None:
         try:
@@ -224,7 +227,13 @@ class FsUsage:
             out = b""
             while chunk := os.read(read_fd, 4096):
                 out = (out + chunk)[-4096:]
-            _, status = os.waitpid(call.pid, 0)
+            pid = call.pid
+            # exited, not yet reaped: close() may still kill it (the PID is ours) until
+            # it is marked gone under the lock; only then is it reaped (the PID is free)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+            with self._lock:
+                call.pid = None
+            _, status = os.waitpid(pid, 0)
         finally:
             os.close(read_fd)
             if write_fd >= 0:

@@ -40,7 +40,6 @@ from agent.state.files import Loaded, StateError, read_json, write_json_atomic
 from agent.state.history import (
     DEFAULT_RETAIN_S,
     JOURNAL,
-    LOCK,
     Execution,
     Fix,
     Journal,
@@ -48,7 +47,6 @@ from agent.state.history import (
 
 HISTORY = JOURNAL
 HISTORY_FAULT = "history.fault.json"
-HISTORY_LOCK = LOCK
 APPROVALS = "approvals.json"
 MAINTENANCE = "maintenance.json"
 LADDERS = "ladders.json"

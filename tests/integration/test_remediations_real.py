@@ -404,3 +404,19 @@ def test_dry_run_and_execute_hand_the_runner_the_same_steps(
     real = Executor(SubprocessRunner(), SystemClock()).run(plan)
     assert real.executed and real.ok
     assert [s.argv for s in recording.steps] == [r.argv for r in real.results]
+
+
+
+@pytest.mark.realparts
+def test_the_stop_helper_never_finds_itself() -> None:
+    """Review: asked about its own interpreter's name, the helper found itself (`stop`
+    signalled itself mid-run, `gone` could never pass). This test's own process has the
+    same name, so `gone` lists it, and never the helper."""
+    comm = Path(f"/proc/{os.getpid()}/comm").read_text().strip()
+    helper = subprocess.Popen(
+        [sys.executable, "-m", "agent.execute.stop_process", "gone", "--name", comm],
+        cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, text=True)
+    out, _ = helper.communicate(timeout=60)
+    listed = out.split("still running:", 1)[1].replace(",", " ").split()
+    assert str(os.getpid()) in listed
+    assert str(helper.pid) not in listed

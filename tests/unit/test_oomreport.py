@@ -51,6 +51,10 @@ def test_the_summary_is_parsed_in_the_kernels_format(line: str, pid: str,
     "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
     "oom_memcg=/user.slice/user-1000.slice/user@1000.service/" + "p" * 800
     + "/a,task_memcg=/system.slice/dovecot.service,task=x,pid=5,uid=0",
+    # the same padding in 3-byte characters: 456 characters, but 976 bytes of record
+    "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,"
+    "oom_memcg=/user.slice/user-1000.slice/user@1000.service/" + "\u20ac" * 260
+    + ",task_memcg=/system.slice/dovecot.service,task=x,pid=5,uid=0",
 ])
 def test_a_summary_with_a_separator_inside_a_name_is_not_parsed(line: str) -> None:
     assert parse_summary(line) is None

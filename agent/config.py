@@ -133,8 +133,7 @@ def parse_config(
     if any("nested deeper" in e.reason for e in errors):
         return Config(), errors
     top = Section(raw, file, "", errors, asked)
-    default = Config()
-    logs = default.logs
+    logs: tuple[LogSourceSettings, ...] = DEFAULT_LOGS  # not Config().logs: it parses rules
     if top.has("logs"):
         logs = tuple(parse_log(n, s) for n, s in top.tables("logs"))
     agent = _parse_agent(top.table("agent"))

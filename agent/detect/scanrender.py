@@ -30,7 +30,7 @@ from typing import BinaryIO, Protocol
 from agent.detect.matcher import Matcher
 from agent.detect.scanner import ScanStats, line_matches, scan_blocks
 from agent.model import SignatureMatch
-from agent.sources.lineformat import may_have_prefix
+from agent.sources.lineformat import FAST_STAMP_PATTERN, may_have_prefix
 
 MEMO_ENTRIES = 4096
 MEMO_MESSAGE_BYTES = 1024
@@ -42,7 +42,7 @@ MEMO_PROBE_LINES = 256
 MEMO_REST_BLOCKS = 16
 #: `[  123.456789] `: lineformat's fast dmesg form (the `]` within the first 24 bytes),
 #: and the space after it
-_STAMP = re.compile(rb"\[(?=[ \d.]{0,22}\])[ ]*\d+\.\d+\] ?")
+_STAMP = re.compile(FAST_STAMP_PATTERN.encode("ascii"))
 
 
 class Rendering(Protocol):

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from importlib.machinery import PathFinder
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
-
-from re2 import _re2
 
 from agent.detect.dbcache import DatabaseCache, digest
 from agent.detect.linear import LinearRegex
@@ -56,16 +56,27 @@ def code_digest(root: Path = _AGENT) -> str | None:
 
 def catalog_key(files: Sequence[tuple[str, bytes]], code: str) -> bytes:
     """Everything a catalog's reading depends on, as bytes."""
-    try:
-        st = Path(_re2.__file__).stat()
-        re2_build = [_re2.__file__, st.st_size, st.st_mtime_ns]
-    except (OSError, TypeError):
-        re2_build = ["?"]
     return json.dumps({
         "what": "signature catalog", "format": FORMAT, "code": code,
-        "python": list(sys.version_info[:3]), "re2": re2_build,
+        "python": list(sys.version_info[:3]), "re2": re2_build(),
         "files": [[name, digest(data).hexdigest()] for name, data in files],
     }, sort_keys=True).encode()
+
+
+def re2_build() -> list[object]:
+    """RE2's extension file, its size and time, found without importing it (the daemon
+    loads RE2 only when a line needs confirming: agent/detect/linear.py)."""
+    try:
+        package = find_spec("re2")
+        where = package.submodule_search_locations if package else None
+        spec = PathFinder.find_spec("re2._re2", list(where)) if where else None
+        origin = spec.origin if spec else None
+        if origin is None:
+            return ["?"]
+        st = Path(origin).stat()
+    except (OSError, ImportError, ValueError):
+        return ["?"]
+    return [origin, st.st_size, st.st_mtime_ns]
 
 
 def _record(sig: Signature) -> dict[str, Any]:

@@ -21,14 +21,16 @@ engine call (scan, bench), and scan confirms each candidate with `confirm`.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
 from operator import itemgetter
 from typing import Any, Literal, Protocol
 
-from agent.detect import hsdb
+from agent.detect import hsblock, hsdb
 from agent.detect.dbcache import DatabaseCache, default_cache
+from agent.detect.hsblock import FoundInBlock
 from agent.detect.hsdb import ESCAPE, hyperscan_available
 from agent.detect.linear import LinearRegex, LiteralSearch, encode
+from agent.detect.linegroups import Grouped, Row, group_rows
 from agent.detect.matchtemplate import MatchTemplate
 from agent.detect.prefilter import pattern_of
 from agent.detect.signature import MAX_MATCH_CHARS, Catalog, Signature, match_window
@@ -46,6 +48,13 @@ class _Prefilter(Protocol):
     def block_hits(self, block: bytes) -> list[tuple[int, frozenset[int]]]:
         """(end offset (exclusive), signature indices) of possible matches in `block`."""
 
+    def scan_block(self, block: bytes) -> FoundInBlock:
+        """The engine's pass over `block` (it may run in a thread: agent/detect/
+        prefetch.py); what it found is mapped to lines by `candidates`."""
+
+    def releases_gil(self) -> bool:
+        """Whether `scan_block` lets other threads run Python meanwhile."""
+
 
 class _HyperscanPrefilter:
     """The hyperscan databases of the prefilter patterns (agent/detect/hsdb.py): the
@@ -60,6 +69,8 @@ class _HyperscanPrefilter:
         # the last id is the escape: a line holding one is a candidate for every signature
         self._single = [frozenset((i,)) for i in range(len(sigs))]
         self._single.append(frozenset(range(len(sigs))))
+        #: the C block scanner (agent/detect/hsblock.py), built on first use; False: none
+        self._block_scanner: hsblock.BlockScanner | Literal[False] | None = None
 
     def database(self, mode: str) -> Any:
         db = self._databases.get(mode)
@@ -87,6 +98,20 @@ class _HyperscanPrefilter:
 
         self.database(hsdb.BLOCK).scan(block, match_event_handler=on_match)
         return hits
+
+    def _scanner(self) -> hsblock.BlockScanner | Literal[False]:
+        if self._block_scanner is None:
+            self._block_scanner = hsblock.scanner(self.database(hsdb.BLOCK), self._single)
+        return self._block_scanner
+
+    def releases_gil(self) -> bool:
+        return bool(self._scanner())
+
+    def scan_block(self, block: bytes) -> FoundInBlock:
+        scanner = self._scanner()
+        if scanner:
+            return scanner.scan(block)
+        return MappedHits(block, self.block_hits(block))
 
 
 class _AhoCorasickPrefilter:
@@ -145,6 +170,12 @@ class _AhoCorasickPrefilter:
                         for last, idx in walk(block[start:end].decode("latin-1")))
             pos = end + 1
         return hits
+
+    def releases_gil(self) -> bool:
+        return False
+
+    def scan_block(self, block: bytes) -> FoundInBlock:
+        return MappedHits(block, self.block_hits(block))
 
 
 def _compiled(sig: Signature) -> LinearRegex:
@@ -276,9 +307,44 @@ class Matcher:
         record's escaped byte: its text is unescaped) is a candidate for every signature.
         `spans`, when given, gets each candidate line's (start, end) offsets in `block`.
         """
+        return self.scan_block(block).candidates(spans)
+
+    def block_pass_releases_gil(self) -> bool:
+        """Whether `scan_block`'s engine pass runs without the GIL (the C scanner): only
+        then is it worth running in a thread beside the caller's Python."""
+        return self._prefilter is not None and self._prefilter.releases_gil()
+
+    def scan_block(self, block: bytes) -> FoundInBlock:
+        """`candidates` in two steps: the engine's pass (safe to run in another thread
+        while this one confirms, one block at a time), then `.candidates(spans)`."""
         if self._prefilter is None or not block:
-            return {}
-        hits = self._prefilter.block_hits(block)
+            return MappedHits(block, [])
+        return self._prefilter.scan_block(block)
+
+
+class MappedHits:
+    """An engine's (end offset, signature indices) hits in a block, mapped to its lines
+    in Python (the C scanner does the same in C: agent/detect/hsblock.py)."""
+
+    def __init__(self, block: bytes, hits: list[tuple[int, frozenset[int]]]) -> None:
+        self._block = block
+        self._hits = hits
+
+    @property
+    def newlines(self) -> int:
+        return self._block.count(b"\n")
+
+    def rows(self) -> list[Row]:
+        spans: dict[int, tuple[int, int]] = {}
+        found = self.candidates(spans)
+        return [(i, spans[i][0], -2, spans[i][1], cands) for i, cands in found.items()]
+
+    def grouped(self, limit: int, kernel: Set[int]) -> Grouped:
+        return group_rows(self._block, self.rows(), limit, kernel)
+
+    def candidates(self, spans: dict[int, tuple[int, int]] | None = None
+                   ) -> dict[int, set[int]]:
+        hits, block = self._hits, self._block
         if not hits:
             return {}
         hits.sort(key=itemgetter(0))

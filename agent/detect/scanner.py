@@ -16,11 +16,15 @@ prefix stripped) and, whole, as a line of every log source the catalog names
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Iterator
+import functools
+from collections.abc import Collection, Iterable, Iterator, Set
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
+from agent.detect.hsblock import FoundInBlock
+from agent.detect.linegroups import Grouped, Row, group_rows
 from agent.detect.matcher import Matcher
+from agent.detect.prefetch import in_turn, prefetched
 from agent.detect.signature import CUT_MARK, MAX_MATCH_CHARS, TAIL_CHARS
 from agent.model import LogLine, SignatureMatch
 from agent.sources.lineformat import parse_line
@@ -82,24 +86,25 @@ class LineBlocks:
         self._stats = stats
         self._max = max_line
         self._block = block_bytes
-        #: global 0-based numbers of lines that were cut at max_line
-        self.truncated_lines: set[int] = set()
+        #: indices (in the block last yielded) of its lines that were cut at max_line
+        self.cut: set[int] = set()
         #: the length of the longest line of the block last yielded
         self.longest = 0
-        #: how many lines the block last yielded by `lazy` holds
-        self.count = 0
+        #: how many lines the block last yielded by `lazy` holds (None: not counted)
+        self.count: int | None = 0
+        self._count_whole = True
 
-    def _cut(self, head: bytes, tail: bytes) -> bytes:
-        self.truncated_lines.add(self._stats.lines)
+    def _cut(self, head: bytes, tail: bytes, index: int = 0) -> bytes:
+        self.cut.add(index)
         self._stats.truncated += 1
         self._stats.lines += 1
         return head[: self._max - TAIL_BYTES - len(CUT_BYTES)] + CUT_BYTES + tail[-TAIL_BYTES:]
 
     def _cap(self, lines: list[bytes]) -> list[bytes]:
         out = []
-        for line in lines:
+        for i, line in enumerate(lines):
             if len(line) > self._max:
-                line = self._cut(line, line)
+                line = self._cut(line, line, i)
             else:
                 self._stats.lines += 1
             out.append(line)
@@ -110,18 +115,23 @@ class LineBlocks:
         for block, lines in self._iterate(lazy=False):
             yield block, lines if lines is not None else block.split(b"\n")
 
-    def lazy(self) -> Iterator[tuple[bytes, list[bytes] | None]]:
+    def lazy(self, *, count: bool = True) -> Iterator[tuple[bytes, list[bytes] | None]]:
         """As iterating, but a block of clean ASCII (no NUL) none of whose lines can be
         longer than MAX_MATCH_CHARS comes whole, with None for its lines (`longest` is then
-        0): it is not split, its lines are only counted."""
+        0): it is not split, its lines are only counted. `count=False` leaves them to the
+        caller (`count` is then None; scan's C scanner counts them off the main thread)."""
+        self._count_whole = count
         return self._iterate(lazy=True)
 
     def _complete(self, block: bytes, lazy: bool) -> tuple[bytes, list[bytes] | None]:
         """A block of complete lines, split and capped (or left whole: `lazy`)."""
         stats = self._stats
+        self.cut = set()
         if lazy and block.isascii() and b"\0" not in block and _short_lines(block):
-            self.count = block.count(b"\n") + 1
-            stats.lines += self.count
+            self.count = None
+            if self._count_whole:
+                self.count = block.count(b"\n") + 1
+                stats.lines += self.count
             self.longest = 0
             return block, None
         lines = block.split(b"\n")
@@ -149,6 +159,7 @@ class LineBlocks:
                 if nl < 0:
                     long_tail = (long_tail + data)[-TAIL_BYTES:]
                     continue
+                self.cut = set()
                 line = self._cut(long_head, long_tail + data[:nl])
                 long_head, long_tail = None, b""
                 self.longest = len(line)
@@ -164,6 +175,7 @@ class LineBlocks:
             if len(pending) > self._max:
                 long_head, long_tail = pending, pending[-TAIL_BYTES:]
                 pending = b""
+        self.cut = set()
         if long_head is not None:
             line = self._cut(long_head, long_tail)
             self.longest = len(line)
@@ -245,51 +257,91 @@ def _truncated(m: SignatureMatch) -> SignatureMatch:
 
 @dataclass
 class Block:
-    """One block of lines and what the prefilter says of them."""
+    """One block of lines and what the prefilter found in it."""
 
     #: the block's lines (without their `\\n`), or None when it was not split
     lines: list[bytes] | None
-    #: line index -> indices of the signatures that may match it
-    candidates: dict[int, set[int]]
+    #: the prefilter's pass over `block`
+    found: FoundInBlock
     #: the 0-based number (in the stream) of the block's first line
     first: int
-    #: 0-based numbers (in the stream) of lines cut at MAX_LINE_BYTES, so far
-    cut: set[int]
+    #: indices of its lines cut at MAX_LINE_BYTES
+    cut: frozenset[int]
     #: the lines joined by `\\n`
-    block: bytes = b""
-    #: line index -> (start, end) offsets in `block`, of every candidate line
-    spans: dict[int, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    block: bytes
+    #: every signature's index: a long line is a candidate for each
+    everything: frozenset[int] = frozenset()
 
-    def line(self, i: int) -> bytes:
-        """The block's line `i` (a candidate's, when the block was not split)."""
-        if self.lines is not None:
-            return self.lines[i]
-        start, end = self.spans[i]
-        return self.block[start:end]
+    @functools.cached_property
+    def rows(self) -> list[Row]:
+        """Every candidate line, in order."""
+        rows = self.found.rows()
+        if self.lines is not None and any(len(raw) > MAX_MATCH_CHARS for raw in self.lines):
+            rows = _with_long_lines(rows, self.lines, self.everything)
+        return rows
+
+    @property
+    def candidates(self) -> dict[int, Set[int]]:
+        """Line index -> indices of the signatures that may match it."""
+        return {row[0]: row[4] for row in self.rows}
+
+    def grouped(self, limit: int, kernel: Set[int]) -> Grouped:
+        """The candidate lines grouped by message (agent/detect/linegroups.py): in C for a
+        block that was not split, where the engine can."""
+        if self.lines is None:
+            return self.found.grouped(limit, kernel)
+        return group_rows(self.block, self.rows, limit, kernel)
 
 
 def scan_blocks(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[Block]:
-    """The stream's blocks with their candidates; oddities of non-candidate lines are
-    counted (a candidate's count when it is decoded: `decode`)."""
+    """The stream's blocks with what the prefilter found; oddities of non-candidate lines
+    are counted (a candidate's count when it is decoded: `decode`). The next block is read
+    and prefiltered (agent/detect/prefetch.py: in a thread, while the caller confirms
+    this one's candidates) before this one is yielded."""
     reader = LineBlocks(stream, stats)
     everything = matcher.all_indices
-    for block, lines in reader.lazy():
-        if lines is None:  # no long line, no oddity: candidates and where they are
-            spans: dict[int, tuple[int, int]] = {}
-            candidates = matcher.candidates(block, spans)
-            first = stats.lines - reader.count
-            yield Block(None, candidates, first, reader.truncated_lines, block, spans)
-            continue
-        first = stats.lines - len(lines)
-        candidates = matcher.candidates(block)
-        if reader.longest > MAX_MATCH_CHARS:
-            # a long line is matched on the head and tail of its message, which the
-            # prefilter has not seen as such: every signature is a candidate
-            for i, raw in enumerate(lines):
-                if len(raw) > MAX_MATCH_CHARS:
-                    candidates[i] = set(everything)
-        _count_oddities(block, lines, stats, candidates.keys())
-        yield Block(lines, candidates, first, reader.truncated_lines, block)
+
+    def read() -> Iterator[_Read]:
+        for block, lines in reader.lazy(count=False):
+            yield _Read(block, lines, frozenset(reader.cut))
+
+    first = 0
+    # ahead in a thread only when the engine's pass lets go of the GIL: the portable
+    # engine's would only contend with this thread's (bench/scan.py: 26% -> 18% of floor)
+    ahead = prefetched if matcher.block_pass_releases_gil() else in_turn
+    for r, found in ahead(read(), lambda r: matcher.scan_block(r.block)):
+        if r.lines is None:  # a whole block: the engine counted its lines
+            count = found.newlines + 1
+            stats.lines += count
+        else:
+            count = len(r.lines)
+        blk = Block(r.lines, found, first, r.cut, r.block, everything)
+        first += count
+        if r.lines is not None:
+            _count_oddities(r.block, r.lines, stats, {row[0] for row in blk.rows})
+        yield blk
+
+
+def _with_long_lines(rows: list[Row], lines: list[bytes], everything: frozenset[int]
+                     ) -> list[Row]:
+    """`rows` with every line over MAX_MATCH_CHARS a candidate for every signature: it is
+    matched on the head and tail of its message, which the prefilter has not seen as such."""
+    by_index = {row[0]: row for row in rows}
+    start = 0
+    for i, raw in enumerate(lines):
+        if len(raw) > MAX_MATCH_CHARS:
+            by_index[i] = (i, start, -2, start + len(raw), set(everything))
+        start += len(raw) + 1
+    return [by_index[i] for i in sorted(by_index)]
+
+
+class _Read(NamedTuple):
+    """A block as read: its bytes, its lines (None: not split), the indices of its lines
+    cut at MAX_LINE_BYTES."""
+
+    block: bytes
+    lines: list[bytes] | None
+    cut: frozenset[int]
 
 
 def count(matches: list[SignatureMatch], stats: ScanStats) -> None:
@@ -302,11 +354,12 @@ def count(matches: list[SignatureMatch], stats: ScanStats) -> None:
             stats.findings += 1
 
 
-def line_matches(blk: Block, i: int, matcher: Matcher,
+def line_matches(blk: Block, row: Row, matcher: Matcher,
                  stats: ScanStats) -> list[SignatureMatch]:
     """What a candidate line of a block matches (marked truncated when it was cut)."""
-    matches = match_raw_line(decode(blk.line(i), stats), matcher, blk.candidates[i])
-    if matches and blk.cut and blk.first + i in blk.cut:
+    i, start, _message, end, candidates = row
+    matches = match_raw_line(decode(blk.block[start:end], stats), matcher, candidates)
+    if matches and i in blk.cut:
         matches = [_truncated(m) for m in matches]
     return matches
 
@@ -314,8 +367,9 @@ def line_matches(blk: Block, i: int, matcher: Matcher,
 def scan_stream(stream: BinaryIO, matcher: Matcher, stats: ScanStats) -> Iterator[ScanHit]:
     """Every match in the stream, in line order; `stats` is filled in as it goes."""
     for blk in scan_blocks(stream, matcher, stats):
-        for i in sorted(blk.candidates):
-            matches = line_matches(blk, i, matcher, stats)
+        for row in blk.rows:
+            i = row[0]
+            matches = line_matches(blk, row, matcher, stats)
             if matches:
                 count(matches, stats)
                 for m in matches:

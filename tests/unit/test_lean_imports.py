@@ -23,6 +23,7 @@ NOT_AT_START = {
     "tempfile": "importlib.resources and its kin: the built-in files are read by path",
     "zipfile": "importlib.resources and its kin: the built-in files are read by path",
     "uuid": "it imports platform: an intent id is 4 random bytes",
+    "re2": "the cached catalog's regexes compile on a line's first confirm (1.9 MiB)",
 }
 
 START = """
@@ -51,8 +52,9 @@ print(json.dumps(sorted(sys.modules)))
 def test_the_daemon_starts_without_the_heavy_modules_it_does_not_use(tmp_path: Path) -> None:
     config = tmp_path / "agent.toml"
     config.write_text(f'[agent]\nstate_dir = "{tmp_path / "state"}"\n', encoding="utf-8")
-    out = subprocess.run([sys.executable, "-c", START, str(config)], cwd=REPO,
-                         capture_output=True, text=True, check=True, timeout=120)
+    for _start in ("the first fills the catalog cache", "the second is measured"):
+        out = subprocess.run([sys.executable, "-c", START, str(config)], cwd=REPO,
+                             capture_output=True, text=True, check=True, timeout=120)
     loaded = set(json.loads(out.stdout.splitlines()[-1]))
     assert {m: why for m, why in NOT_AT_START.items() if m in loaded} == {}
     assert "agent.daemon.loop" in loaded  # it did load the daemon: the check can fail

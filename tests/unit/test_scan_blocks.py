@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from agent.detect.linegroups import start_of
 from agent.detect.matcher import Matcher
 from agent.detect.scanner import LineBlocks, ScanStats, _short_lines, scan_blocks
 from agent.detect.signature import MAX_MATCH_CHARS
@@ -64,8 +65,9 @@ def test_a_whole_block_has_the_candidates_and_lines_of_a_split_one(
         whole += blk.lines is None
         lines = blk.block.split(b"\n")
         assert blk.candidates == matcher.candidates(blk.block) or blk.lines is not None
-        for i in blk.candidates:
-            assert blk.line(i) == lines[i]
+        for i, start, message, end, _cands in blk.rows:
+            assert blk.block[start:end] == lines[i]
+            assert message in (-2, start_of(blk.block, start, end))
             seen += 1
         lines_before = blk.first
         assert data.split(b"\n")[lines_before : lines_before + len(lines)] == lines

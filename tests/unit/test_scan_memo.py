@@ -122,34 +122,9 @@ def test_message_start_agrees_with_the_line_parser(raw: bytes) -> None:
         assert parsed.facility is None and parsed.fields == {}
 
 
-def test_the_policy_rests_the_memo_when_it_finds_too_few_repeats(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(scanrender, "MEMO_REST_BLOCKS", 2)
-    policy = scanrender._Policy()
-    policy.after(looked=scanrender.MEMO_PROBE_LINES - 1, hits=0)
-    assert policy.on  # too few look-ups to judge
-    policy.after(looked=7000, hits=1000)
-    assert policy.on  # 1 in 7 repeats pays
-    policy.after(looked=7000, hits=999)
-    assert not policy.on
-    policy.after(looked=0, hits=0)
-    assert not policy.on
-    policy.after(looked=0, hits=0)
-    assert policy.on
-
-
-def test_a_rested_memo_prints_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unique messages (the memo rests), then repeated ones (it is used again): the
-    output is the same as each hit rendered."""
-    monkeypatch.setattr(scanrender, "MEMO_REST_BLOCKS", 1)
-    states: list[bool] = []
-    real = scanrender._Policy.after
-
-    def after(self: scanrender._Policy, looked: int, hits: int) -> None:
-        real(self, looked, hits)
-        states.append(self.on)
-
-    monkeypatch.setattr(scanrender._Policy, "after", after)
+def test_unique_then_repeated_messages_print_the_same() -> None:
+    """Unique messages (each group one line, matched once), then repeated ones (groups of
+    many, and the memo across blocks): the output is the same as each hit rendered."""
     rng = random.Random(9)
     messages = [m for m in _messages() if any(c.isdigit() for c in m)]
     unique = ["".join(str(rng.randrange(10)) if c.isdigit() else c for c in rng.choice(messages))
@@ -157,4 +132,3 @@ def test_a_rested_memo_prints_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
     repeated = [rng.choice(messages) for _ in range(15000)]
     data = "".join(f"[{n:12.6f}] {m}\n" for n, m in enumerate(unique + repeated)).encode()
     assert _memo_output(data, True) == _plain_output(data, True)
-    assert False in states and states[-1] is True

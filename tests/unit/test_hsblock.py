@@ -208,3 +208,31 @@ def test_prefetched_stopped_early_joins_its_thread() -> None:
     release.set()
     items.close()
     assert not [t for t in threading.enumerate() if t.name == "nodewarden-prefetch"]
+
+
+def test_random_bytes_give_the_same_lines_and_groups_in_c_and_python() -> None:
+    """Hostile input reaches the C code: blocks of random bytes, heavy in newlines,
+    stamp characters and pieces of the catalog's examples, map and group as Python maps
+    and groups them (and nothing crashes)."""
+    matcher = _matcher()
+    c_scanner = _c_scanner(matcher)
+    prefilter = _prefilter(matcher)
+    kernel = matcher.kernel_indices
+    rng = random.Random(13)
+    pieces = [ex.line.encode() for s in builtin().signatures for ex in s.examples]
+    alphabet = STAMP_BYTES + b"\n\n\n\\x\x00\xff"
+    for _ in range(150):
+        parts = []
+        for _ in range(rng.randrange(1, 60)):
+            if rng.random() < 0.5:
+                parts.append(rng.choice(pieces))
+            else:
+                parts.append(bytes(rng.choice(alphabet) for _ in range(rng.randrange(0, 40))))
+        block = b"".join(parts)
+        c = c_scanner.scan(block)
+        python = MappedHits(block, prefilter.block_hits(block))
+        assert c.candidates() == python.candidates()
+        assert c.newlines == block.count(b"\n")
+        limit = rng.choice([8, 64, LIMIT])
+        assert _per_line(c.grouped(limit, kernel)) == \
+            _per_line(group_rows(block, python.rows(), limit, kernel))

@@ -1,0 +1,163 @@
+"""The agent-coordinator wire protocol: one JSON object per line, both ways.
+
+docs/protocol.md is its reference. Every message has a `type` and an `id`; the agent's
+first is `hello` with `proto`; the coordinator answers each one with `ack`, `error`
+(with a `reason`), or for a lease request `lease-grant` / `lease-deny`. What arrives
+is hostile until checked: a line over MAX_LINE_BYTES, bytes that are not UTF-8, JSON
+that is not one object, NaN or infinity, a key given twice, nesting too deep, a missing
+or malformed `type` or `id`, an unknown type: each is a `WireError` that names the
+problem (and the message's id when it could be read), never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping, Set
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, BinaryIO
+
+PROTO = 1
+#: the longest line either side accepts, newline included
+MAX_LINE_BYTES = 1 << 20
+#: what a JSON object may nest to (a finding's fields are a few levels deep)
+MAX_DEPTH = 16
+#: message ids: the agent's own tokens, short and plain (they land in logs and the store)
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+#: what an agent sends
+AGENT_TYPES = frozenset({
+    "hello", "heartbeat", "finding", "resolved", "verdict", "plan", "outcome", "page",
+    "lease-request", "lease-renew", "lease-release",
+})
+#: what a coordinator sends
+COORDINATOR_TYPES = frozenset({"ack", "error", "lease-grant", "lease-deny"})
+
+
+class WireError(ValueError):
+    """A line that is not a valid message: `reason` says why, `id` is the message's id
+    when it could be read (the error reply carries it), `fatal` ends the session after
+    the reply (a wrong protocol version)."""
+
+    def __init__(self, reason: str, msg_id: str | None = None, *, fatal: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.id = msg_id
+        self.fatal = fatal
+
+
+@dataclass(frozen=True)
+class Message:
+    """One message: its type, its id and every other field (read-only)."""
+
+    type: str
+    id: str
+    fields: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.fields.get(name, default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "id": self.id, **self.fields}
+
+
+def valid_id(value: object) -> bool:
+    return isinstance(value, str) and _ID.fullmatch(value) is not None
+
+
+def encode(msg: Message) -> bytes:
+    """One line of JSON (ASCII, no NaN); ValueError when it would be over the limit."""
+    for name in ("type", "id"):
+        if name in msg.fields:
+            raise ValueError(f"a message's fields cannot hold {name!r}")
+    line = json.dumps(msg.as_dict(), ensure_ascii=True, allow_nan=False,
+                      separators=(",", ":"), sort_keys=True).encode("ascii") + b"\n"
+    if len(line) > MAX_LINE_BYTES:
+        raise ValueError(f"message {msg.id} is {len(line)} bytes, over the "
+                         f"{MAX_LINE_BYTES}-byte line limit")
+    return line
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} given twice")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number here")
+
+
+def _depth(value: Any) -> int:
+    """How deep a decoded value nests (iteratively: no recursion on hostile input)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+    return deepest
+
+
+def decode(line: bytes, allowed: Set[str]) -> Message:
+    """A message from one line (its newline optional); WireError when it is not one."""
+    if len(line) > MAX_LINE_BYTES:
+        raise WireError(f"line over the {MAX_LINE_BYTES}-byte limit")
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WireError("line is not UTF-8") from None
+    try:
+        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+    except RecursionError:
+        raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:
+        raise WireError(f"malformed JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise WireError("a message is one JSON object")
+    msg_id = raw.get("id")
+    if not valid_id(msg_id):
+        raise WireError("`id` missing or not a token of 1-64 letters, digits, '.', '_', "
+                        "':' or '-'")
+    kind = raw.get("type")
+    if not isinstance(kind, str):
+        raise WireError("`type` missing or not a string", msg_id)
+    if kind not in allowed:
+        raise WireError(f"unknown message type {kind[:64]!r}", msg_id)
+    if _depth(raw) > MAX_DEPTH:
+        raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels", msg_id)
+    fields = {k: v for k, v in raw.items() if k not in ("type", "id")}
+    return Message(kind, str(msg_id), MappingProxyType(fields))
+
+
+class LineTooLong:
+    """A line that went over the limit: its bytes were skipped up to its newline."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes | LineTooLong]:
+    """The stream's lines, each at most MAX_LINE_BYTES: a longer one is skipped as it
+    streams by (never held whole) and given as LineTooLong. Ends at end of stream (a
+    last line without its newline is given too)."""
+    while True:
+        line = stream.readline(MAX_LINE_BYTES + 1)
+        if not line:
+            return
+        if len(line) <= MAX_LINE_BYTES:
+            yield line
+            continue
+        size = len(line)
+        while not line.endswith(b"\n"):
+            line = stream.readline(MAX_LINE_BYTES)
+            if not line:
+                break
+            size += len(line)
+        yield LineTooLong(size)

@@ -1,0 +1,178 @@
+"""`nodewarden-coordinator`: the central side of the fleet (docs/coordinator.md).
+
+Exit codes (scripts may trust them): 0 done; 1 a refusal the command reports (an
+unknown host, a bad key); 2 bad usage or configuration; 3 the store cannot be opened
+or written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.report.wire import read_lines
+from coordinator.keys import key_line, public_key, write_key
+from coordinator.session import Session, error
+from coordinator.settings import NAME, CoordinatorSettings, load_settings
+from coordinator.store import HostRecord, SqliteStore, StoreError, Tx, open_store
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_STORE = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nodewarden-coordinator",
+        description="The fleet's coordinator: agents report to it over SSH (each key's "
+        "forced command runs `session --host NAME`), it grants leases for disruptive "
+        "actions and keeps the fleet's state in its store.",
+        epilog="exit codes: 0 done, 1 refused (unknown host, bad key), 2 bad usage or "
+        "configuration, 3 store unavailable")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="configuration file (default /etc/nodewarden/coordinator.toml "
+                        "if it exists, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    session = sub.add_parser("session", help="serve one agent's SSH session on stdin/"
+                             "stdout (run by sshd's forced command)")
+    session.add_argument("--host", required=True, help="the host the key belongs to")
+    keys = sub.add_parser("keys", help="agents' keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    add = keys_sub.add_parser("add", help="record HOST with its group and role and write "
+                              "its forced-command line into authorized_keys")
+    add.add_argument("host")
+    add.add_argument("pubkey", help="the host's public key ('TYPE BASE64 [COMMENT]', or a "
+                     "path to a .pub file)")
+    add.add_argument("--group", required=True)
+    add.add_argument("--role", default="generic")
+    for name, what in (("status", "hosts: group, role, last seen"),
+                       ("leases", "leases: active and past")):
+        cmd = sub.add_parser(name, help=what)
+        cmd.add_argument("--json", action="store_true", help="one JSON document")
+    maint = sub.add_parser("maintenance", help="refuse leases for a group or a host")
+    maint.add_argument("state", choices=("on", "off"))
+    maint.add_argument("scope", help="a group or a host name")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings, errors = load_settings(args.config)
+    if settings is None:
+        for e in errors:
+            print(f"nodewarden-coordinator: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        store = open_store(settings.store_url)
+    except StoreError as exc:
+        print(f"nodewarden-coordinator: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    try:
+        return _run(args, settings, store)
+    except StoreError as exc:
+        print(f"nodewarden-coordinator: store unavailable: {exc}", file=sys.stderr)
+        return EXIT_STORE
+    finally:
+        store.close()
+
+
+def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteStore) -> int:
+    if args.command == "session":
+        return serve_session(args.host, settings, store)
+    if args.command == "keys":
+        return _keys_add(args, settings, store)
+    if args.command == "maintenance":
+        if not NAME.fullmatch(args.scope):
+            print(f"nodewarden-coordinator: {args.scope!r} is not a group or host name",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        store.run(lambda tx: tx.set_maintenance(args.scope, args.state == "on", time.time()))
+        print(f"maintenance {args.state} for {args.scope}")
+        return EXIT_OK
+    return _show(args.command, args.json, store)
+
+
+def serve_session(host: str, settings: CoordinatorSettings, store: SqliteStore) -> int:
+    """Answer the agent's lines until it closes its side (or a fatal reply)."""
+    out = sys.stdout.buffer
+    record = store.run(lambda tx: tx.host(host)) if NAME.fullmatch(host) else None
+    if record is None:
+        _send(out, error(None, f"host {host[:64]!r} is not known here: add its key with "
+                         "`nodewarden-coordinator keys add`"))
+        return EXIT_REFUSED
+    session = Session(record, store, settings, time.time)
+    for line in read_lines(sys.stdin.buffer):
+        try:
+            reply = session.answer(line)
+        except StoreError as exc:
+            _send(out, error(None, f"coordinator store unavailable ({exc}): nothing was "
+                             "recorded; send again later"))
+            return EXIT_STORE
+        _send(out, reply)
+        if session.ended:
+            return EXIT_REFUSED
+    return EXIT_OK
+
+
+def _send(out: Any, reply: dict[str, Any]) -> None:
+    out.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":"),
+                         sort_keys=True).encode() + b"\n")
+    out.flush()
+
+
+def _keys_add(args: argparse.Namespace, settings: CoordinatorSettings,
+              store: SqliteStore) -> int:
+    for what, value in (("host", args.host), ("group", args.group), ("role", args.role)):
+        if not NAME.fullmatch(value):
+            print(f"nodewarden-coordinator: {what} {value[:64]!r}: 1-63 letters, digits, "
+                  "'.', '_' or '-'", file=sys.stderr)
+            return EXIT_USAGE
+    text = args.pubkey
+    if not text.startswith("ssh-") and not text.startswith(("ecdsa-", "sk-")):
+        try:
+            text = Path(text).read_text("utf-8")
+        except OSError as exc:
+            print(f"nodewarden-coordinator: {args.pubkey}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+    try:
+        key = public_key(text)
+    except ValueError as exc:
+        print(f"nodewarden-coordinator: not a public key: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    record = HostRecord(args.host, args.group, args.role, key, time.time(), None)
+    store.run(lambda tx: tx.put_host(record))
+    write_key(Path(settings.authorized_keys), args.host,
+              key_line(settings.command, args.config, args.host, key))
+    print(f"added {args.host} (group {args.group}, role {args.role}) to "
+          f"{settings.authorized_keys}")
+    return EXIT_OK
+
+
+def _show(command: str, as_json: bool, store: SqliteStore) -> int:
+    now = time.time()
+
+    def read(tx: Tx) -> list[dict[str, Any]]:
+        if command == "status":
+            return [{"host": h.name, "group": h.group, "role": h.role,
+                     "last_seen": h.last_seen} for h in tx.hosts()]
+        return [{"lease": x.id, "host": x.host, "group": x.group, "action": x.action,
+                 "subject": x.subject, "granted": x.granted, "expires": x.expires,
+                 "released": x.released, "active": x.active(now)} for x in tx.leases()]
+
+    rows = store.run(read)
+    if as_json:
+        print(json.dumps({command: rows}, indent=2, sort_keys=True))
+        return EXIT_OK
+    for row in rows:
+        print("  ".join(f"{k}={'-' if v is None else v}" for k, v in row.items()))
+    if not rows:
+        print(f"no {'hosts' if command == 'status' else 'leases'}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The agents' keys: one authorized_keys line per host, its forced command naming it.
+
+`keys add HOST PUBKEY --group G [--role R]` records the host with its group and role in
+the store and writes its line:
+
+    restrict,command="nodewarden-coordinator session --host HOST" ssh-ed25519 AAAA...
+
+`restrict` turns off forwarding, a pty and the user's rc; the forced command runs
+whatever the client asked for, so the key can do nothing but speak for HOST. The file
+is rewritten whole (temporary file, fsync, rename), one line per host: adding a host
+again replaces its old key (a rotation). A key's comment is dropped (text others wrote).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import tempfile
+from pathlib import Path
+
+KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+             "ecdsa-sha2-nistp521", "ssh-rsa", "sk-ssh-ed25519@openssh.com",
+             "sk-ecdsa-sha2-nistp256@openssh.com")
+_MARK = re.compile(r'command="[^"]* session --host ([A-Za-z0-9._-]+)"')
+
+
+def public_key(text: str) -> str:
+    """`type base64` of an OpenSSH public key line; ValueError with the reason."""
+    parts = text.strip().split()
+    if len(parts) < 2:
+        raise ValueError("a public key is 'TYPE BASE64 [COMMENT]'")
+    kind, blob = parts[0], parts[1]
+    if kind not in KEY_TYPES:
+        raise ValueError(f"key type {kind[:40]!r} is not one of {', '.join(KEY_TYPES)}")
+    try:
+        raw = base64.b64decode(blob, validate=True)
+    except ValueError:
+        raise ValueError("the key's body is not base64") from None
+    if not raw.startswith(len(kind).to_bytes(4, "big") + kind.encode()):
+        raise ValueError("the key's body does not hold its own type: not a public key")
+    return f"{kind} {blob}"
+
+
+def key_line(command: str, config: Path | None, host: str, key: str) -> str:
+    config_arg = f" --config {config}" if config is not None else ""
+    return f'restrict,command="{command}{config_arg} session --host {host}" {key}'
+
+
+def write_key(path: Path, host: str, line: str) -> None:
+    """`path` with `line` as HOST's only line (others' lines kept as they were)."""
+    kept = []
+    if path.exists():
+        for old in path.read_text("utf-8").splitlines():
+            mark = _MARK.search(old)
+            if old.strip() and not (mark and mark.group(1) == host):
+                kept.append(old)
+    kept.append(line)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".authorized_keys.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("\n".join(kept) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        Path(tmp).chmod(0o600)
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

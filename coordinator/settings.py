@@ -1,0 +1,115 @@
+"""The coordinator's configuration: `--config FILE` (default DEFAULT_PATH), built-in
+defaults without one; errors name the file, the key and the reason, as the agent's do
+(agent/schema.py's Section). docs/coordinator.md lists every key."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from agent.schema import ConfigError, Section, parse_toml
+
+DEFAULT_PATH = Path("/etc/nodewarden/coordinator.toml")
+DEFAULT_STORE = "sqlite:////var/lib/nodewarden-coordinator/fleet.db"
+DEFAULT_AUTHORIZED_KEYS = "/var/lib/nodewarden-coordinator/.ssh/authorized_keys"
+#: host, group and role names: what a forced command and a log line can carry plainly
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+SEVERITIES = ("info", "warning", "critical")
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    """What the coordinator allows one group of hosts."""
+
+    #: disruptive actions (node-restart, failover) running at once in the group
+    max_disruptive: int = 1
+    #: more than this share of the group with a firing finding of `storm_severity` or
+    #: worse is a storm: leases are refused and a person paged once
+    storm_percent: float = 30.0
+    storm_severity: str = "critical"
+    contacts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CoordinatorSettings:
+    store_url: str = DEFAULT_STORE
+    authorized_keys: str = DEFAULT_AUTHORIZED_KEYS
+    #: the program a forced command runs (the console script, or its full path)
+    command: str = "nodewarden-coordinator"
+    #: the longest lease an agent may ask for
+    max_ttl_s: float = 3600.0
+    groups: Mapping[str, GroupSettings] = field(
+        default_factory=lambda: MappingProxyType({}))
+    #: a group not listed gets these
+    default_group: GroupSettings = GroupSettings()
+
+    def group(self, name: str) -> GroupSettings:
+        return self.groups.get(name, self.default_group)
+
+
+def _group(sec: Section) -> GroupSettings:
+    base = GroupSettings()
+    out = GroupSettings(
+        max_disruptive=sec.integer("max_disruptive", base.max_disruptive, minimum=0,
+                                   maximum=10_000),
+        storm_percent=sec.number("storm_percent", base.storm_percent, minimum=0.0,
+                                 maximum=100.0),
+        storm_severity=sec.choice("storm_severity", SEVERITIES, base.storm_severity),
+        contacts=sec.str_list("contacts"),
+    )
+    sec.finish()
+    return out
+
+
+def parse_settings(raw: Mapping[str, object], file: str
+                   ) -> tuple[CoordinatorSettings, list[ConfigError]]:
+    errors: list[ConfigError] = []
+    top = Section(raw, file, "", errors)
+    store = top.table("store")
+    url = store.text("url", DEFAULT_STORE)
+    store.finish()
+    if not url.startswith(("sqlite:///", "postgresql://")):
+        store.error("url", "must start with sqlite:/// or postgresql://")
+    ssh = top.table("ssh")
+    keys = ssh.text("authorized_keys", DEFAULT_AUTHORIZED_KEYS)
+    command = ssh.text("command", "nodewarden-coordinator")
+    ssh.finish()
+    if not keys.startswith("/"):
+        ssh.error("authorized_keys", "must be an absolute path")
+    if not re.fullmatch(r"[A-Za-z0-9/._-]+", command):
+        ssh.error("command", "must be a plain program name or path (it is written into "
+                  "each key's forced command)")
+    leases = top.table("leases")
+    max_ttl = leases.number("max_ttl_s", 3600.0, minimum=1.0, maximum=86400.0)
+    leases.finish()
+    default = _group(top.table("default_group"))
+    groups = {}
+    for name, sec in top.tables("groups"):
+        if not NAME.fullmatch(name):
+            errors.append(ConfigError(file, f"groups.{name}", "a group name is 1-63 "
+                                      "letters, digits, '.', '_' or '-'"))
+            continue
+        groups[name] = _group(sec)
+    top.finish()
+    return CoordinatorSettings(url, keys, command, max_ttl, MappingProxyType(groups),
+                               default), errors
+
+
+def load_settings(path: Path | None) -> tuple[CoordinatorSettings | None, list[ConfigError]]:
+    """The settings from `path` (None: DEFAULT_PATH if it exists, else the defaults)."""
+    if path is None:
+        if not DEFAULT_PATH.exists():
+            return CoordinatorSettings(), []
+        path = DEFAULT_PATH
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return None, [ConfigError(str(path), "-", f"cannot read: {exc.strerror or exc}")]
+    raw, errors = parse_toml(data, str(path))
+    if raw is None:
+        return None, errors
+    settings, errors = parse_settings(raw, str(path))
+    return (None if errors else settings), errors

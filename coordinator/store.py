@@ -1,0 +1,219 @@
+"""Fleet state behind one interface: hosts, messages seen, leases, maintenance.
+
+Every change runs in one transaction that begins by taking the store's write lock
+(SQLite `BEGIN IMMEDIATE`), so two lease requests decided at the same instant are
+decided one after the other: the second sees the first's lease. A message is recorded
+with the reply it got in the same transaction as its effect, under its (host, id): the
+same message again gets the same reply and has no second effect (at least once on the
+wire, exactly once in the store). Schema migrations are numbered (MIGRATIONS) and run
+in order at open; the version is kept in the store.
+
+SQLite is the embedded store (`sqlite:///PATH`). PostgreSQL, for coordinators that
+share one store, implements the same interface (issue 9, next step).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (  # 1: hosts, messages, leases, maintenance
+        """CREATE TABLE hosts (name TEXT PRIMARY KEY, grp TEXT NOT NULL, role TEXT NOT NULL,
+           pubkey TEXT NOT NULL, added REAL NOT NULL, last_seen REAL)""",
+        """CREATE TABLE messages (host TEXT NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+           received REAL NOT NULL, body TEXT NOT NULL, reply TEXT NOT NULL,
+           PRIMARY KEY (host, id))""",
+        """CREATE TABLE leases (id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
+           grp TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL,
+           granted REAL NOT NULL, expires REAL NOT NULL, released REAL)""",
+        "CREATE INDEX leases_active ON leases (grp, released, expires)",
+        "CREATE TABLE maintenance (scope TEXT PRIMARY KEY, since REAL NOT NULL)",
+    ),
+)
+
+
+class StoreError(Exception):
+    """The store cannot be opened or written (its reason is for the operator)."""
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    name: str
+    group: str
+    role: str
+    pubkey: str
+    added: float
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class Lease:
+    id: int
+    host: str
+    group: str
+    action: str
+    subject: str
+    granted: float
+    expires: float
+    released: float | None
+
+    def active(self, now: float) -> bool:
+        return self.released is None and self.expires > now
+
+
+class Tx:
+    """What one transaction may read and change."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def host(self, name: str) -> HostRecord | None:
+        row = self._db.execute("SELECT name, grp, role, pubkey, added, last_seen FROM hosts "
+                               "WHERE name = ?", (name,)).fetchone()
+        return HostRecord(*row) if row else None
+
+    def hosts(self) -> list[HostRecord]:
+        rows = self._db.execute("SELECT name, grp, role, pubkey, added, last_seen FROM hosts "
+                                "ORDER BY name").fetchall()
+        return [HostRecord(*r) for r in rows]
+
+    def put_host(self, host: HostRecord) -> None:
+        self._db.execute(
+            "INSERT INTO hosts (name, grp, role, pubkey, added, last_seen) VALUES (?,?,?,?,?,?) "
+            "ON CONFLICT (name) DO UPDATE SET grp = excluded.grp, role = excluded.role, "
+            "pubkey = excluded.pubkey", (host.name, host.group, host.role, host.pubkey,
+                                         host.added, host.last_seen))
+
+    def seen(self, host: str, now: float) -> None:
+        self._db.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", (now, host))
+
+    def reply_to(self, host: str, msg_id: str) -> dict[str, Any] | None:
+        row = self._db.execute("SELECT reply FROM messages WHERE host = ? AND id = ?",
+                               (host, msg_id)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def record(self, host: str, msg_id: str, kind: str, body: dict[str, Any], *,
+               reply: dict[str, Any], now: float) -> None:
+        self._db.execute("INSERT INTO messages (host, id, type, received, body, reply) "
+                         "VALUES (?,?,?,?,?,?)", (host, msg_id, kind, now,
+                                                  json.dumps(body, sort_keys=True),
+                                                  json.dumps(reply, sort_keys=True)))
+
+    def messages(self, host: str | None = None) -> list[tuple[str, str, str, float, str]]:
+        """(host, id, type, received, body) in the order received."""
+        sql = "SELECT host, id, type, received, body FROM messages"
+        args: tuple[str, ...] = ()
+        if host is not None:
+            sql, args = sql + " WHERE host = ?", (host,)
+        return [(r[0], r[1], r[2], r[3], r[4])
+                for r in self._db.execute(sql + " ORDER BY rowid", args)]
+
+    def leases(self, group: str | None = None) -> list[Lease]:
+        sql = "SELECT id, host, grp, action, subject, granted, expires, released FROM leases"
+        args: tuple[str, ...] = ()
+        if group is not None:
+            sql, args = sql + " WHERE grp = ?", (group,)
+        return [Lease(*r) for r in self._db.execute(sql + " ORDER BY id", args)]
+
+    def active_leases(self, group: str, now: float) -> list[Lease]:
+        return [lease for lease in self.leases(group) if lease.active(now)]
+
+    def grant(self, host: str, group: str, action: str, subject: str, *, now: float,
+              ttl_s: float) -> Lease:
+        cur = self._db.execute("INSERT INTO leases (host, grp, action, subject, granted, "
+                               "expires) VALUES (?,?,?,?,?,?)",
+                               (host, group, action, subject, now, now + ttl_s))
+        lease_id = cur.lastrowid
+        assert lease_id is not None
+        return Lease(lease_id, host, group, action, subject, now, now + ttl_s, None)
+
+    def lease(self, lease_id: int) -> Lease | None:
+        row = self._db.execute("SELECT id, host, grp, action, subject, granted, expires, "
+                               "released FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        return Lease(*row) if row else None
+
+    def renew(self, lease_id: int, expires: float) -> None:
+        self._db.execute("UPDATE leases SET expires = ? WHERE id = ?", (expires, lease_id))
+
+    def release(self, lease_id: int, now: float) -> None:
+        self._db.execute("UPDATE leases SET released = ? WHERE id = ? AND released IS NULL",
+                         (now, lease_id))
+
+    def maintenance(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT scope FROM maintenance ORDER BY scope")]
+
+    def set_maintenance(self, scope: str, on: bool, now: float) -> None:
+        if on:
+            self._db.execute("INSERT INTO maintenance (scope, since) VALUES (?, ?) "
+                             "ON CONFLICT (scope) DO NOTHING", (scope, now))
+        else:
+            self._db.execute("DELETE FROM maintenance WHERE scope = ?", (scope,))
+
+
+class SqliteStore:
+    """The embedded store: one SQLite file, opened per process (a session, a command)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(str(path), timeout=30.0, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        with self._transaction():
+            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version "
+                             "(version INTEGER NOT NULL)")
+            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
+            have = row[0] or 0
+            if have > len(MIGRATIONS):
+                raise StoreError(f"the store is at schema {have}, newer than this "
+                                 f"coordinator's {len(MIGRATIONS)}: upgrade it")
+            for version in range(have + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    self._db.execute(statement)
+                self._db.execute("INSERT INTO schema_version (version) VALUES (?)",
+                                 (version,))
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def run(self, work: Callable[[Tx], T]) -> T:
+        """`work` in one write transaction: all of it or none of it is kept."""
+        try:
+            with self._transaction():
+                return work(Tx(self._db))
+        except sqlite3.Error as exc:
+            raise StoreError(str(exc)) from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_store(url: str) -> SqliteStore:
+    """The store a `[store] url` names; StoreError when it cannot be opened."""
+    if url.startswith("sqlite:///"):
+        return SqliteStore(Path(url[len("sqlite://"):]))
+    raise StoreError(f"{url.split(':', 1)[0]}: this coordinator has no such store yet")

@@ -1,0 +1,93 @@
+"""A real OpenSSH sshd on 127.0.0.1 for the coordinator's tests, and clients for it.
+
+`running_sshd(authorized_keys)` starts Debian's /usr/sbin/sshd in the foreground with a
+configuration, host key and pid file of its own under a fresh temp dir (never the
+machine's /etc/ssh), on a free loopback port, key authentication only, the keys read
+from `authorized_keys` (the coordinator's file). It waits until the port answers and
+always stops sshd and removes the dir. `client_key()` makes an agent's key pair;
+`ssh_command()` is the OpenSSH client's argv with the server's host key pinned
+(StrictHostKeyChecking yes, a known_hosts of that key only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.integration._mailservers import LOOPBACK, free_port, wait_for_port
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass(frozen=True)
+class Sshd:
+    port: int
+    host_key_pub: str
+    known_hosts: Path
+    log: Path
+
+
+def keypair(path: Path) -> str:
+    """A new ed25519 key at `path` (no passphrase); its public line."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test key",
+                    "-f", str(path)], check=True, stdin=subprocess.DEVNULL)
+    return Path(f"{path}.pub").read_text().strip()
+
+
+@contextlib.contextmanager
+def running_sshd(authorized_keys: Path) -> Iterator[Sshd]:
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    work = Path(tempfile.mkdtemp(prefix="nw-sshd-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        host_key = work / "host_ed25519"
+        pub = keypair(host_key)
+        port = free_port()
+        config = work / "sshd_config"
+        log = work / "sshd.log"
+        config.write_text("\n".join([
+            f"Port {port}", f"ListenAddress {LOOPBACK}", f"HostKey {host_key}",
+            f"PidFile {work / 'sshd.pid'}", f"AuthorizedKeysFile {authorized_keys}",
+            "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
+            "AllowTcpForwarding no", "X11Forwarding no", "PrintMotd no",
+            "MaxStartups 100:30:200", "MaxSessions 10", "LogLevel VERBOSE", "",
+        ]))
+        known = work / "known_hosts"
+        known.write_text(f"[{LOOPBACK}]:{port} {pub}\n")
+        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+                                stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+        wait_for_port(port, proc, log)
+        yield Sshd(port, pub, known, log)
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def ssh_command(server: Sshd, key: Path, *remote: str) -> list[str]:
+    """The OpenSSH client, as root, with `key`, the server's host key pinned."""
+    return ["ssh", "-T", "-i", str(key), "-p", str(server.port),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
+            "-o", f"UserKnownHostsFile={server.known_hosts}",
+            "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", "StrictHostKeyChecking=yes", "-o", "ConnectTimeout=10",
+            "-o", "LogLevel=ERROR", f"root@{LOOPBACK}", *remote]
+
+
+def environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("SSH_AUTH_SOCK", None)
+    return env

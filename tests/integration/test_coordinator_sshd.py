@@ -1,0 +1,148 @@
+"""The coordinator behind a real OpenSSH sshd on 127.0.0.1: each agent's key runs
+`nodewarden-coordinator session --host NAME` as a forced command, whatever the client
+asks to run; the key is the identity; twenty agents of one group asking for a
+node-restart lease at the same instant get exactly max_disruptive grants; an unknown
+key and a changed host key get nowhere and leave nothing in the store."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.store import SqliteStore
+from tests.integration._sshd import Sshd, environment, keypair, running_sshd, ssh_command
+
+pytestmark = pytest.mark.realparts
+
+COORDINATOR = str(Path(sys.executable).parent / "nodewarden-coordinator")
+HOSTS = 20
+
+
+@dataclass(frozen=True)
+class Fleet:
+    config: Path
+    store: Path
+    keys: dict[str, Path]
+    sshd: Sshd
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    work = tmp_path_factory.mktemp("coordinator")
+    authorized = work / "ssh" / "authorized_keys"
+    config = work / "coordinator.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{work / "fleet.db"}"\n'
+                      f'[ssh]\nauthorized_keys = "{authorized}"\ncommand = "{COORDINATOR}"\n'
+                      "[groups.mail]\nmax_disruptive = 2\n")
+    keys = {}
+    for i in range(HOSTS):
+        host = f"mx{i}"
+        keys[host] = work / f"{host}_key"
+        keypair(keys[host])
+        done = subprocess.run([COORDINATOR, "--config", str(config), "keys", "add", host,
+                               f"{keys[host]}.pub", "--group", "mail", "--role", "mail"],
+                              capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    with running_sshd(authorized) as sshd:
+        yield Fleet(config, work / "fleet.db", keys, sshd)
+
+
+def converse(fleet: Fleet, host: str, messages: list[dict[str, Any]], *remote: str
+             ) -> tuple[int, list[dict[str, Any]]]:
+    lines = "".join(json.dumps(m) + "\n" for m in messages)
+    done = subprocess.run(ssh_command(fleet.sshd, fleet.keys[host], *remote), input=lines,
+                          capture_output=True, text=True, timeout=60, env=environment(),
+                          check=False)
+    return done.returncode, [json.loads(x) for x in done.stdout.splitlines()]
+
+
+def test_a_session_answers_each_line_and_refuses_to_speak_for_another_host(
+        fleet: Fleet) -> None:
+    code, replies = converse(fleet, "mx3", [
+        {"type": "hello", "id": "s1-hello", "proto": 1, "host": "mx3"},
+        {"type": "heartbeat", "id": "s1-beat"},
+        {"type": "finding", "id": "s1-f1", "host": "mx4", "problem": "nfs-hang"},
+        {"type": "finding", "id": "s1-f2", "problem": "nfs-hang", "subject": "nas-a1"},
+    ])
+    assert code == 0
+    assert [r["type"] for r in replies] == ["ack", "ack", "error", "ack"]
+    assert "speaks for host mx3" in replies[2]["reason"]
+    kept = SqliteStore(fleet.store).run(lambda tx: tx.messages("mx3"))
+    assert [m[1] for m in kept] == ["s1-hello", "s1-beat", "s1-f2"]
+    assert not SqliteStore(fleet.store).run(lambda tx: tx.messages("mx4"))
+
+
+def test_the_forced_command_runs_whatever_the_client_asks(fleet: Fleet, tmp_path: Path) -> None:
+    canary = tmp_path / "canary"
+    code, replies = converse(fleet, "mx5", [{"type": "hello", "id": "s2", "proto": 1}],
+                             "touch", str(canary))
+    assert code == 0 and replies == [{"type": "ack", "id": "s2"}]
+    assert not canary.exists()
+
+
+def test_twenty_agents_asking_at_once_get_exactly_max_disruptive_leases(fleet: Fleet) -> None:
+    procs = [subprocess.Popen(ssh_command(fleet.sshd, fleet.keys[f"mx{i}"]),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=environment()) for i in range(HOSTS)]
+    try:
+        for i, p in enumerate(procs):
+            assert p.stdin is not None
+            p.stdin.write(json.dumps({"type": "hello", "id": f"race-hello-{i}",
+                                      "proto": 1}) + "\n")
+            p.stdin.flush()
+        for p in procs:  # every session is up and greeted before anyone asks
+            assert p.stdout is not None
+            assert json.loads(p.stdout.readline())["type"] == "ack"
+        for i, p in enumerate(procs):
+            assert p.stdin is not None
+            p.stdin.write(json.dumps({"type": "lease-request", "id": "race-lease",
+                                      "action": "node-restart", "subject": f"mx{i}",
+                                      "ttl_s": 600}) + "\n")
+            p.stdin.flush()
+        replies = []
+        for p in procs:
+            assert p.stdout is not None
+            replies.append(json.loads(p.stdout.readline()))
+    finally:
+        for p in procs:
+            if p.stdin is not None:
+                p.stdin.close()
+            p.wait(30)
+    assert sorted(r["type"] for r in replies).count("lease-grant") == 2
+    active = SqliteStore(fleet.store).run(lambda tx: tx.active_leases("mail", 0.0))
+    assert len(active) == 2
+    assert all(r["type"] in ("lease-grant", "lease-deny") for r in replies)
+
+
+def test_an_unknown_key_gets_nowhere(fleet: Fleet, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    keypair(stranger)
+    before = len(SqliteStore(fleet.store).run(lambda tx: tx.messages()))
+    done = subprocess.run(ssh_command(fleet.sshd, stranger), input='{"type": "hello"}\n',
+                          capture_output=True, text=True, timeout=60, env=environment(),
+                          check=False)
+    assert done.returncode == 255 and done.stdout == ""
+    assert len(SqliteStore(fleet.store).run(lambda tx: tx.messages())) == before
+
+
+def test_a_changed_host_key_is_refused_and_nothing_is_sent(fleet: Fleet,
+                                                         tmp_path: Path) -> None:
+    other = tmp_path / "other_host_key"
+    other_pub = keypair(other)
+    pinned = tmp_path / "known_hosts"
+    pinned.write_text(f"[127.0.0.1]:{fleet.sshd.port} {other_pub}\n")
+    argv = [x if not x.startswith("UserKnownHostsFile=") else f"UserKnownHostsFile={pinned}"
+            for x in ssh_command(fleet.sshd, fleet.keys["mx6"])]
+    before = len(SqliteStore(fleet.store).run(lambda tx: tx.messages("mx6")))
+    done = subprocess.run(argv, input='{"type": "hello", "id": "h", "proto": 1}\n',
+                          capture_output=True, text=True, timeout=60, env=environment(),
+                          check=False)
+    assert done.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in done.stderr
+    assert len(SqliteStore(fleet.store).run(lambda tx: tx.messages("mx6"))) == before

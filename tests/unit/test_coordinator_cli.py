@@ -1,0 +1,117 @@
+"""`nodewarden-coordinator`'s commands: configuration refused with file, key and reason;
+keys added, rotated and refused; status, leases and maintenance; a session for a host
+the store does not know."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, main
+from coordinator.keys import public_key
+
+KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnJ0NVOtg7LtoxkkNlyjfZrnRnEDIM9cjVmFSIJFRbE "
+       "comment with $(rm -rf /) in it")
+OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH2qOcJrJXMtxB6rUk3F9fsgq6prdTgFPg6MSUzzyf+n"
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "coordinator.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "fleet.db"}"\n'
+                    f'[ssh]\nauthorized_keys = "{tmp_path / "authorized_keys"}"\n')
+    return path
+
+
+@pytest.mark.parametrize(("text", "key", "reason"), [
+    ("[store]\nurl = 'mysql://x'\n", "store.url", "must start with"),
+    ("[store]\nurl = 3\n", "store.url", "must be"),
+    ("[groups.mail]\nmax_disruptive = -1\n", "groups.mail.max_disruptive", ""),
+    ("[groups.mail]\nstorm_percent = nan\n", "groups.mail.storm_percent", "finite"),
+    ("[groups.mail]\nmax_disruptiv = 2\n", "groups.mail.max_disruptiv", "unknown key"),
+    ("[groups.'bad name']\nmax_disruptive = 1\n", "groups.bad name", "group name"),
+    ("[ssh]\nauthorized_keys = 'relative'\n", "ssh.authorized_keys", "absolute"),
+    ("[ssh]\ncommand = 'x; rm -rf /'\n", "ssh.command", "plain program"),
+    ("[leases]\nmax_ttl_s = inf\n", "leases.max_ttl_s", "finite"),
+    ("not toml ===", "-", "not valid TOML"),
+])
+def test_a_bad_configuration_is_refused_with_file_key_and_reason(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, key: str,
+        reason: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    assert main(["--config", str(path), "status"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{path}: {key}: " in err and reason in err
+
+
+def test_keys_add_writes_a_forced_command_line_and_rotates(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "keys", "add", "mx1", KEY, "--group", "mail"]) == 0
+    assert main(["--config", str(config), "keys", "add", "mx2", OTHER, "--group", "mail"]) == 0
+    lines = (tmp_path / "authorized_keys").read_text().splitlines()
+    assert lines[0] == (f'restrict,command="nodewarden-coordinator --config {config} session '
+                        f'--host mx1" {public_key(KEY)}')
+    assert "rm -rf" not in lines[0]  # the key's comment is dropped
+    # adding mx1 again replaces its key, mx2's stays
+    assert main(["--config", str(config), "keys", "add", "mx1", OTHER, "--group", "web",
+                 "--role", "webmail"]) == 0
+    lines = (tmp_path / "authorized_keys").read_text().splitlines()
+    assert len(lines) == 2 and all(line.endswith(OTHER) for line in lines)
+    assert (tmp_path / "authorized_keys").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    assert main(["--config", str(config), "status", "--json"]) == 0
+    hosts = json.loads(capsys.readouterr().out)["status"]
+    assert [(h["host"], h["group"], h["role"]) for h in hosts] == [
+        ("mx1", "web", "webmail"), ("mx2", "mail", "generic")]
+
+
+@pytest.mark.parametrize(("args", "code", "says"), [
+    (["mx1", "ssh-ed25519 AAAA", "--group", "mail"], EXIT_REFUSED, "not a public key"),
+    (["mx1", "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "--group", "mail"], EXIT_REFUSED, "key type"),
+    (["mx1", "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQAB", "--group", "mail"], EXIT_REFUSED,
+     "does not hold its own type"),
+    (["mx 1", KEY, "--group", "mail"], EXIT_USAGE, "host"),
+    (["mx1", KEY, "--group", "mail\"; rm"], EXIT_USAGE, "group"),
+    (["mx1", "/nonexistent.pub", "--group", "mail"], EXIT_REFUSED, "No such file"),
+])
+def test_keys_add_refuses_what_is_not_a_key_or_a_name(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+        code: int, says: str) -> None:
+    assert main(["--config", str(config), "keys", "add", *args]) == code
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "authorized_keys").exists()
+
+
+def test_maintenance_and_leases_commands(config: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "maintenance", "on", "mail"]) == EXIT_OK
+    assert main(["--config", str(config), "maintenance", "on", "bad name"]) == EXIT_USAGE
+    capsys.readouterr()
+    assert main(["--config", str(config), "leases", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"leases": []}
+    assert main(["--config", str(config), "leases"]) == EXIT_OK
+    assert "no leases" in capsys.readouterr().out
+
+
+def test_a_session_for_an_unknown_host_says_so_and_exits_1(config: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "coordinator", "--config", str(config),
+                           "session", "--host", "ghost"], input=b'{"type":"hello"}\n',
+                          capture_output=True, timeout=60, check=False)
+    assert done.returncode == EXIT_REFUSED
+    reply = json.loads(done.stdout)
+    assert reply["type"] == "error" and "not known here" in reply["reason"]
+
+
+def test_a_store_that_cannot_be_opened_exits_3(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    path = tmp_path / "c.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{blocker}/fleet.db"\n')
+    assert main(["--config", str(path), "status"]) == 3
+    assert "store unavailable" in capsys.readouterr().err

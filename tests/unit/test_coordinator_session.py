@@ -1,0 +1,180 @@
+"""A coordinator session (coordinator/session.py) over a real SQLite store: the key is
+the identity, each message is answered once, leases are counted per group, bad input
+gets an error and the session goes on."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.report.wire import MAX_LINE_BYTES, LineTooLong
+from coordinator.session import Session
+from coordinator.settings import CoordinatorSettings, GroupSettings
+from coordinator.store import MIGRATIONS, HostRecord, SqliteStore, StoreError, Tx
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "fleet.db")
+
+    def add(tx: Tx) -> None:
+        for i in range(20):
+            tx.put_host(HostRecord(f"mx{i}", "mail", "mail", KEY, 0.0, None))
+        tx.put_host(HostRecord("nas1", "storage", "storage", KEY, 0.0, None))
+
+    s.run(add)
+    return s
+
+
+SETTINGS = CoordinatorSettings(groups={"mail": GroupSettings(max_disruptive=2)})
+
+
+def session(store: SqliteStore, host: str = "mx0", clock: FakeClock | None = None) -> Session:
+    record = store.run(lambda tx: tx.host(host))
+    assert record is not None
+    return Session(record, store, SETTINGS, clock or FakeClock())
+
+
+def say(s: Session, **msg: Any) -> dict[str, Any]:
+    return s.answer(json.dumps(msg).encode() + b"\n")
+
+
+def greeted(store: SqliteStore, host: str = "mx0", clock: FakeClock | None = None) -> Session:
+    s = session(store, host, clock)
+    assert say(s, type="hello", id="h1", proto=1) == {"type": "ack", "id": "h1"}
+    return s
+
+
+def test_the_first_message_must_be_hello_of_this_protocol(store: SqliteStore) -> None:
+    s = session(store)
+    assert "must be hello" in say(s, type="heartbeat", id="b1")["reason"]
+    assert not s.ended
+    assert "version 2 is not spoken" in say(s, type="hello", id="h1", proto=2)["reason"]
+    assert s.ended  # a wrong version ends the session after the reply
+
+
+def test_a_message_cannot_speak_for_another_host(store: SqliteStore) -> None:
+    s = greeted(store)
+    reply = say(s, type="finding", id="f1", host="mx1", problem="x")
+    assert reply["type"] == "error" and "speaks for host mx0" in reply["reason"]
+    assert say(s, type="finding", id="f2", host="mx0", problem="x")["type"] == "ack"
+    kept = store.run(lambda tx: tx.messages())
+    assert [(h, i) for h, i, *_ in kept] == [("mx0", "h1"), ("mx0", "f2")]
+
+
+def test_the_same_message_twice_is_kept_once_and_answered_alike(store: SqliteStore) -> None:
+    s = greeted(store)
+    first = say(s, type="lease-request", id="r1", action="node-restart", subject="mx0",
+                ttl_s=600)
+    again = say(s, type="lease-request", id="r1", action="node-restart", subject="mx0",
+                ttl_s=600)
+    assert first == again and first["type"] == "lease-grant"
+    assert len(store.run(lambda tx: tx.leases())) == 1
+    # after a reconnect, too
+    later = greeted(store)
+    assert say(later, type="lease-request", id="r1", action="node-restart", subject="mx0",
+               ttl_s=600) == first
+    assert len(store.run(lambda tx: tx.leases())) == 1
+
+
+def test_at_most_k_disruptive_leases_per_group(store: SqliteStore) -> None:
+    replies = [say(greeted(store, f"mx{i}"), type="lease-request", id="r1",
+                   action="node-restart", subject=f"mx{i}", ttl_s=600) for i in range(20)]
+    granted = [r for r in replies if r["type"] == "lease-grant"]
+    denied = [r for r in replies if r["type"] == "lease-deny"]
+    assert len(granted) == 2 and len(denied) == 18
+    assert "limit of 2" in denied[0]["reason"] and "mx0, mx1" in denied[0]["reason"]
+    # another group has its own count (the default: 1)
+    nas = say(greeted(store, "nas1"), type="lease-request", id="r1", action="failover",
+              subject="nfs", ttl_s=60)
+    assert nas["type"] == "lease-grant"
+
+
+def test_an_unrenewed_lease_expires_and_a_renewed_one_holds(store: SqliteStore) -> None:
+    clock = FakeClock()
+    a, b, c = (greeted(store, f"mx{i}", clock) for i in range(3))
+    grant_a = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
+                  ttl_s=60)
+    say(b, type="lease-request", id="r1", action="node-restart", subject="x", ttl_s=60)
+    assert say(c, type="lease-request", id="r1", action="node-restart", subject="x",
+               ttl_s=60)["type"] == "lease-deny"
+    clock.now += 50
+    renewed = say(a, type="lease-renew", id="n1", lease=grant_a["lease"], ttl_s=60)
+    assert renewed["type"] == "lease-grant" and renewed["expires"] == clock.now + 60
+    clock.now += 20  # b's lease has expired, a's holds
+    assert say(c, type="lease-request", id="r2", action="node-restart", subject="x",
+               ttl_s=60)["type"] == "lease-grant"
+    assert say(b, type="lease-renew", id="n1", lease=2, ttl_s=60)["type"] == "lease-deny"
+
+
+def test_a_lease_is_renewed_and_released_only_by_its_holder(store: SqliteStore) -> None:
+    a, b = greeted(store, "mx0"), greeted(store, "mx1")
+    lease = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=60)["lease"]
+    for kind in ("lease-renew", "lease-release"):
+        reply = say(b, type=kind, id=f"{kind}-1", lease=lease, ttl_s=60)
+        assert reply["type"] == "error" and "not one of mx1's" in reply["reason"]
+    assert say(a, type="lease-release", id="x1", lease=lease) == {"type": "ack", "id": "x1"}
+    assert store.run(lambda tx: tx.lease(lease)).released is not None  # type: ignore[union-attr]
+
+
+def test_maintenance_refuses_leases_for_its_scope(store: SqliteStore) -> None:
+    store.run(lambda tx: tx.set_maintenance("mail", True, 0.0))
+    reply = say(greeted(store), type="lease-request", id="r1", action="node-restart",
+                subject="x", ttl_s=60)
+    assert reply["type"] == "lease-deny" and "maintenance (mail)" in reply["reason"]
+    store.run(lambda tx: tx.set_maintenance("mail", False, 0.0))
+    store.run(lambda tx: tx.set_maintenance("mx0", True, 0.0))
+    assert "maintenance (mx0)" in say(greeted(store), type="lease-request", id="r2",
+                                      action="node-restart", subject="x", ttl_s=60)["reason"]
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"action": "", "subject": "x", "ttl_s": 60}, "action must be"),
+    ({"action": "a" * 65, "subject": "x", "ttl_s": 60}, "action must be"),
+    ({"action": "node-restart", "subject": 3, "ttl_s": 60}, "subject must be"),
+    ({"action": "node-restart", "subject": "x", "ttl_s": True}, "ttl_s must be a number"),
+    ({"action": "node-restart", "subject": "x", "ttl_s": 0}, "between 1 and 3600"),
+    ({"action": "node-restart", "subject": "x", "ttl_s": 1e9}, "between 1 and 3600"),
+    ({"action": "node-restart", "subject": "x"}, "ttl_s must be a number"),
+])
+def test_a_bad_lease_request_gets_an_error_and_the_session_goes_on(
+        store: SqliteStore, fields: dict[str, Any], reason: str) -> None:
+    s = greeted(store)
+    reply = say(s, type="lease-request", id="r1", **fields)
+    assert reply["type"] == "error" and reason in reply["reason"]
+    assert say(s, type="heartbeat", id="b1") == {"type": "ack", "id": "b1"}
+    assert store.run(lambda tx: tx.leases()) == []
+
+
+def test_bad_lines_get_errors_and_the_session_serves_on(store: SqliteStore) -> None:
+    s = greeted(store)
+    assert "malformed JSON" in s.answer(b"{oops\n")["reason"]
+    assert "unknown message type" in say(s, type="ack", id="z")["reason"]
+    assert "over the" in s.answer(LineTooLong(MAX_LINE_BYTES + 10))["reason"]
+    assert "already said" in say(s, type="hello", id="h9", proto=1)["reason"]
+    assert not s.ended
+    assert say(s, type="heartbeat", id="b1")["type"] == "ack"
+
+
+def test_a_newer_store_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.db"
+    s = SqliteStore(path)
+    assert s.schema_version == len(MIGRATIONS)
+    s.run(lambda tx: tx._db.execute("INSERT INTO schema_version VALUES (99)"))
+    s.close()
+    with pytest.raises(StoreError, match="newer than this coordinator"):
+        SqliteStore(path)

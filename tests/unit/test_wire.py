@@ -1,0 +1,94 @@
+"""The wire protocol (agent/report/wire.py, docs/protocol.md): what is a message and what
+is refused, with a reason that names the problem."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from agent.report.wire import (
+    AGENT_TYPES,
+    MAX_DEPTH,
+    MAX_LINE_BYTES,
+    LineTooLong,
+    Message,
+    WireError,
+    decode,
+    encode,
+    read_lines,
+)
+
+
+def test_a_message_goes_out_and_comes_back() -> None:
+    msg = Message("finding", "a-1", {"problem": "nfs-hang", "subject": "nas-a1", "n": 3})
+    line = encode(msg)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    back = decode(line, AGENT_TYPES)
+    assert back.type == "finding" and back.id == "a-1"
+    assert dict(back.fields) == {"problem": "nfs-hang", "subject": "nas-a1", "n": 3}
+
+
+@pytest.mark.parametrize(("line", "reason", "msg_id"), [
+    (b"{not json", "malformed JSON", None),
+    (b"[1, 2]", "one JSON object", None),
+    (b'"hello"', "one JSON object", None),
+    (b'{"type": "hello"}', "`id` missing", None),
+    (b'{"type": "hello", "id": ""}', "`id` missing", None),
+    (b'{"type": "hello", "id": "a b"}', "`id` missing", None),
+    (b'{"type": "hello", "id": 7}', "`id` missing", None),
+    (b'{"type": "hello", "id": "' + b"x" * 65 + b'"}', "`id` missing", None),
+    (b'{"id": "m1"}', "`type` missing", "m1"),
+    (b'{"id": "m1", "type": 3}', "`type` missing", "m1"),
+    (b'{"id": "m1", "type": "reboot-everything"}', "unknown message type", "m1"),
+    (b'{"id": "m1", "type": "ack"}', "unknown message type", "m1"),
+    (b'{"id": "m1", "type": "hello", "proto": NaN}', "NaN is not a number", None),
+    (b'{"id": "m1", "type": "hello", "x": Infinity}', "Infinity is not a number", None),
+    (b'{"id": "m1", "type": "hello", "id": "m2"}', "given twice", None),
+    (b'{"id": "m1", "type": "hello", "host": "a", "host": "b"}', "given twice", None),
+    (b'\xff\xfe{"id": "m1"}', "not UTF-8", None),
+])
+def test_bad_lines_are_refused_with_the_reason(line: bytes, reason: str,
+                                               msg_id: str | None) -> None:
+    with pytest.raises(WireError) as caught:
+        decode(line, AGENT_TYPES)
+    assert reason in caught.value.reason
+    assert caught.value.id == msg_id
+
+
+def test_nesting_is_bounded_without_recursion() -> None:
+    deep = {"id": "m1", "type": "finding", "x": json.loads("[" * MAX_DEPTH + "]" * MAX_DEPTH)}
+    with pytest.raises(WireError, match="nested deeper"):
+        decode(json.dumps(deep).encode(), AGENT_TYPES)
+    bomb = b'{"id": "m1", "type": "finding", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(WireError, match="nested deeper"):
+        decode(bomb, AGENT_TYPES)
+
+
+def test_a_line_over_the_limit_is_refused_and_never_held_whole() -> None:
+    big = b'{"id": "m1", "type": "finding", "x": "' + b"a" * MAX_LINE_BYTES + b'"}\n'
+    with pytest.raises(WireError, match="over the"):
+        decode(big, AGENT_TYPES)
+    stream = io.BytesIO(big + b'{"id": "m2", "type": "heartbeat"}\n' + b"tail")
+    got = list(read_lines(stream))
+    assert isinstance(got[0], LineTooLong) and got[0].size == len(big)
+    assert got[1:] == [b'{"id": "m2", "type": "heartbeat"}\n', b"tail"]
+
+
+def test_a_line_of_exactly_the_limit_is_a_line() -> None:
+    head = b'{"id":"m1","type":"finding","x":"'
+    body = b"a" * (MAX_LINE_BYTES - len(head) - 3)
+    line = head + body + b'"}\n'
+    assert len(line) == MAX_LINE_BYTES
+    assert list(read_lines(io.BytesIO(line))) == [line]
+    assert decode(line, AGENT_TYPES).id == "m1"
+
+
+def test_encode_refuses_what_the_other_side_would_refuse() -> None:
+    with pytest.raises(ValueError, match="line limit"):
+        encode(Message("finding", "m1", {"x": "a" * MAX_LINE_BYTES}))
+    with pytest.raises(ValueError):
+        encode(Message("finding", "m1", {"x": float("nan")}))
+    with pytest.raises(ValueError, match="cannot hold"):
+        encode(Message("finding", "m1", {"type": "hello"}))

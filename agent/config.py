@@ -20,6 +20,7 @@ from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, Catalog, load_catalog
 from agent.detect.rules import Rule, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
 from agent.policy.ladder import Ladder, parse_policy
+from agent.report.settings import ReporterSettings, parse_reporter
 from agent.schema import MODES, ConfigError, ConfigInvalid, Section, parse_toml, tree_errors
 from agent.sources.settings import (
     DEFAULT_LOGS,
@@ -84,6 +85,8 @@ class Config:
     guards: GuardSettings = field(default_factory=GuardSettings)
     #: `[actions]`: per-action settings and protected units (remediations/_settings.py)
     actions: ActionSettings = field(default_factory=ActionSettings)
+    #: `[coordinator]`: where the reporter sends (agent/report/settings.py); None: alone
+    coordinator: ReporterSettings | None = None
 
 
 #: a host name as pages, reports and the coordinator carry it (RFC 1123 labels, and `_`)
@@ -149,6 +152,7 @@ def parse_config(
         ladders=parse_policy(top, agent.role),
         guards=parse_guards(top),
         actions=parse_actions(top),
+        coordinator=parse_reporter(top.table("coordinator")),
     )
     top.finish()
     return config, errors

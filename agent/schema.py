@@ -118,7 +118,7 @@ class Section:
         value = self._get(
             name, default,
             lambda v: isinstance(v, int | float) and not isinstance(v, bool)
-            and math.isfinite(v), "a finite number",
+            and _finite(v), "a finite number",
         )
         if value is _MISSING:
             return default
@@ -183,6 +183,14 @@ class Section:
 #: deeper than any real file (agent.toml's deepest key is policy.P.rungs[i].params.K);
 #: a deeper document is refused before anything reads it (no parser recursion)
 MAX_DEPTH = 12
+
+
+def _finite(value: float) -> bool:
+    """A finite float, or an integer a float can hold (TOML allows 400-digit ones)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def tree_errors(raw: object, file: str) -> list[ConfigError]:

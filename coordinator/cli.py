@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.report.wire import read_lines
+from agent.report.wire import encode_reply, read_lines
 from coordinator.keys import key_line, public_key, write_key
 from coordinator.session import Session, error
 from coordinator.settings import NAME, CoordinatorSettings, load_settings
@@ -89,8 +89,12 @@ def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteS
             print(f"nodewarden-coordinator: {args.scope!r} is not a group or host name",
                   file=sys.stderr)
             return EXIT_USAGE
+        known = store.run(lambda tx: {n for h in tx.hosts() for n in (h.name, h.group)})
         store.run(lambda tx: tx.set_maintenance(args.scope, args.state == "on", time.time()))
         print(f"maintenance {args.state} for {args.scope}")
+        if args.scope not in known:
+            print(f"nodewarden-coordinator: note: no host or group named {args.scope} is "
+                  "known yet", file=sys.stderr)
         return EXIT_OK
     return _show(args.command, args.json, store)
 
@@ -111,6 +115,9 @@ def serve_session(host: str, settings: CoordinatorSettings, store: SqliteStore) 
             _send(out, error(None, f"coordinator store unavailable ({exc}): nothing was "
                              "recorded; send again later"))
             return EXIT_STORE
+        except Exception as exc:  # a bug must not hand the agent a traceback or end its session
+            reply = error(None, f"the coordinator failed on this line ({type(exc).__name__}); "
+                          "nothing was recorded")
         _send(out, reply)
         if session.ended:
             return EXIT_REFUSED
@@ -118,8 +125,7 @@ def serve_session(host: str, settings: CoordinatorSettings, store: SqliteStore) 
 
 
 def _send(out: Any, reply: dict[str, Any]) -> None:
-    out.write(json.dumps(reply, ensure_ascii=True, separators=(",", ":"),
-                         sort_keys=True).encode() + b"\n")
+    out.write(encode_reply(reply))
     out.flush()
 
 
@@ -140,13 +146,25 @@ def _keys_add(args: argparse.Namespace, settings: CoordinatorSettings,
             return EXIT_REFUSED
     try:
         key = public_key(text)
+        line = key_line(settings.command, args.config, args.host, key)
     except ValueError as exc:
-        print(f"nodewarden-coordinator: not a public key: {exc}", file=sys.stderr)
+        print(f"nodewarden-coordinator: {exc}", file=sys.stderr)
         return EXIT_REFUSED
     record = HostRecord(args.host, args.group, args.role, key, time.time(), None)
-    store.run(lambda tx: tx.put_host(record))
-    write_key(Path(settings.authorized_keys), args.host,
-              key_line(settings.command, args.config, args.host, key))
+
+    def add(tx: Tx) -> str | None:
+        owner = next((h.name for h in tx.hosts() if h.pubkey == key and h.name != args.host),
+                     None)
+        if owner is None:
+            tx.put_host(record)
+        return owner
+
+    owner = store.run(add)
+    if owner is not None:
+        print(f"nodewarden-coordinator: that key is already {owner}'s: each host needs a key "
+              "of its own (sshd would serve both as the first)", file=sys.stderr)
+        return EXIT_REFUSED
+    write_key(Path(settings.authorized_keys), args.host, line)
     print(f"added {args.host} (group {args.group}, role {args.role}) to "
           f"{settings.authorized_keys}")
     return EXIT_OK
@@ -168,10 +186,18 @@ def _show(command: str, as_json: bool, store: SqliteStore) -> int:
         print(json.dumps({command: rows}, indent=2, sort_keys=True))
         return EXIT_OK
     for row in rows:
-        print("  ".join(f"{k}={'-' if v is None else v}" for k, v in row.items()))
+        print("  ".join(f"{k}={_shown(v)}" for k, v in row.items()))
     if not rows:
         print(f"no {'hosts' if command == 'status' else 'leases'}")
     return EXIT_OK
+
+
+def _shown(value: object) -> str:
+    """A value for a terminal: text an agent wrote is quoted when not plainly printable."""
+    if value is None:
+        return "-"
+    text = str(value)
+    return text if text.isprintable() and " " not in text else repr(text)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ again replaces its old key (a rotation). A key's comment is dropped (text others
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import re
 import tempfile
@@ -37,18 +38,58 @@ def public_key(text: str) -> str:
         raw = base64.b64decode(blob, validate=True)
     except ValueError:
         raise ValueError("the key's body is not base64") from None
-    if not raw.startswith(len(kind).to_bytes(4, "big") + kind.encode()):
+    fields = _ssh_strings(raw)
+    if fields is None or len(fields) < 2 or not all(fields[1:]):
+        raise ValueError("the key's body is not an SSH public key (its fields do not add up)")
+    if fields[0] != kind.encode():
         raise ValueError("the key's body does not hold its own type: not a public key")
+    if kind == "ssh-ed25519" and (len(fields) != 2 or len(fields[1]) != 32):
+        raise ValueError("an ssh-ed25519 key holds 32 bytes of key")
     return f"{kind} {blob}"
 
 
+def _ssh_strings(raw: bytes) -> list[bytes] | None:
+    """The length-prefixed strings of an SSH wire blob, None unless they fill it exactly."""
+    out, at = [], 0
+    while at < len(raw):
+        if at + 4 > len(raw):
+            return None
+        size = int.from_bytes(raw[at:at + 4], "big")
+        at += 4
+        if at + size > len(raw):
+            return None
+        out.append(raw[at:at + size])
+        at += size
+    return out
+
+
+#: what a forced command may hold unquoted: no space, quote, `$`, `;` or newline
+PLAIN = re.compile(r"[A-Za-z0-9/._-]+")
+
+
 def key_line(command: str, config: Path | None, host: str, key: str) -> str:
-    config_arg = f" --config {config}" if config is not None else ""
+    """The host's authorized_keys line; ValueError when the config path cannot be
+    written into a forced command as it is (it must be absolute and plain)."""
+    config_arg = ""
+    if config is not None:
+        path = str(config.absolute())
+        if not PLAIN.fullmatch(path):
+            raise ValueError(f"the configuration's path {path[:200]!r} cannot go into a forced "
+                             "command: use a path of letters, digits, '/', '.', '_' and '-'")
+        config_arg = f" --config {path}"
     return f'restrict,command="{command}{config_arg} session --host {host}" {key}'
 
 
 def write_key(path: Path, host: str, line: str) -> None:
-    """`path` with `line` as HOST's only line (others' lines kept as they were)."""
+    """`path` with `line` as HOST's only line (others' lines kept as they were), under
+    a lock: two `keys add` at once both land."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (path.parent / f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _rewrite(path, host, line)
+
+
+def _rewrite(path: Path, host: str, line: str) -> None:
     kept = []
     if path.exists():
         for old in path.read_text("utf-8").splitlines():
@@ -56,7 +97,6 @@ def write_key(path: Path, host: str, line: str) -> None:
             if old.strip() and not (mark and mark.group(1) == host):
                 kept.append(old)
     kept.append(line)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".authorized_keys.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

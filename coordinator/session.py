@@ -10,7 +10,9 @@ a wrong protocol version, which ends it after the reply.
 
 from __future__ import annotations
 
-import math
+import hashlib
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,9 +28,11 @@ from agent.report.wire import (
 from coordinator.settings import CoordinatorSettings
 from coordinator.store import HostRecord, SqliteStore, Tx
 
-#: disruptive actions need a lease; their names are the agent's (remediations/)
-MAX_NAME = 64
+#: an action's name, as the agent's remediations are named (remediations/)
+ACTION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 MAX_SUBJECT = 256
+#: a lease id is the store's row id
+MAX_LEASE_ID = 2**63 - 1
 
 
 def error(msg_id: str | None, reason: str) -> dict[str, Any]:
@@ -77,20 +81,27 @@ class Session:
         proto = msg.get("proto")
         if proto != PROTO or isinstance(proto, bool):
             self.ended = True
-            return error(msg.id, f"protocol version {proto!r} is not spoken here: this "
-                         f"coordinator speaks {PROTO}")
+            return error(msg.id, f"protocol version {repr(proto)[:40]} is not spoken here: "
+                         f"this coordinator speaks {PROTO}")
         self.greeted = True
+        self._store.run(lambda tx: tx.prune(self._clock()))
         return self._store.run(lambda tx: self._once(tx, msg))
 
     def _once(self, tx: Tx, msg: Message) -> dict[str, Any]:
-        """The message's reply and effect, or the reply it already got."""
+        """The message's reply and effect, or the reply it already got. A refused message
+        is not kept: sent again corrected, under the same id, it is decided afresh."""
         host, now = self.host.name, self._clock()
-        earlier = tx.reply_to(host, msg.id)
+        digest = _digest(msg)
+        earlier = tx.earlier(host, msg.id)
         if earlier is not None:
-            return earlier
+            if earlier[0] != digest:
+                return error(msg.id, f"id {msg.id} was already used for another message")
+            return earlier[1]
         tx.seen(host, now)
         reply = self._decide(tx, msg, now)
-        tx.record(host, msg.id, msg.type, dict(msg.fields), reply=reply, now=now)
+        if reply["type"] != "error":
+            tx.record(host, msg.id, msg.type, dict(msg.fields), digest=digest, reply=reply,
+                      now=now)
         return reply
 
     def _decide(self, tx: Tx, msg: Message, now: float) -> dict[str, Any]:
@@ -104,25 +115,31 @@ class Session:
 
     def _ttl(self, msg: Message) -> float | str:
         ttl = msg.get("ttl_s")
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not math.isfinite(ttl):
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float):
             return "ttl_s must be a number of seconds"
-        if not 1 <= ttl <= self._settings.max_ttl_s:
+        if not 1 <= ttl <= self._settings.max_ttl_s:  # ints of any size compare exactly
             return f"ttl_s must be between 1 and {self._settings.max_ttl_s:g}"
         return float(ttl)
 
     def _lease_request(self, tx: Tx, msg: Message, now: float) -> dict[str, Any]:
         action, subject, ttl = msg.get("action"), msg.get("subject"), self._ttl(msg)
-        if not isinstance(action, str) or not 0 < len(action) <= MAX_NAME:
-            return error(msg.id, f"action must be a name of 1-{MAX_NAME} characters")
-        if not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT:
-            return error(msg.id, f"subject must be a string of 1-{MAX_SUBJECT} characters")
+        if not isinstance(action, str) or not ACTION.fullmatch(action):
+            return error(msg.id, "action must be a remediation's name (1-64 of a-z, 0-9, '-')")
+        if (not isinstance(subject, str) or not 0 < len(subject) <= MAX_SUBJECT
+                or not subject.isprintable()):
+            return error(msg.id, f"subject must be printable text of 1-{MAX_SUBJECT} "
+                         "characters")
         if isinstance(ttl, str):
             return error(msg.id, ttl)
         host = tx.host(self.host.name) or self.host
         group = host.group
-        scopes = set(tx.maintenance())
-        if {host.name, group} & scopes:
-            return _deny(msg.id, f"maintenance ({', '.join(sorted({host.name, group} & scopes))})")
+        held = self._held_elsewhere(tx, host, group, now)
+        if held is not None:
+            return _deny(msg.id, held)
+        mine = tx.held_by(host.name, now)
+        if mine:
+            return _deny(msg.id, f"{host.name} already holds lease {mine[0].id} "
+                         f"({mine[0].action}): one disruptive action per host at a time")
         limit = self._settings.group(group).max_disruptive
         running = tx.active_leases(group, now)
         if len(running) >= limit:
@@ -134,9 +151,16 @@ class Session:
         return {"type": "lease-grant", "id": msg.id, "lease": lease.id,
                 "expires": lease.expires}
 
+    def _held_elsewhere(self, tx: Tx, host: HostRecord, group: str, now: float) -> str | None:
+        """Why a lease cannot be held now whatever the count: maintenance of its scope."""
+        del now
+        scopes = set(tx.maintenance()) & {host.name, group}
+        return f"maintenance ({', '.join(sorted(scopes))})" if scopes else None
+
     def _own_lease(self, tx: Tx, msg: Message) -> int | dict[str, Any]:
         lease_id = msg.get("lease")
-        if isinstance(lease_id, bool) or not isinstance(lease_id, int):
+        if (isinstance(lease_id, bool) or not isinstance(lease_id, int)
+                or not 0 < lease_id <= MAX_LEASE_ID):
             return error(msg.id, "lease must be the id a lease-grant gave")
         lease = tx.lease(lease_id)
         if lease is None or lease.host != self.host.name:
@@ -152,6 +176,16 @@ class Session:
         lease = tx.lease(found)
         if lease is None or not lease.active(now):
             return _deny(msg.id, f"lease {found} has expired or was released: ask again")
+        host = tx.host(self.host.name) or self.host
+        held = self._held_elsewhere(tx, host, host.group, now)
+        if held is None and host.group != lease.group:
+            held = f"{host.name} is now in group {host.group}, not {lease.group}"
+        if held is None and now + ttl - lease.granted > self._settings.max_lifetime_s:
+            held = (f"lease {found} has reached the longest life a lease may have "
+                    f"({self._settings.max_lifetime_s:g} s): release it and ask again")
+        if held is not None:
+            tx.release(found, now)
+            return _deny(msg.id, held)
         tx.renew(found, now + ttl)
         return {"type": "lease-grant", "id": msg.id, "lease": found, "expires": now + ttl}
 
@@ -161,6 +195,13 @@ class Session:
             return found
         tx.release(found, now)
         return ack(msg.id)
+
+
+def _digest(msg: Message) -> str:
+    """What a message says, as a digest: the same id must always carry the same."""
+    text = json.dumps([msg.type, dict(msg.fields)], sort_keys=True, ensure_ascii=False,
+                      separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
 def _deny(msg_id: str, reason: str) -> dict[str, Any]:

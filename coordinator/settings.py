@@ -41,6 +41,8 @@ class CoordinatorSettings:
     command: str = "nodewarden-coordinator"
     #: the longest lease an agent may ask for
     max_ttl_s: float = 3600.0
+    #: the longest a lease may be renewed to live, from its grant
+    max_lifetime_s: float = 4 * 3600.0
     groups: Mapping[str, GroupSettings] = field(
         default_factory=lambda: MappingProxyType({}))
     #: a group not listed gets these
@@ -73,6 +75,8 @@ def parse_settings(raw: Mapping[str, object], file: str
     store.finish()
     if not url.startswith(("sqlite:///", "postgresql://")):
         store.error("url", "must start with sqlite:/// or postgresql://")
+    elif "\0" in url or not url.isprintable():
+        store.error("url", "must be printable text without NUL")
     ssh = top.table("ssh")
     keys = ssh.text("authorized_keys", DEFAULT_AUTHORIZED_KEYS)
     command = ssh.text("command", "nodewarden-coordinator")
@@ -84,6 +88,7 @@ def parse_settings(raw: Mapping[str, object], file: str
                   "each key's forced command)")
     leases = top.table("leases")
     max_ttl = leases.number("max_ttl_s", 3600.0, minimum=1.0, maximum=86400.0)
+    max_life = leases.number("max_lifetime_s", 4 * 3600.0, minimum=1.0, maximum=7 * 86400.0)
     leases.finish()
     default = _group(top.table("default_group"))
     groups = {}
@@ -94,8 +99,8 @@ def parse_settings(raw: Mapping[str, object], file: str
             continue
         groups[name] = _group(sec)
     top.finish()
-    return CoordinatorSettings(url, keys, command, max_ttl, MappingProxyType(groups),
-                               default), errors
+    return CoordinatorSettings(url, keys, command, max_ttl, max_life,
+                               MappingProxyType(groups), default), errors
 
 
 def load_settings(path: Path | None) -> tuple[CoordinatorSettings | None, list[ConfigError]]:

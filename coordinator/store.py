@@ -37,7 +37,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX leases_active ON leases (grp, released, expires)",
         "CREATE TABLE maintenance (scope TEXT PRIMARY KEY, since REAL NOT NULL)",
     ),
+    (  # 2: a digest of each message's content, to refuse an id used again for another one
+        "ALTER TABLE messages ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
+        "CREATE INDEX messages_received ON messages (received)",
+        "CREATE INDEX leases_host ON leases (host, released, expires)",
+    ),
 )
+#: what a message's body may take in the store; a larger one is kept cut, with a mark
+MAX_STORED_BODY = 64 * 1024
+#: how long answered messages and ended leases are kept (the window in which the same
+#: message sent again is recognised is this long)
+RETENTION_S = 30 * 86400.0
+PRUNE_BATCH = 1000
 
 
 class StoreError(Exception):
@@ -95,17 +106,34 @@ class Tx:
     def seen(self, host: str, now: float) -> None:
         self._db.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", (now, host))
 
-    def reply_to(self, host: str, msg_id: str) -> dict[str, Any] | None:
-        row = self._db.execute("SELECT reply FROM messages WHERE host = ? AND id = ?",
+    def earlier(self, host: str, msg_id: str) -> tuple[str, dict[str, Any]] | None:
+        """(digest, reply) of the message this host sent with this id before, if any."""
+        row = self._db.execute("SELECT digest, reply FROM messages WHERE host = ? AND id = ?",
                                (host, msg_id)).fetchone()
-        return json.loads(row[0]) if row else None
+        return (row[0], json.loads(row[1])) if row else None
 
     def record(self, host: str, msg_id: str, kind: str, body: dict[str, Any], *,
-               reply: dict[str, Any], now: float) -> None:
-        self._db.execute("INSERT INTO messages (host, id, type, received, body, reply) "
-                         "VALUES (?,?,?,?,?,?)", (host, msg_id, kind, now,
-                                                  json.dumps(body, sort_keys=True),
-                                                  json.dumps(reply, sort_keys=True)))
+               digest: str, reply: dict[str, Any], now: float) -> None:
+        text = json.dumps(body, sort_keys=True, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":"))
+        if len(text) > MAX_STORED_BODY:
+            text = json.dumps({"cut": True, "bytes": len(text.encode())})
+        self._db.execute("INSERT INTO messages (host, id, type, received, body, reply, digest) "
+                         "VALUES (?,?,?,?,?,?,?)",
+                         (host, msg_id, kind, now, text,
+                          json.dumps(reply, sort_keys=True, separators=(",", ":")), digest))
+
+    def prune(self, now: float) -> int:
+        """Drop a batch of answered messages and ended leases older than RETENTION_S."""
+        before = now - RETENTION_S
+        gone = self._db.execute(
+            "DELETE FROM messages WHERE rowid IN (SELECT rowid FROM messages "
+            "WHERE received < ? LIMIT ?)", (before, PRUNE_BATCH)).rowcount
+        gone += self._db.execute(
+            "DELETE FROM leases WHERE id IN (SELECT id FROM leases WHERE granted < ? AND "
+            "(released IS NOT NULL OR expires <= ?) LIMIT ?)",
+            (before, now, PRUNE_BATCH)).rowcount
+        return gone
 
     def messages(self, host: str | None = None) -> list[tuple[str, str, str, float, str]]:
         """(host, id, type, received, body) in the order received."""
@@ -124,7 +152,17 @@ class Tx:
         return [Lease(*r) for r in self._db.execute(sql + " ORDER BY id", args)]
 
     def active_leases(self, group: str, now: float) -> list[Lease]:
-        return [lease for lease in self.leases(group) if lease.active(now)]
+        """The group's leases neither released nor expired (read through its index)."""
+        rows = self._db.execute(
+            "SELECT id, host, grp, action, subject, granted, expires, released FROM leases "
+            "WHERE grp = ? AND released IS NULL AND expires > ? ORDER BY id", (group, now))
+        return [Lease(*r) for r in rows]
+
+    def held_by(self, host: str, now: float) -> list[Lease]:
+        rows = self._db.execute(
+            "SELECT id, host, grp, action, subject, granted, expires, released FROM leases "
+            "WHERE host = ? AND released IS NULL AND expires > ? ORDER BY id", (host, now))
+        return [Lease(*r) for r in rows]
 
     def grant(self, host: str, group: str, action: str, subject: str, *, now: float,
               ttl_s: float) -> Lease:

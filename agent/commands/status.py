@@ -116,7 +116,18 @@ def collect(config: Any, now: float) -> dict[str, Any]:
     out["history_fault"] = None if fault is None else {"reason": fault.reason,
                                                        "since": fault.since}
     out["last_actions"] = _last_actions(state_dir)
+    out["reporter"] = _reporter(config, state_dir)
     return out
+
+
+def _reporter(config: Any, state_dir: Path) -> dict[str, Any] | None:
+    """What the daemon last wrote of its reporter (reporter.json); None: no coordinator."""
+    if config.coordinator is None:
+        return None
+    seen = _read_json(state_dir / "reporter.json") or {}
+    return {"coordinator": f"{config.coordinator.host}:{config.coordinator.port}",
+            **{k: seen.get(k) for k in ("connected", "spool_depth", "last_ack", "last_error",
+                                        "dropped", "t")}}
 
 
 def _guards_left(config: Any, state: Any, now: float) -> dict[str, Any]:
@@ -209,6 +220,7 @@ def _render(s: dict[str, Any]) -> str:
     lines.append(f"approvals: {len(s['approvals'])}")
     lines += [f"  {a['action']} {a['subject']} until {iso(a['expires_at'])} by {a['by']}"
               for a in s["approvals"]]
+    lines.append(_reporter_line(s.get("reporter"), float(s["now"])))
     lines.append(f"last actions: {len(s['last_actions'])}")
     for a in s["last_actions"]:
         ok = {True: "ok", False: "FAILED", None: "-"}[a["ok"]]
@@ -216,6 +228,24 @@ def _render(s: dict[str, Any]) -> str:
         lines.append(f"  {iso(float(a['t'] or 0))} {a['action']} {a['subject']}: {ok}, {ran}"
                      f" ({a['origin']}): {a['detail']}")
     return "\n".join(lines)
+
+
+def _reporter_line(r: dict[str, Any] | None, now: float) -> str:
+    from agent.guards.base import span
+
+    if r is None:
+        return "reporter: no coordinator configured (the agent runs alone)"
+    if r.get("t") is None:
+        return f"reporter: to {r['coordinator']}, no state written yet (is the daemon running?)"
+    state = "connected" if r.get("connected") else "NOT connected"
+    ack = "never" if r.get("last_ack") is None else f"{span(now - float(r['last_ack']))} ago"
+    line = (f"reporter: {state} to {r['coordinator']}, {r.get('spool_depth')} message(s) "
+            f"waiting, last ack {ack}")
+    if r.get("dropped"):
+        line += f", dropped {r['dropped']}"
+    if r.get("last_error"):
+        line += f"; last error: {_printable(r['last_error'])}"
+    return line
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,10 +1,9 @@
 """The running agent: one `selectors` loop over every source (docs/architecture.md "Data flow").
 
-    kmsg fd ─┐
-    udev fd ─┤                      ┌─> audit log (JSON lines, state_dir/audit.jsonl)
-    probes  ─┼─> loop ─> pipeline ──┤
-    wake-up ─┤   (observe/decide)   └─> decisions ─> execution worker ─> complete()
-    timer   ─┘   metrics, log files, decide, watchdog, STATUS=
+    kmsg fd ─┐                      ┌─> audit log (state_dir/audit.jsonl), the reporter
+    udev fd ─┼─> loop ─> pipeline ──┤
+    probes  ─┤   (observe/decide)   └─> decisions ─> execution worker ─> complete()
+    wake-up, timer: metrics, log files, decide, watchdog, STATUS=, heartbeats
 
 The loop only reads and decides. Slow work runs elsewhere: plans in a bounded execution
 worker (execution.py), probes in the scheduler's threads, filesystem use and the mail
@@ -33,6 +32,7 @@ from agent.daemon.execution import (
 from agent.daemon.logline import describe
 from agent.daemon.overview import OVERVIEW_EVERY_S, OverviewLog
 from agent.daemon.reload import keep_state_dir, refused_note, reloaded_note
+from agent.daemon.reporting import Reporting
 from agent.daemon.signals import SignalInbox
 from agent.daemon.sources import Sources
 from agent.daemon.startup import make_state_dir, reconcile_intents, release_startup_memory
@@ -91,6 +91,7 @@ class Daemon:
         self._ready = False
         self.status = CycleStatus(notifier)
         self._overview = OverviewLog(overview_every_s)
+        self.reporting = Reporting(config, self.state_dir, clock)  # [coordinator]: start()
         self._observed = False
         self._next_sample = 0.0
         self._next_decide = 0.0
@@ -124,6 +125,7 @@ class Daemon:
         """Everything before READY=1: state, safety state, sources, the kmsg backlog."""
         make_state_dir(self.state_dir)
         self.audit = AuditLog(self.state_dir / AUDIT_FILE, wall=self.clock.now)
+        self.reporting.start()
         self._wake = WakeupPipe()
         self.signals.install(self._wake.write_fd)
         self._exec = Executions(self._wake.wake, self.clock, self._run_decision)
@@ -159,6 +161,7 @@ class Daemon:
             self._collect_executions()
         if self.sources is not None:
             self.sources.close()
+        self.reporting.stop()
         if self.audit is not None:
             self.audit.close()
         if self._sel is not None:
@@ -185,6 +188,7 @@ class Daemon:
         if now >= self._next_decide:
             self._guarded(self._decide)
         self.watchdog.tick(self.clock.monotonic(), healthy=True)
+        self._guarded(lambda: self.reporting.tick(now, self.summary))
         self.audit.flush()
         self.turns += 1
 
@@ -198,10 +202,8 @@ class Daemon:
                           getattr(work, "__name__", "a handler"))
 
     def _next_deadline(self) -> float:
-        deadlines = [self._next_sample, self._next_decide]
-        due = self.watchdog.next_due()
-        if due is not None:
-            deadlines.append(due)
+        deadlines = [d for d in (self._next_sample, self._next_decide, self.watchdog.next_due(),
+                                 self.reporting.next_due()) if d is not None]
         src = self.sources
         if src is not None and src.probes is not None:
             wait = src.probes.next_due_in(self.clock.monotonic())
@@ -256,8 +258,7 @@ class Daemon:
         self._collect_executions()
 
     def _sample(self, now: float) -> None:
-        """The timer: metrics, log files, due probes, sources to open again, the overview
-        line; runs every agent.sample_interval_s."""
+        """Every agent.sample_interval_s: metrics, log files, probes, reopens, overview."""
         assert self.sources is not None
         self._next_sample = now + self.config.agent.sample_interval_s
         src = self.sources
@@ -347,12 +348,12 @@ class Daemon:
             record["host"] = self.host
             record["mono"] = round(mono, 6)
             self.audit.append(record)
+            self.reporting.emit(record)
             self.status.track(event)
             log.log(level, "%s", describe(event))
 
     def summary(self) -> str:
-        """The cycle's sentence (docs/architecture.md, convention 3), shown as systemd STATUS= and
-        in the log."""
+        """The cycle's sentence (docs/architecture.md, convention 3): STATUS=, the log."""
         return self.status.summary(getattr(self.pipeline, "sentence", None))
 
     def _update_status(self) -> None:
@@ -382,11 +383,10 @@ class Daemon:
     def _apply(self, loaded: Loaded) -> None:
         assert self.sources is not None
         new, old = loaded.config, self.config
-        # Always rebuilt: signature files may have changed even when agent.toml did not.
-        # Built first: if it fails (a signature file changed since the check), nothing
-        # of the new configuration has been applied yet. Guard state (budgets, cooldowns,
-        # intents) lives in the state directory, so it survives; with the same rules the
-        # findings carry over (kernel evidence is not read twice).
+        # Always rebuilt (signature files may have changed), and first: if it fails,
+        # nothing new is applied yet. Guard state lives in the state directory; with the
+        # same rules the findings carry over (kernel evidence is not read twice).
+        # [coordinator] changes take effect at the next start.
         pipeline = self._pipeline_factory(loaded, self.clock)
         kept = self.pipeline is not None and pipeline.carry_over(self.pipeline)
         self.loaded, self.config = loaded, new

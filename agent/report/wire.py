@@ -12,6 +12,7 @@ problem (and the message's id when it could be read), never a traceback.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
@@ -23,12 +24,14 @@ PROTO = 1
 MAX_LINE_BYTES = 1 << 20
 #: what a JSON object may nest to (a finding's fields are a few levels deep)
 MAX_DEPTH = 16
+#: the longest reason a reply carries
+MAX_REASON = 1000
 #: message ids: the agent's own tokens, short and plain (they land in logs and the store)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 
 #: what an agent sends
 AGENT_TYPES = frozenset({
-    "hello", "heartbeat", "finding", "resolved", "verdict", "plan", "outcome", "page",
+    "hello", "heartbeat", "finding", "resolved", "verdict", "plan", "outcome", "note", "page",
     "lease-request", "lease-renew", "lease-release",
 })
 #: what a coordinator sends
@@ -66,6 +69,14 @@ def valid_id(value: object) -> bool:
     return isinstance(value, str) and _ID.fullmatch(value) is not None
 
 
+def encode_reply(reply: Mapping[str, Any]) -> bytes:
+    """A coordinator's reply as one line; a reason too long for a line is cut."""
+    if "reason" in reply and len(str(reply["reason"])) > MAX_REASON:
+        reply = {**reply, "reason": str(reply["reason"])[:MAX_REASON] + "..."}
+    return json.dumps(reply, ensure_ascii=True, allow_nan=False, separators=(",", ":"),
+                      sort_keys=True).encode("ascii") + b"\n"
+
+
 def encode(msg: Message) -> bytes:
     """One line of JSON (ASCII, no NaN); ValueError when it would be over the limit."""
     for name in ("type", "id"):
@@ -92,6 +103,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number here")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is out of a float's range")
+    return value
+
+
 def _depth(value: Any) -> int:
     """How deep a decoded value nests (iteratively: no recursion on hostile input)."""
     deepest, stack = 0, [(value, 1)]
@@ -114,7 +132,8 @@ def decode(line: bytes, allowed: Set[str]) -> Message:
     except UnicodeDecodeError:
         raise WireError("line is not UTF-8") from None
     try:
-        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
+        raw = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant,
+                         parse_float=_finite_float)
     except RecursionError:
         raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels") from None
     except ValueError as exc:
@@ -132,6 +151,10 @@ def decode(line: bytes, allowed: Set[str]) -> Message:
         raise WireError(f"unknown message type {kind[:64]!r}", msg_id)
     if _depth(raw) > MAX_DEPTH:
         raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels", msg_id)
+    try:  # a \\ud800 escape decodes to a lone surrogate, which no store can keep
+        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise WireError("a string holds a lone surrogate (not Unicode text)", msg_id) from None
     fields = {k: v for k, v in raw.items() if k not in ("type", "id")}
     return Message(kind, str(msg_id), MappingProxyType(fields))
 

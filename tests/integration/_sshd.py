@@ -14,12 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 from tests.integration._mailservers import LOOPBACK, free_port, wait_for_port
 
@@ -42,14 +43,18 @@ def keypair(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_sshd(authorized_keys: Path) -> Iterator[Sshd]:
+def running_sshd(authorized_keys: Path, *, host_key: Path | None = None,
+                 port: int | None = None) -> Iterator[Sshd]:
+    """sshd as above; `host_key` and `port` given, a restart of the same server (its key
+    made at `host_key` when it does not exist yet)."""
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     work = Path(tempfile.mkdtemp(prefix="nw-sshd-"))
     proc: subprocess.Popen[bytes] | None = None
     try:
-        host_key = work / "host_ed25519"
-        pub = keypair(host_key)
-        port = free_port()
+        host_key = host_key or work / "host_ed25519"
+        pub = (Path(f"{host_key}.pub").read_text().strip() if host_key.exists()
+               else keypair(host_key))
+        port = port or free_port()
         config = work / "sshd_config"
         log = work / "sshd.log"
         config.write_text("\n".join([
@@ -61,20 +66,27 @@ def running_sshd(authorized_keys: Path) -> Iterator[Sshd]:
             "MaxStartups 100:30:200", "MaxSessions 10", "LogLevel VERBOSE", "",
         ]))
         known = work / "known_hosts"
-        known.write_text(f"[{LOOPBACK}]:{port} {pub}\n")
+        known.write_text(f"[{LOOPBACK}]:{port} {' '.join(pub.split()[:2])}\n")
         proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=log.open("wb"))
         wait_for_port(port, proc, log)
         yield Sshd(port, pub, known, log)
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if proc is not None:
+            stop_sshd(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def stop_sshd(proc: subprocess.Popen[bytes]) -> None:
+    """The listener and every connection's sshd (each in a session of its own: they
+    outlive the listener unless killed too), then their commands."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        for p in everyone:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        psutil.wait_procs(everyone, timeout=10)
+    proc.wait(10)
 
 
 def ssh_command(server: Sshd, key: Path, *remote: str) -> list[str]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +16,11 @@ from typing import Any
 import pytest
 
 from coordinator.store import SqliteStore
+from tests.integration._coordinator import make_coordinator
 from tests.integration._sshd import Sshd, environment, keypair, running_sshd, ssh_command
 
 pytestmark = pytest.mark.realparts
 
-COORDINATOR = str(Path(sys.executable).parent / "nodewarden-coordinator")
 HOSTS = 20
 
 
@@ -36,22 +35,9 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     work = tmp_path_factory.mktemp("coordinator")
-    authorized = work / "ssh" / "authorized_keys"
-    config = work / "coordinator.toml"
-    config.write_text(f'[store]\nurl = "sqlite:///{work / "fleet.db"}"\n'
-                      f'[ssh]\nauthorized_keys = "{authorized}"\ncommand = "{COORDINATOR}"\n'
-                      "[groups.mail]\nmax_disruptive = 2\n")
-    keys = {}
-    for i in range(HOSTS):
-        host = f"mx{i}"
-        keys[host] = work / f"{host}_key"
-        keypair(keys[host])
-        done = subprocess.run([COORDINATOR, "--config", str(config), "keys", "add", host,
-                               f"{keys[host]}.pub", "--group", "mail", "--role", "mail"],
-                              capture_output=True, text=True, check=False)
-        assert done.returncode == 0, done.stderr
-    with running_sshd(authorized) as sshd:
-        yield Fleet(config, work / "fleet.db", keys, sshd)
+    made = make_coordinator(work, [f"mx{i}" for i in range(HOSTS)], max_disruptive=2)
+    with running_sshd(made.authorized_keys) as sshd:
+        yield Fleet(made.config, made.store, made.keys, sshd)
 
 
 def converse(fleet: Fleet, host: str, messages: list[dict[str, Any]], *remote: str

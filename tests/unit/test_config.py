@@ -96,7 +96,8 @@ def _documented_keys() -> set[str]:
 
 def test_every_key_the_parsers_ask_for_is_documented() -> None:
     asked: set[str] = set()
-    sample = {"logs": {"NAME": {"path": "/x"}}, "probes": {"NAME": {"kind": "imap"}}}
+    sample = {"logs": {"NAME": {"path": "/x"}}, "probes": {"NAME": {"kind": "imap"}},
+              "coordinator": {"host": "c"}}
     parse_config(sample, "f", asked)
     leaves = {k for k in asked if not any(o.startswith(k + ".") for o in asked)}
     missing = leaves - _documented_keys()

@@ -17,6 +17,7 @@ from coordinator.keys import public_key
 KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGnJ0NVOtg7LtoxkkNlyjfZrnRnEDIM9cjVmFSIJFRbE "
        "comment with $(rm -rf /) in it")
 OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIH2qOcJrJXMtxB6rUk3F9fsgq6prdTgFPg6MSUzzyf+n"
+THIRD = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIP5eY417XHGxIfbxwMySDTuSiOXc+P5siXJ8iUpi0QE"
 
 
 @pytest.fixture
@@ -37,6 +38,8 @@ def config(tmp_path: Path) -> Path:
     ("[ssh]\nauthorized_keys = 'relative'\n", "ssh.authorized_keys", "absolute"),
     ("[ssh]\ncommand = 'x; rm -rf /'\n", "ssh.command", "plain program"),
     ("[leases]\nmax_ttl_s = inf\n", "leases.max_ttl_s", "finite"),
+    ("[leases]\nmax_ttl_s = 1" + "0" * 400 + "\n", "leases.max_ttl_s", "finite"),
+    ('[store]\nurl = "sqlite:////tmp/x\\u0000y"\n', "store.url", "without NUL"),
     ("not toml ===", "-", "not valid TOML"),
 ])
 def test_a_bad_configuration_is_refused_with_file_key_and_reason(
@@ -57,11 +60,14 @@ def test_keys_add_writes_a_forced_command_line_and_rotates(
     assert lines[0] == (f'restrict,command="nodewarden-coordinator --config {config} session '
                         f'--host mx1" {public_key(KEY)}')
     assert "rm -rf" not in lines[0]  # the key's comment is dropped
-    # adding mx1 again replaces its key, mx2's stays
-    assert main(["--config", str(config), "keys", "add", "mx1", OTHER, "--group", "web",
+    # one key, one host: mx2's key cannot become mx1's too
+    assert main(["--config", str(config), "keys", "add", "mx1", OTHER, "--group", "mail"]) == 1
+    assert "already mx2's" in capsys.readouterr().err
+    # adding mx1 again with a new key replaces its old one, mx2's stays
+    assert main(["--config", str(config), "keys", "add", "mx1", THIRD, "--group", "web",
                  "--role", "webmail"]) == 0
     lines = (tmp_path / "authorized_keys").read_text().splitlines()
-    assert len(lines) == 2 and all(line.endswith(OTHER) for line in lines)
+    assert len(lines) == 2 and lines[0].endswith(OTHER) and lines[1].endswith(THIRD)
     assert (tmp_path / "authorized_keys").stat().st_mode & 0o777 == 0o600
     capsys.readouterr()
     assert main(["--config", str(config), "status", "--json"]) == 0
@@ -71,7 +77,9 @@ def test_keys_add_writes_a_forced_command_line_and_rotates(
 
 
 @pytest.mark.parametrize(("args", "code", "says"), [
-    (["mx1", "ssh-ed25519 AAAA", "--group", "mail"], EXIT_REFUSED, "not a public key"),
+    (["mx1", "ssh-ed25519 AAAA", "--group", "mail"], EXIT_REFUSED, "not an SSH public key"),
+    (["mx1", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5", "--group", "mail"], EXIT_REFUSED,
+     "not an SSH public key"),
     (["mx1", "ssh-dss AAAAB3NzaC1kc3MAAACBAP", "--group", "mail"], EXIT_REFUSED, "key type"),
     (["mx1", "ssh-ed25519 AAAAB3NzaC1yc2EAAAADAQAB", "--group", "mail"], EXIT_REFUSED,
      "does not hold its own type"),
@@ -85,6 +93,31 @@ def test_keys_add_refuses_what_is_not_a_key_or_a_name(
     assert main(["--config", str(config), "keys", "add", *args]) == code
     assert says in capsys.readouterr().err
     assert not (tmp_path / "authorized_keys").exists()
+
+
+def test_a_config_path_that_would_break_the_forced_command_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    odd = tmp_path / "cfg;$SSH_ORIGINAL_COMMAND;x"
+    odd.mkdir()
+    path = odd / "c.toml"
+    path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "fleet.db"}"\n'
+                    f'[ssh]\nauthorized_keys = "{tmp_path / "authorized_keys"}"\n')
+    assert main(["--config", str(path), "keys", "add", "mx1", KEY, "--group", "mail"]) == 1
+    assert "cannot go into a forced command" in capsys.readouterr().err
+    assert not (tmp_path / "authorized_keys").exists()
+
+
+def test_concurrent_keys_add_all_land(config: Path, tmp_path: Path) -> None:
+    keys = []
+    for i in range(8):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                        str(tmp_path / f"k{i}")], check=True)
+        keys.append(str(tmp_path / f"k{i}.pub"))
+    procs = [subprocess.Popen([sys.executable, "-m", "coordinator", "--config", str(config),
+                               "keys", "add", f"h{i}", keys[i], "--group", "mail"],
+                              stdout=subprocess.DEVNULL) for i in range(8)]
+    assert [p.wait(60) for p in procs] == [0] * 8
+    assert len((tmp_path / "authorized_keys").read_text().splitlines()) == 8
 
 
 def test_maintenance_and_leases_commands(config: Path,

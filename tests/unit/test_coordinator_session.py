@@ -178,3 +178,96 @@ def test_a_newer_store_is_refused(tmp_path: Path) -> None:
     s.close()
     with pytest.raises(StoreError, match="newer than this coordinator"):
         SqliteStore(path)
+
+
+@pytest.mark.parametrize("line", [
+    b'{"type":"lease-request","id":"r1","action":"node-restart","subject":"x","ttl_s":1'
+    + b"0" * 400 + b"}",
+    b'{"type":"lease-request","id":"r1","action":"\\ud800","subject":"x","ttl_s":60}',
+    b'{"type":"lease-request","id":"r1","action":"node-restart","subject":"\\udfff",'
+    b'"ttl_s":60}',
+    b'{"type":"lease-renew","id":"r1","lease":9223372036854775808,"ttl_s":60}',
+    b'{"type":"lease-release","id":"r1","lease":-1}',
+    b'{"type":"heartbeat","id":"r1","x":1e400}',
+    b'{"type":"lease-request","id":"r1","action":"x\\nlease=99 host=b","subject":"y",'
+    b'"ttl_s":60}',
+    b'{"type":"lease-request","id":"r1","action":"node-restart","subject":"\\u001b]0;x\\u0007",'
+    b'"ttl_s":60}',
+])
+def test_hostile_values_get_an_error_not_a_crash(store: SqliteStore, line: bytes) -> None:
+    s = greeted(store)
+    reply = s.answer(line + b"\n")
+    assert reply["type"] == "error" and reply["id"] in ("r1", None)
+    assert say(s, type="heartbeat", id="b1") == {"type": "ack", "id": "b1"}
+    assert store.run(lambda tx: tx.leases()) == []
+
+
+def test_an_id_used_again_for_another_message_is_refused(store: SqliteStore) -> None:
+    s = greeted(store)
+    grant = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=60)
+    assert grant["type"] == "lease-grant"
+    assert say(s, type="lease-release", id="r1", lease=grant["lease"])["reason"] == \
+        "id r1 was already used for another message"
+    assert say(s, type="lease-request", id="r1", action="node-restart", subject="x",
+               ttl_s=60) == grant
+
+
+def test_a_refused_message_is_not_kept_and_its_correction_is_decided(
+        store: SqliteStore) -> None:
+    s = greeted(store)
+    assert say(s, type="lease-request", id="e1", action="node-restart", subject="x",
+               ttl_s=0)["type"] == "error"
+    assert say(s, type="lease-request", id="e1", action="node-restart", subject="x",
+               ttl_s=60)["type"] == "lease-grant"
+
+
+def test_one_disruptive_action_per_host_at_a_time(store: SqliteStore) -> None:
+    s = greeted(store)
+    first = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=60)
+    second = say(s, type="lease-request", id="r2", action="failover-service", subject="y",
+                 ttl_s=60)
+    assert first["type"] == "lease-grant" and second["type"] == "lease-deny"
+    assert f"already holds lease {first['lease']}" in second["reason"]
+
+
+def test_a_renewal_meets_maintenance_group_and_lifetime(store: SqliteStore) -> None:
+    clock = FakeClock()
+    a = greeted(store, "mx0", clock)
+    lease = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=3600)["lease"]
+    store.run(lambda tx: tx.set_maintenance("mail", True, 0.0))
+    denied = say(a, type="lease-renew", id="n1", lease=lease, ttl_s=60)
+    assert denied["type"] == "lease-deny" and "maintenance" in denied["reason"]
+    assert store.run(lambda tx: tx.held_by("mx0", clock.now)) == []  # given back
+    store.run(lambda tx: tx.set_maintenance("mail", False, 0.0))
+    # moved to another group: its old group's lease is not renewed
+    lease = say(a, type="lease-request", id="r2", action="node-restart", subject="x",
+                ttl_s=3600)["lease"]
+    store.run(lambda tx: tx.put_host(HostRecord("mx0", "web", "mail", KEY, 0.0, None)))
+    assert "now in group web" in say(a, type="lease-renew", id="n2", lease=lease,
+                                     ttl_s=60)["reason"]
+    # a lease renewed past its longest life is given back
+    b = greeted(store, "mx1", clock)
+    lease = say(b, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=3600)["lease"]
+    for k in range(3):
+        clock.now += 3000
+        assert say(b, type="lease-renew", id=f"n{k}", lease=lease,
+                   ttl_s=3600)["type"] == "lease-grant"
+    clock.now += 3000
+    assert "longest life" in say(b, type="lease-renew", id="n9", lease=lease,
+                                 ttl_s=3600)["reason"]
+
+
+def test_old_messages_and_ended_leases_are_pruned(store: SqliteStore) -> None:
+    clock = FakeClock()
+    s = greeted(store, "mx0", clock)
+    lease = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=60)["lease"]
+    say(s, type="lease-release", id="x1", lease=lease)
+    clock.now += 31 * 86400
+    greeted(store, "mx1", clock)  # a session's hello prunes
+    assert [m[1] for m in store.run(lambda tx: tx.messages("mx0"))] == []
+    assert store.run(lambda tx: tx.leases()) == []

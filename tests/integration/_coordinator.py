@@ -1,0 +1,50 @@
+"""A coordinator for the fleet tests: its configuration, store and keys in a directory,
+and one key per agent host added with `nodewarden-coordinator keys add` (the real
+command), for a real sshd (tests/integration/_sshd.py) to serve."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.store import SqliteStore
+from tests.integration._sshd import keypair
+
+COORDINATOR = str(Path(sys.executable).parent / "nodewarden-coordinator")
+
+
+@dataclass(frozen=True)
+class Coordinator:
+    config: Path
+    store: Path
+    authorized_keys: Path
+    keys: dict[str, Path]
+
+    def messages(self, host: str | None = None) -> list[tuple[str, str, str, float, str]]:
+        store = SqliteStore(self.store)
+        try:
+            return store.run(lambda tx: tx.messages(host))
+        finally:
+            store.close()
+
+
+def make_coordinator(work: Path, hosts: list[str], group: str = "mail",
+                     max_disruptive: int = 2) -> Coordinator:
+    work.mkdir(parents=True, exist_ok=True)
+    authorized = work / "ssh" / "authorized_keys"
+    config = work / "coordinator.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{work / "fleet.db"}"\n'
+                      f'[ssh]\nauthorized_keys = "{authorized}"\ncommand = "{COORDINATOR}"\n'
+                      f"[groups.{group}]\nmax_disruptive = {max_disruptive}\n")
+    keys = {}
+    for host in hosts:
+        keys[host] = work / f"{host}_key"
+        keypair(keys[host])
+        done = subprocess.run([COORDINATOR, "--config", str(config), "keys", "add", host,
+                               f"{keys[host]}.pub", "--group", group, "--role", "mail"],
+                              capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(done.stderr)
+    return Coordinator(config, work / "fleet.db", authorized, keys)

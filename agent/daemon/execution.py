@@ -13,17 +13,20 @@ from collections.abc import Callable, Sequence
 from agent.clock import Clock
 from agent.config import Loaded
 from agent.daemon.workers import Worker
+from agent.guards import LeaseClient
 from agent.model import Outcome
 from agent.pipeline.api import Decision, Event, Pipeline
 
 log = logging.getLogger("nodewarden")
 
 
-def build_pipeline(loaded: Loaded, clock: Clock) -> Pipeline:
-    """The pipeline the daemon runs: the loaded catalog, safety state in state_dir."""
+def build_pipeline(loaded: Loaded, clock: Clock, lease_client: LeaseClient | None = None
+                   ) -> Pipeline:
+    """The pipeline the daemon runs: the loaded catalog, safety state in state_dir, the
+    coordinator's leases when it reports to one."""
     from agent.pipeline.build import build_pipeline as build
 
-    return build(loaded.config, clock, catalog=loaded.catalog)
+    return build(loaded.config, clock, catalog=loaded.catalog, lease_client=lease_client)
 
 
 def execute_decision(decision: Decision, clock: Clock) -> Outcome:

@@ -39,6 +39,7 @@ from agent.daemon.startup import make_state_dir, reconcile_intents, release_star
 from agent.daemon.status import CycleStatus
 from agent.daemon.watchdog import Notifier, WatchdogPinger, status_message
 from agent.daemon.workers import WakeupPipe
+from agent.guards import LeaseClient
 from agent.model import MetricSample, Observation, ProbeResult
 from agent.pipeline.api import Event, Pipeline
 from agent.report.audit import AUDIT_FILE, AuditLog
@@ -52,14 +53,13 @@ log = logging.getLogger("nodewarden")
 #: how long SIGTERM waits for a running remediation step (its own timeout bounds it too)
 STOP_GRACE_S = 20.0
 #: new observations bring the next decision forward, but no closer than this to the last
-#: one: during a log flood the loop reads and matches, and decides ten times a second
+#: one: in a log flood the loop reads and matches, and decides ten times a second
 DECIDE_MIN_GAP_S = 0.1
-#: with nothing firing and nothing new observed, decide this often (safety state that
-#: an operator changed is still picked up; idle CPU stays low — bench/latency.py)
+#: with nothing firing or new, decide this often (idle CPU stays low: bench/latency.py)
 IDLE_DECIDE_S = 10.0
 
 ConfigLoader = Callable[[], tuple[Loaded | None, list[ConfigError]]]
-PipelineFactory = Callable[[Loaded, Clock], Pipeline]
+PipelineFactory = Callable[[Loaded, Clock, LeaseClient | None], Pipeline]
 
 
 class Daemon:
@@ -134,7 +134,7 @@ class Daemon:
         events, failed = reconcile_intents(self.state_dir, self.clock)
         self.errors += failed
         self._emit(events)  # safety state first (docs/architecture.md, convention 9)
-        self.pipeline = self._pipeline_factory(self.loaded, self.clock)
+        self.pipeline = self._pipeline_factory(self.loaded, self.clock, self.reporting.leases())
         self.sources = Sources(self.clock, self.state_dir)
         self._log_changes(self.sources.apply(self.config), warn=True)
         self._register_sources()
@@ -387,7 +387,7 @@ class Daemon:
         # nothing new is applied yet. Guard state lives in the state directory; with the
         # same rules the findings carry over (kernel evidence is not read twice).
         # [coordinator] changes take effect at the next start.
-        pipeline = self._pipeline_factory(loaded, self.clock)
+        pipeline = self._pipeline_factory(loaded, self.clock, self.reporting.leases())
         kept = self.pipeline is not None and pipeline.carry_over(self.pipeline)
         self.loaded, self.config = loaded, new
         self.host = new.agent.hostname

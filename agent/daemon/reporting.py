@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.clock import Clock
 from agent.config import Config
+from agent.guards import LeaseClient
 
 if TYPE_CHECKING:
     from agent.report.reporter import Reporter
@@ -62,6 +63,16 @@ class Reporting:
     @property
     def enabled(self) -> bool:
         return self._reporter is not None
+
+    def leases(self) -> LeaseClient | None:
+        """The coordinator as the lease gate's client (None: the agent runs alone)."""
+        if self._reporter is None or self._settings is None:
+            return None
+        from agent.daemon.leases import CoordinatorLeases
+
+        s = self._settings
+        return CoordinatorLeases(self._reporter, f"{s.host}:{s.port}", s.lease_timeout_s,
+                                 self._clock.now)
 
     def emit(self, record: Mapping[str, Any]) -> None:
         if self._reporter is not None:

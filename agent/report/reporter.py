@@ -80,6 +80,8 @@ class Reporter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._connected = False
+        #: requests waiting for their answer: id -> (event, the answer once it came)
+        self._waiters: dict[str, tuple[threading.Event, list[Mapping[str, Any]]]] = {}
         self._last_ack: float | None = None
         self._last_error = ""
         self._sessions = 0
@@ -96,6 +98,28 @@ class Reporter:
             return None
         self._wake.set()
         return msg_id
+
+    def request(self, kind: str, fields: Mapping[str, Any], timeout_s: float
+                ) -> Mapping[str, Any] | None:
+        """Send a message and wait for its answer; None when none came in `timeout_s` (or
+        it could not be spooled). The caller's thread waits; the reporter's does the work."""
+        done: tuple[threading.Event, list[Mapping[str, Any]]] = (threading.Event(), [])
+        with self._lock:
+            try:
+                msg_id = self._spool.put(kind, fields)
+            except (OSError, ValueError) as exc:
+                log.error("reporter: %s not spooled: %s", kind, exc)
+                return None
+            self._waiters[msg_id] = done
+        self._wake.set()
+        done[0].wait(timeout_s)
+        with self._lock:
+            self._waiters.pop(msg_id, None)
+            return done[1][0] if done[1] else None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
 
     def status(self) -> ReporterStatus:
         with self._lock:
@@ -173,15 +197,25 @@ class Reporter:
             log.info("reporter: connected to %s again", self._settings.host)
         self._last_error = ""
 
-    def _on_answer(self, msg_id: str, reply: Mapping[str, Any]) -> bool:
+    def _on_answer(self, msg_id: str, reply: Mapping[str, Any]) -> None:
         with self._lock:
-            done = self._spool.answered(msg_id)
-        if done:
-            self._last_ack = self._wall()
-            if reply.get("type") == "error":
-                log.warning("reporter: the coordinator refused %s: %s", msg_id,
-                            str(reply.get("reason", ""))[:300])
-        return done
+            sent = self._spool.answered(msg_id)
+            waiter = self._waiters.get(msg_id)
+            if waiter is not None:
+                waiter[1].append(reply)
+                waiter[0].set()
+        if sent is None:
+            return
+        self._last_ack = self._wall()
+        if reply.get("type") == "error":
+            log.warning("reporter: the coordinator refused %s: %s", msg_id,
+                        str(reply.get("reason", ""))[:300])
+        elif (waiter is None and sent.type == "lease-request"
+              and reply.get("type") == "lease-grant"):
+            # granted after the asker gave up (no answer in time means no): give it back
+            log.warning("reporter: lease %s came too late for %s; releasing it",
+                        reply.get("lease"), sent.get("action"))
+            self.send("lease-release", {"lease": reply.get("lease")})
 
     def _pending(self, limit: int) -> list[Message]:
         with self._lock:

@@ -33,6 +33,8 @@ class ReporterSettings:
     backoff_max_s: float = 60.0
     #: messages sent before their answers come back
     window: int = 64
+    #: how long a lease request waits for its answer (no answer in time means no)
+    lease_timeout_s: float = 5.0
     spool_max_messages: int = 10_000
     spool_max_bytes: int = 16 << 20
 
@@ -66,6 +68,8 @@ def parse_reporter(s: Section) -> ReporterSettings | None:
         keepalive_s=s.number("keepalive_s", d.keepalive_s, minimum=1.0, maximum=600.0),
         backoff_max_s=s.number("backoff_max_s", d.backoff_max_s, minimum=0.1, maximum=3600.0),
         window=s.integer("window", d.window, minimum=1, maximum=10_000),
+        lease_timeout_s=s.number("lease_timeout_s", d.lease_timeout_s, minimum=0.1,
+                                 maximum=120.0),
         spool_max_messages=s.integer("spool_max_messages", d.spool_max_messages,
                                      minimum=10, maximum=10_000_000),
         spool_max_bytes=s.integer("spool_max_bytes", d.spool_max_bytes, minimum=1 << 16,

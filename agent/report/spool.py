@@ -131,11 +131,11 @@ class Spool:
         """The first `limit` messages waiting, in order."""
         return [e.message for _, e in zip(range(limit), self._waiting, strict=False)]
 
-    def answered(self, msg_id: str) -> bool:
-        """The coordinator answered `msg_id`: it and every message before it leave. False
-        when `msg_id` is not the first waiting message (then nothing changes)."""
+    def answered(self, msg_id: str) -> Message | None:
+        """The coordinator answered `msg_id`, the first waiting message: it leaves, and is
+        returned. None when `msg_id` is not the first waiting one (nothing changes)."""
         if not self._waiting or self._waiting[0].message.id != msg_id:
-            return False
+            return None
         entry = self._waiting.popleft()
         self._bytes -= entry.size
         self._acked = entry.seq
@@ -143,7 +143,7 @@ class Spool:
         _write_atomically(self._dir / ACKED_FILE, str(entry.seq).encode(), fsync=self._fsync)
         if self._answered_lines > max(len(self._waiting), 1000):
             self._compact()
-        return True
+        return entry.message
 
     def stats(self) -> SpoolStats:
         return SpoolStats(len(self._waiting), self._bytes, dict(self.dropped), self._acked)

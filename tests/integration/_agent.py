@@ -83,7 +83,8 @@ def auth_flood(address: str) -> str:
 
 
 def write_config(
-    path: Path, state_dir: Path, mail_log: Path, extra: str = "", role: str = "mail"
+    path: Path, state_dir: Path, mail_log: Path, extra: str = "", role: str = "mail",
+    *, kmsg: bool = True,
 ) -> None:
     path.write_text(
         f"""
@@ -93,7 +94,7 @@ role = "{role}"
 sample_interval_s = 0.5
 
 [kmsg]
-enabled = true
+enabled = {str(kmsg).lower()}
 
 [logs.mail]
 path = "{mail_log}"

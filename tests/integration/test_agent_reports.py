@@ -25,7 +25,7 @@ def test_a_running_agent_reports_its_findings_to_the_coordinator(tmp_path: Path)
     with running_sshd(coordinator.authorized_keys) as server:
         known = tmp_path / "known_hosts"
         known.write_bytes(server.known_hosts.read_bytes())
-        write_config(config, state, mail, extra=f"""
+        write_config(config, state, mail, kmsg=False, extra=f"""
 [coordinator]
 host = "127.0.0.1"
 port = {server.port}

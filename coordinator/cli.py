@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from agent.report.wire import encode_reply, read_lines
+from agent.report.wire import LineReader, LineTooLong, encode_reply
 from coordinator.keys import key_line, public_key, write_key
 from coordinator.session import Session, error
 from coordinator.settings import NAME, CoordinatorSettings, load_settings
@@ -108,25 +108,43 @@ def serve_session(host: str, settings: CoordinatorSettings, store: SqliteStore) 
                          "`nodewarden-coordinator keys add`"))
         return EXIT_REFUSED
     session = Session(record, store, settings, time.time)
-    for line in read_lines(sys.stdin.buffer):
+    reader = LineReader(sys.stdin.fileno())
+    while lines := reader.batch():
         try:
-            reply = session.answer(line)
+            replies = session.answer_all(lines)
         except StoreError as exc:
             _send(out, error(None, f"coordinator store unavailable ({exc}): nothing was "
                              "recorded; send again later"))
             return EXIT_STORE
-        except Exception as exc:  # a bug must not hand the agent a traceback or end its session
-            reply = error(None, f"the coordinator failed on this line ({type(exc).__name__}); "
-                          "nothing was recorded")
-        _send(out, reply)
+        except Exception:  # a bug must not hand the agent a traceback: find the line
+            replies = _one_by_one(session, lines)
+        for reply in replies:
+            _send(out, reply)
         if session.ended:
             return EXIT_REFUSED
     return EXIT_OK
 
 
+def _one_by_one(session: Session, lines: list[bytes | LineTooLong]) -> list[dict[str, Any]]:
+    """A batch that failed, each line in its own transaction: the line the coordinator
+    fails on gets an error (nothing of it kept), the others their answers."""
+    replies: list[dict[str, Any]] = []
+    for line in lines:
+        try:
+            replies += session.answer_all([line])
+        except StoreError:
+            raise
+        except Exception as exc:
+            replies.append(error(None, f"the coordinator failed on this line "
+                                 f"({type(exc).__name__}); nothing of it was recorded"))
+        if session.ended:
+            break
+    return replies
+
+
 def _send(out: Any, reply: dict[str, Any]) -> None:
     out.write(encode_reply(reply))
-    out.flush()
+    out.flush()  # a burst's replies go out as the session writes them: one write each
 
 
 def _keys_add(args: argparse.Namespace, settings: CoordinatorSettings,

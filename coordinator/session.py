@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.report.wire import (
@@ -58,6 +58,24 @@ class Session:
 
     def answer(self, line: bytes | LineTooLong) -> dict[str, Any]:
         """The reply to one line."""
+        return self.answer_all([line])[0]
+
+    def answer_all(self, lines: Sequence[bytes | LineTooLong]) -> list[dict[str, Any]]:
+        """The replies to lines that came together, decided in ONE transaction (one
+        commit, one fsync, for a burst): all kept or, when the store fails, none. A fatal
+        reply ends the list: the lines after it are not answered."""
+
+        def work(tx: Tx) -> list[dict[str, Any]]:
+            replies = []
+            for line in lines:
+                replies.append(self._answer(tx, line))
+                if self.ended:
+                    break
+            return replies
+
+        return self._store.run(work)
+
+    def _answer(self, tx: Tx, line: bytes | LineTooLong) -> dict[str, Any]:
         if isinstance(line, LineTooLong):
             return error(None, f"line of {line.size} bytes is over the {MAX_LINE_BYTES}-byte "
                          "limit")
@@ -70,12 +88,12 @@ class Session:
             return error(msg.id, f"this session speaks for host {self.host.name}; a message "
                          "cannot speak for another")
         if not self.greeted:
-            return self._hello(msg)
+            return self._hello(tx, msg)
         if msg.type == "hello":
             return error(msg.id, "hello was already said in this session")
-        return self._store.run(lambda tx: self._once(tx, msg))
+        return self._once(tx, msg)
 
-    def _hello(self, msg: Message) -> dict[str, Any]:
+    def _hello(self, tx: Tx, msg: Message) -> dict[str, Any]:
         if msg.type != "hello":
             return error(msg.id, "the first message of a session must be hello")
         proto = msg.get("proto")
@@ -84,8 +102,8 @@ class Session:
             return error(msg.id, f"protocol version {repr(proto)[:40]} is not spoken here: "
                          f"this coordinator speaks {PROTO}")
         self.greeted = True
-        self._store.run(lambda tx: tx.prune(self._clock()))
-        return self._store.run(lambda tx: self._once(tx, msg))
+        tx.prune(self._clock())
+        return self._once(tx, msg)
 
     def _once(self, tx: Tx, msg: Message) -> dict[str, Any]:
         """The message's reply and effect, or the reply it already got. A refused message

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import select
 from collections.abc import Iterator, Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -157,6 +159,64 @@ def decode(line: bytes, allowed: Set[str]) -> Message:
         raise WireError("a string holds a lone surrogate (not Unicode text)", msg_id) from None
     fields = {k: v for k, v in raw.items() if k not in ("type", "id")}
     return Message(kind, str(msg_id), MappingProxyType(fields))
+
+
+class LineReader:
+    """Lines from a file descriptor in batches: `batch()` waits for at least one, then
+    takes every complete line already there (up to `max_lines`), so a burst is answered
+    as one (the coordinator commits it once). Lines over MAX_LINE_BYTES are skipped as
+    they stream by and given as LineTooLong. An empty batch: end of input."""
+
+    def __init__(self, fd: int, max_lines: int = 256) -> None:
+        self._fd = fd
+        self._max = max_lines
+        self._buffer = b""
+        self._skipping = 0  # bytes of an over-long line skipped so far (0: not skipping)
+        self._eof = False
+
+    def batch(self) -> list[bytes | LineTooLong]:
+        out: list[bytes | LineTooLong] = []
+        while not out and not self._eof:
+            self._fill(block=True)
+            self._take(out)
+        while len(out) < self._max and not self._eof and self._ready():
+            self._fill(block=False)
+            self._take(out)
+        if self._eof and not out and self._buffer:  # a last line without its newline
+            out.append(self._buffer)
+            self._buffer = b""
+        return out
+
+    def _ready(self) -> bool:
+        return bool(select.select([self._fd], [], [], 0)[0])
+
+    def _fill(self, *, block: bool) -> None:
+        if not block and not self._ready():
+            return
+        chunk = os.read(self._fd, 1 << 16)
+        if not chunk:
+            self._eof = True
+        self._buffer += chunk
+
+    def _take(self, out: list[bytes | LineTooLong]) -> None:
+        while len(out) < self._max:
+            if self._skipping:
+                nl = self._buffer.find(b"\n")
+                if nl < 0:
+                    self._skipping += len(self._buffer)
+                    self._buffer = b""
+                    return
+                out.append(LineTooLong(self._skipping + nl + 1))
+                self._skipping, self._buffer = 0, self._buffer[nl + 1:]
+                continue
+            nl = self._buffer.find(b"\n", 0, MAX_LINE_BYTES)
+            if nl >= 0:
+                out.append(self._buffer[:nl + 1])
+                self._buffer = self._buffer[nl + 1:]
+            elif len(self._buffer) >= MAX_LINE_BYTES:  # no newline within the limit
+                self._skipping, self._buffer = len(self._buffer), b""
+            else:
+                return
 
 
 class LineTooLong:

@@ -12,6 +12,7 @@ from agent.report.wire import (
     AGENT_TYPES,
     MAX_DEPTH,
     MAX_LINE_BYTES,
+    LineReader,
     LineTooLong,
     Message,
     WireError,
@@ -92,3 +93,55 @@ def test_encode_refuses_what_the_other_side_would_refuse() -> None:
         encode(Message("finding", "m1", {"x": float("nan")}))
     with pytest.raises(ValueError, match="cannot hold"):
         encode(Message("finding", "m1", {"type": "hello"}))
+
+
+def _pipe_with(data: bytes) -> int:
+    """A pipe's read end holding `data` then end of input (a thread writes it: a pipe
+    holds only 64 KiB)."""
+    import os
+    import threading
+
+    read_fd, write_fd = os.pipe()
+
+    def write() -> None:
+        with os.fdopen(write_fd, "wb") as w:
+            w.write(data)
+
+    threading.Thread(target=write, daemon=True).start()
+    return read_fd
+
+
+def test_the_line_reader_takes_a_burst_as_one_batch() -> None:
+    import os
+
+    lines = [b'{"id":"m%d","type":"heartbeat"}\n' % n for n in range(100)]
+    fd = _pipe_with(b"".join(lines))
+    try:
+        reader = LineReader(fd)
+        got: list[bytes | LineTooLong] = []
+        batches = 0
+        while batch := reader.batch():
+            got += batch
+            batches += 1
+        assert got == lines and batches <= 3  # a burst, not a batch per line
+    finally:
+        os.close(fd)
+
+
+def test_the_line_reader_skips_an_over_long_line_and_keeps_the_rest() -> None:
+    import os
+
+    exact = b'{"id":"m1","type":"heartbeat","x":"' + b"a" * (MAX_LINE_BYTES - 38) + b'"}\n'
+    assert len(exact) == MAX_LINE_BYTES
+    big = b"b" * (3 * MAX_LINE_BYTES) + b"\n"
+    fd = _pipe_with(exact + big + b"ok\n" + b"last without newline")
+    try:
+        reader = LineReader(fd)
+        got: list[bytes | LineTooLong] = []
+        while batch := reader.batch():
+            got += batch
+    finally:
+        os.close(fd)
+    assert got[0] == exact
+    assert isinstance(got[1], LineTooLong) and got[1].size == len(big)
+    assert got[2:] == [b"ok\n", b"last without newline"]

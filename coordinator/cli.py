@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The fleet's coordinator: agents report to it over SSH (each key's "
         "forced command runs `session --host NAME`), it grants leases for disruptive "
         "actions and keeps the fleet's state in its store.",
-        epilog="exit codes: 0 done, 1 refused (unknown host, bad key), 2 bad usage or "
+        epilog="exit codes: 0 done, 1 refused (an unknown host, a bad key, no such alert), "
+        "2 bad usage or "
         "configuration, 3 store unavailable")
     parser.add_argument("--config", type=Path, default=None,
                         help="configuration file (default /etc/nodewarden/coordinator.toml "
@@ -49,9 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--group", required=True)
     add.add_argument("--role", default="generic")
     for name, what in (("status", "hosts: group, role, last seen"),
-                       ("leases", "leases: active and past")):
+                       ("leases", "leases: active and past"),
+                       ("alerts", "alerts for a person (storms), newest first")):
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("--json", action="store_true", help="one JSON document")
+    ack = sub.add_parser("ack", help="acknowledge an alert: a person has it")
+    ack.add_argument("alert", type=int)
     maint = sub.add_parser("maintenance", help="refuse leases for a group or a host")
     maint.add_argument("state", choices=("on", "off"))
     maint.add_argument("scope", help="a group or a host name")
@@ -84,6 +88,13 @@ def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteS
         return serve_session(args.host, settings, store)
     if args.command == "keys":
         return _keys_add(args, settings, store)
+    if args.command == "ack":
+        if not store.run(lambda tx: tx.ack(args.alert, time.time())):
+            print(f"nodewarden-coordinator: no unacknowledged alert {args.alert}",
+                  file=sys.stderr)
+            return EXIT_REFUSED
+        print(f"alert {args.alert} acknowledged")
+        return EXIT_OK
     if args.command == "maintenance":
         if not NAME.fullmatch(args.scope):
             print(f"nodewarden-coordinator: {args.scope!r} is not a group or host name",
@@ -195,6 +206,9 @@ def _show(command: str, as_json: bool, store: SqliteStore) -> int:
         if command == "status":
             return [{"host": h.name, "group": h.group, "role": h.role,
                      "last_seen": h.last_seen} for h in tx.hosts()]
+        if command == "alerts":
+            return [{"alert": a[0], "kind": a[1], "scope": a[2], "text": a[3], "raised": a[4],
+                     "acked": a[5], "ended": a[6]} for a in tx.alerts()]
         return [{"lease": x.id, "host": x.host, "group": x.group, "action": x.action,
                  "subject": x.subject, "granted": x.granted, "expires": x.expires,
                  "released": x.released, "active": x.active(now)} for x in tx.leases()]
@@ -206,7 +220,7 @@ def _show(command: str, as_json: bool, store: SqliteStore) -> int:
     for row in rows:
         print("  ".join(f"{k}={_shown(v)}" for k, v in row.items()))
     if not rows:
-        print(f"no {'hosts' if command == 'status' else 'leases'}")
+        print(f"no {'hosts' if command == 'status' else command}")
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ from agent.report.wire import (
     WireError,
     decode,
 )
-from coordinator.settings import CoordinatorSettings
+from coordinator.settings import SEVERITIES, CoordinatorSettings
 from coordinator.store import HostRecord, SqliteStore, Tx
 
 #: an action's name, as the agent's remediations are named (remediations/)
@@ -123,6 +123,8 @@ class Session:
         return reply
 
     def _decide(self, tx: Tx, msg: Message, now: float) -> dict[str, Any]:
+        if msg.type in ("finding", "resolved"):
+            return self._firing(tx, msg, now)
         if msg.type == "lease-request":
             return self._lease_request(tx, msg, now)
         if msg.type == "lease-renew":
@@ -130,6 +132,37 @@ class Session:
         if msg.type == "lease-release":
             return self._lease_release(tx, msg, now)
         return ack(msg.id)
+
+    def _firing(self, tx: Tx, msg: Message, now: float) -> dict[str, Any]:
+        """What the host has firing: a trusted finding with a problem, a subject and a
+        known severity fires; its resolution ends it. Any other finding is kept as a
+        message only (a forged kernel line, untrusted, must not make a storm)."""
+        problem, subject, severity = msg.get("problem"), msg.get("subject"), msg.get("severity")
+        if not (isinstance(problem, str) and _label(problem) and isinstance(subject, str)
+                and _label(subject)):
+            return ack(msg.id)
+        if msg.type == "resolved":
+            tx.resolve(self.host.name, problem, subject)
+        elif msg.get("trusted", True) is True and severity in SEVERITIES:
+            tx.fire(self.host.name, problem, subject, str(severity), now)
+        return ack(msg.id)
+
+    def _storm(self, tx: Tx, group: str, now: float) -> str | None:
+        """Why the group is in a storm (more than storm_percent of its hosts with a
+        finding of storm_severity or worse firing), or None; a storm pages once, and its
+        alert ends when the group is below the line again."""
+        settings = self._settings.group(group)
+        size = tx.group_size(group)
+        worse = SEVERITIES[SEVERITIES.index(settings.storm_severity):]
+        hit = tx.hosts_firing(group, worse)
+        if not size or len(hit) * 100 <= settings.storm_percent * size:
+            tx.end_alerts("storm", group, now)
+            return None
+        text = (f"storm in group {group}: {len(hit)} of {size} hosts have {'/'.join(worse)} "
+                f"findings firing (over {settings.storm_percent:g}%): automatic disruptive "
+                f"actions are refused until it passes ({', '.join(hit[:10])})")
+        tx.raise_alert("storm", group, text, now)
+        return text
 
     def _ttl(self, msg: Message) -> float | str:
         ttl = msg.get("ttl_s")
@@ -151,7 +184,7 @@ class Session:
             return error(msg.id, ttl)
         host = tx.host(self.host.name) or self.host
         group = host.group
-        held = self._held_elsewhere(tx, host, group, now)
+        held = self._held_elsewhere(tx, host, group, now) or self._storm(tx, group, now)
         if held is not None:
             return _deny(msg.id, held)
         mine = tx.held_by(host.name, now)
@@ -213,6 +246,10 @@ class Session:
             return found
         tx.release(found, now)
         return ack(msg.id)
+
+
+def _label(text: str) -> bool:
+    return 0 < len(text) <= MAX_SUBJECT and text.isprintable()
 
 
 def _digest(msg: Message) -> str:

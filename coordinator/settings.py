@@ -17,7 +17,8 @@ DEFAULT_STORE = "sqlite:////var/lib/nodewarden-coordinator/fleet.db"
 DEFAULT_AUTHORIZED_KEYS = "/var/lib/nodewarden-coordinator/.ssh/authorized_keys"
 #: host, group and role names: what a forced command and a log line can carry plainly
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-SEVERITIES = ("info", "warning", "critical")
+#: the agent's finding severities, least to most severe
+SEVERITIES = ("info", "warning", "error", "critical")
 
 
 @dataclass(frozen=True)

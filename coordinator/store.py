@@ -42,6 +42,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX messages_received ON messages (received)",
         "CREATE INDEX leases_host ON leases (host, released, expires)",
     ),
+    (  # 3: what each host has firing, and alerts for a person
+        """CREATE TABLE firing (host TEXT NOT NULL, problem TEXT NOT NULL,
+           subject TEXT NOT NULL, severity TEXT NOT NULL, since REAL NOT NULL,
+           PRIMARY KEY (host, problem, subject))""",
+        """CREATE TABLE alerts (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL,
+           scope TEXT NOT NULL, text TEXT NOT NULL, raised REAL NOT NULL,
+           acked REAL, ended REAL)""",
+        "CREATE INDEX alerts_open ON alerts (kind, scope, ended)",
+    ),
 )
 #: what a message's body may take in the store; a larger one is kept cut, with a mark
 MAX_STORED_BODY = 64 * 1024
@@ -184,6 +193,53 @@ class Tx:
     def release(self, lease_id: int, now: float) -> None:
         self._db.execute("UPDATE leases SET released = ? WHERE id = ? AND released IS NULL",
                          (now, lease_id))
+
+    def fire(self, host: str, problem: str, subject: str, severity: str, now: float) -> None:
+        self._db.execute("INSERT INTO firing (host, problem, subject, severity, since) "
+                         "VALUES (?,?,?,?,?) ON CONFLICT (host, problem, subject) DO UPDATE "
+                         "SET severity = excluded.severity", (host, problem, subject,
+                                                              severity, now))
+
+    def resolve(self, host: str, problem: str, subject: str) -> None:
+        self._db.execute("DELETE FROM firing WHERE host = ? AND problem = ? AND subject = ?",
+                         (host, problem, subject))
+
+    def hosts_firing(self, group: str, severities: tuple[str, ...]) -> list[str]:
+        """The group's hosts with a finding of one of `severities` firing."""
+        marks = ",".join("?" * len(severities))
+        rows = self._db.execute(
+            f"SELECT DISTINCT f.host FROM firing f JOIN hosts h ON h.name = f.host "  # noqa: S608
+            f"WHERE h.grp = ? AND f.severity IN ({marks}) ORDER BY f.host",
+            (group, *severities))
+        return [r[0] for r in rows]
+
+    def group_size(self, group: str) -> int:
+        return int(self._db.execute("SELECT count(*) FROM hosts WHERE grp = ?",
+                                    (group,)).fetchone()[0])
+
+    def raise_alert(self, kind: str, scope: str, text: str, now: float) -> int | None:
+        """A new alert, unless one of this kind and scope is open (a person is told
+        once); its id, or None when one was open."""
+        open_ = self._db.execute("SELECT id FROM alerts WHERE kind = ? AND scope = ? AND "
+                                 "ended IS NULL", (kind, scope)).fetchone()
+        if open_:
+            return None
+        cur = self._db.execute("INSERT INTO alerts (kind, scope, text, raised) VALUES "
+                               "(?,?,?,?)", (kind, scope, text, now))
+        return cur.lastrowid
+
+    def end_alerts(self, kind: str, scope: str, now: float) -> None:
+        self._db.execute("UPDATE alerts SET ended = ? WHERE kind = ? AND scope = ? AND "
+                         "ended IS NULL", (now, kind, scope))
+
+    def alerts(self) -> list[tuple[int, str, str, str, float, float | None, float | None]]:
+        """(id, kind, scope, text, raised, acked, ended), newest first."""
+        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in self._db.execute(
+            "SELECT id, kind, scope, text, raised, acked, ended FROM alerts ORDER BY id DESC")]
+
+    def ack(self, alert_id: int, now: float) -> bool:
+        return self._db.execute("UPDATE alerts SET acked = ? WHERE id = ? AND acked IS NULL",
+                                (now, alert_id)).rowcount == 1
 
     def maintenance(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT scope FROM maintenance ORDER BY scope")]

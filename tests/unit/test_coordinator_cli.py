@@ -148,3 +148,20 @@ def test_a_store_that_cannot_be_opened_exits_3(tmp_path: Path,
     path.write_text(f'[store]\nurl = "sqlite:///{blocker}/fleet.db"\n')
     assert main(["--config", str(path), "status"]) == 3
     assert "store unavailable" in capsys.readouterr().err
+
+
+def test_alerts_are_listed_and_acknowledged(config: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.store import SqliteStore
+
+    store = SqliteStore(config.parent / "fleet.db")
+    alert = store.run(lambda tx: tx.raise_alert("storm", "mail", "storm in group mail", 1.0))
+    capsys.readouterr()
+    assert main(["--config", str(config), "alerts", "--json"]) == EXIT_OK
+    listed = json.loads(capsys.readouterr().out)["alerts"]
+    assert [(a["alert"], a["kind"], a["acked"]) for a in listed] == [(alert, "storm", None)]
+    assert main(["--config", str(config), "ack", str(alert)]) == EXIT_OK
+    assert main(["--config", str(config), "ack", str(alert)]) == EXIT_REFUSED
+    capsys.readouterr()
+    main(["--config", str(config), "alerts", "--json"])
+    assert json.loads(capsys.readouterr().out)["alerts"][0]["acked"] is not None

@@ -271,3 +271,36 @@ def test_old_messages_and_ended_leases_are_pruned(store: SqliteStore) -> None:
     greeted(store, "mx1", clock)  # a session's hello prunes
     assert [m[1] for m in store.run(lambda tx: tx.messages("mx0"))] == []
     assert store.run(lambda tx: tx.leases()) == []
+
+
+def _fire(store: SqliteStore, host: str, severity: str = "critical", *,
+          trusted: bool = True, kind: str = "finding", clock: FakeClock | None = None) -> None:
+    s = greeted(store, host, clock)
+    assert say(s, type=kind, id=f"{kind}-{host}-{severity}", problem="storage-hang",
+               subject="nas-a1", severity=severity, trusted=trusted)["type"] == "ack"
+
+
+def test_a_storm_refuses_leases_and_pages_once(store: SqliteStore) -> None:
+    # 20 mail hosts, storm at over 30%: 6 hosts firing is not a storm, 7 is
+    for i in range(1, 7):
+        _fire(store, f"mx{i}")
+    _fire(store, "mx7", "warning")  # below the storm's severity: not counted
+    _fire(store, "mx8", trusted=False)  # untrusted (a forged kernel line): not counted
+    s = greeted(store, "mx0")
+    first = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
+                ttl_s=60)
+    assert first["type"] == "lease-grant"
+    say(s, type="lease-release", id="x1", lease=first["lease"])
+    _fire(store, "mx9")  # 7 of 20: over 30%
+    for n in range(3):
+        denied = say(s, type="lease-request", id=f"r{n + 2}", action="node-restart",
+                     subject="x", ttl_s=60)
+        assert denied["type"] == "lease-deny" and "storm in group mail: 7 of 20" in \
+            denied["reason"]
+    alerts = store.run(lambda tx: tx.alerts())
+    assert [(a[1], a[2]) for a in alerts] == [("storm", "mail")]  # paged once
+    # the storm passes: one host's finding resolves, leases are granted again
+    _fire(store, "mx9", kind="resolved")
+    assert say(s, type="lease-request", id="r9", action="node-restart", subject="x",
+               ttl_s=60)["type"] == "lease-grant"
+    assert store.run(lambda tx: tx.alerts())[0][6] is not None  # the storm alert ended

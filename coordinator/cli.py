@@ -30,9 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="The fleet's coordinator: agents report to it over SSH (each key's "
         "forced command runs `session --host NAME`), it grants leases for disruptive "
         "actions and keeps the fleet's state in its store.",
-        epilog="exit codes: 0 done, 1 refused (an unknown host, a bad key, no such alert), "
-        "2 bad usage or "
-        "configuration, 3 store unavailable")
+        epilog="exit codes: 0 done, 1 refused (an unknown host, a bad key, no such alert) "
+        "or, for watch, a host is silent, 2 bad usage or configuration, 3 store "
+        "unavailable")
     parser.add_argument("--config", type=Path, default=None,
                         help="configuration file (default /etc/nodewarden/coordinator.toml "
                         "if it exists, else built-in defaults)")
@@ -54,6 +54,15 @@ def build_parser() -> argparse.ArgumentParser:
                        ("alerts", "alerts for a person (storms), newest first")):
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("--json", action="store_true", help="one JSON document")
+    watch = sub.add_parser("watch", help="one round of the dead man's switch (run by a "
+                           "timer): hosts not heard from for [watch] silent_after_s get an "
+                           "alert, hosts heard again end theirs; exit 1 when any is silent")
+    watch.add_argument("--json", action="store_true", help="one JSON document")
+    events = sub.add_parser("events", help="the messages agents sent, oldest first")
+    events.add_argument("--host", help="only this host's")
+    events.add_argument("--since", type=float, default=0.0,
+                        help="only those received after this Unix time")
+    events.add_argument("--json", action="store_true", help="one JSON document")
     ack = sub.add_parser("ack", help="acknowledge an alert: a person has it")
     ack.add_argument("alert", type=int)
     maint = sub.add_parser("maintenance", help="refuse leases for a group or a host")
@@ -88,6 +97,10 @@ def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteS
         return serve_session(args.host, settings, store)
     if args.command == "keys":
         return _keys_add(args, settings, store)
+    if args.command == "watch":
+        return _watch(args.json, settings, store)
+    if args.command == "events":
+        return _events(args, store)
     if args.command == "ack":
         if not store.run(lambda tx: tx.ack(args.alert, time.time())):
             print(f"nodewarden-coordinator: no unacknowledged alert {args.alert}",
@@ -196,6 +209,48 @@ def _keys_add(args: argparse.Namespace, settings: CoordinatorSettings,
     write_key(Path(settings.authorized_keys), args.host, line)
     print(f"added {args.host} (group {args.group}, role {args.role}) to "
           f"{settings.authorized_keys}")
+    return EXIT_OK
+
+
+def _watch(as_json: bool, settings: CoordinatorSettings, store: SqliteStore) -> int:
+    """Silent hosts: an alert each (once), ended when the host is heard again. The round
+    writes the store, so a store that cannot be written fails it (exit 3)."""
+    now = time.time()
+
+    def round_(tx: Tx) -> list[dict[str, Any]]:
+        silent = []
+        for h in tx.hosts():
+            quiet = now - (h.last_seen if h.last_seen is not None else h.added)
+            if quiet > settings.silent_after_s:
+                seen = "never heard from" if h.last_seen is None else \
+                    f"not heard from for {quiet:.0f} s"
+                tx.raise_alert("silent", h.name, f"host {h.name} (group {h.group}) is "
+                               f"silent: {seen}", now)
+                silent.append({"host": h.name, "group": h.group, "last_seen": h.last_seen})
+            else:
+                tx.end_alerts("silent", h.name, now)
+        return silent
+
+    silent = store.run(round_)
+    if as_json:
+        print(json.dumps({"silent": silent}, indent=2, sort_keys=True))
+    for h in [] if as_json else silent:
+        print(f"silent: {h['host']} (group {h['group']})")
+    return EXIT_REFUSED if silent else EXIT_OK
+
+
+def _events(args: argparse.Namespace, store: SqliteStore) -> int:
+    rows = [{"host": m[0], "id": m[1], "type": m[2], "received": m[3],
+             "body": json.loads(m[4])}
+            for m in store.run(lambda tx: tx.messages(args.host)) if m[3] > args.since]
+    if args.json:
+        print(json.dumps({"events": rows}, indent=2, sort_keys=True))
+        return EXIT_OK
+    for row in rows:
+        print(f"{row['received']:.3f} {row['host']} {row['type']} {row['id']} "
+              f"{_shown(json.dumps(row['body'], sort_keys=True))[:300]}")
+    if not rows:
+        print("no events")
     return EXIT_OK
 
 

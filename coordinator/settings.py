@@ -44,6 +44,8 @@ class CoordinatorSettings:
     max_ttl_s: float = 3600.0
     #: the longest a lease may be renewed to live, from its grant
     max_lifetime_s: float = 4 * 3600.0
+    #: `watch`: a host not heard from for this long is silent (an alert for a person)
+    silent_after_s: float = 90.0
     groups: Mapping[str, GroupSettings] = field(
         default_factory=lambda: MappingProxyType({}))
     #: a group not listed gets these
@@ -91,6 +93,9 @@ def parse_settings(raw: Mapping[str, object], file: str
     max_ttl = leases.number("max_ttl_s", 3600.0, minimum=1.0, maximum=86400.0)
     max_life = leases.number("max_lifetime_s", 4 * 3600.0, minimum=1.0, maximum=7 * 86400.0)
     leases.finish()
+    watch = top.table("watch")
+    silent = watch.number("silent_after_s", 90.0, minimum=1.0, maximum=7 * 86400.0)
+    watch.finish()
     default = _group(top.table("default_group"))
     groups = {}
     for name, sec in top.tables("groups"):
@@ -100,7 +105,7 @@ def parse_settings(raw: Mapping[str, object], file: str
             continue
         groups[name] = _group(sec)
     top.finish()
-    return CoordinatorSettings(url, keys, command, max_ttl, max_life,
+    return CoordinatorSettings(url, keys, command, max_ttl, max_life, silent,
                                MappingProxyType(groups), default), errors
 
 

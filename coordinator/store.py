@@ -60,6 +60,10 @@ RETENTION_S = 30 * 86400.0
 PRUNE_BATCH = 1000
 
 
+_LEASES = "SELECT id, host, grp, action, subject, granted, expires, released FROM leases"
+_HOSTS = "SELECT name, grp, role, pubkey, added, last_seen FROM hosts"
+
+
 class StoreError(Exception):
     """The store cannot be opened or written (its reason is for the operator)."""
 
@@ -96,13 +100,11 @@ class Tx:
         self._db = db
 
     def host(self, name: str) -> HostRecord | None:
-        row = self._db.execute("SELECT name, grp, role, pubkey, added, last_seen FROM hosts "
-                               "WHERE name = ?", (name,)).fetchone()
+        row = self._db.execute(_HOSTS + " WHERE name = ?", (name,)).fetchone()
         return HostRecord(*row) if row else None
 
     def hosts(self) -> list[HostRecord]:
-        rows = self._db.execute("SELECT name, grp, role, pubkey, added, last_seen FROM hosts "
-                                "ORDER BY name").fetchall()
+        rows = self._db.execute(_HOSTS + " ORDER BY name").fetchall()
         return [HostRecord(*r) for r in rows]
 
     def put_host(self, host: HostRecord) -> None:
@@ -154,7 +156,7 @@ class Tx:
                 for r in self._db.execute(sql + " ORDER BY rowid", args)]
 
     def leases(self, group: str | None = None) -> list[Lease]:
-        sql = "SELECT id, host, grp, action, subject, granted, expires, released FROM leases"
+        sql = _LEASES
         args: tuple[str, ...] = ()
         if group is not None:
             sql, args = sql + " WHERE grp = ?", (group,)
@@ -163,14 +165,14 @@ class Tx:
     def active_leases(self, group: str, now: float) -> list[Lease]:
         """The group's leases neither released nor expired (read through its index)."""
         rows = self._db.execute(
-            "SELECT id, host, grp, action, subject, granted, expires, released FROM leases "
-            "WHERE grp = ? AND released IS NULL AND expires > ? ORDER BY id", (group, now))
+            _LEASES + " WHERE grp = ? AND released IS NULL AND expires > ? ORDER BY id",
+            (group, now))
         return [Lease(*r) for r in rows]
 
     def held_by(self, host: str, now: float) -> list[Lease]:
         rows = self._db.execute(
-            "SELECT id, host, grp, action, subject, granted, expires, released FROM leases "
-            "WHERE host = ? AND released IS NULL AND expires > ? ORDER BY id", (host, now))
+            _LEASES + " WHERE host = ? AND released IS NULL AND expires > ? ORDER BY id",
+            (host, now))
         return [Lease(*r) for r in rows]
 
     def grant(self, host: str, group: str, action: str, subject: str, *, now: float,
@@ -183,8 +185,7 @@ class Tx:
         return Lease(lease_id, host, group, action, subject, now, now + ttl_s, None)
 
     def lease(self, lease_id: int) -> Lease | None:
-        row = self._db.execute("SELECT id, host, grp, action, subject, granted, expires, "
-                               "released FROM leases WHERE id = ?", (lease_id,)).fetchone()
+        row = self._db.execute(_LEASES + " WHERE id = ?", (lease_id,)).fetchone()
         return Lease(*row) if row else None
 
     def renew(self, lease_id: int, expires: float) -> None:

@@ -38,6 +38,7 @@ def config(tmp_path: Path) -> Path:
     ("[ssh]\nauthorized_keys = 'relative'\n", "ssh.authorized_keys", "absolute"),
     ("[ssh]\ncommand = 'x; rm -rf /'\n", "ssh.command", "plain program"),
     ("[leases]\nmax_ttl_s = inf\n", "leases.max_ttl_s", "finite"),
+    ("[watch]\nsilent_after_s = nan\n", "watch.silent_after_s", "finite"),
     ("[leases]\nmax_ttl_s = 1" + "0" * 400 + "\n", "leases.max_ttl_s", "finite"),
     ('[store]\nurl = "sqlite:////tmp/x\\u0000y"\n', "store.url", "without NUL"),
     ("not toml ===", "-", "not valid TOML"),
@@ -165,3 +166,48 @@ def test_alerts_are_listed_and_acknowledged(config: Path,
     capsys.readouterr()
     main(["--config", str(config), "alerts", "--json"])
     assert json.loads(capsys.readouterr().out)["alerts"][0]["acked"] is not None
+
+
+def test_watch_alerts_once_for_a_silent_host_and_ends_it_when_heard(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import time
+
+    from coordinator.store import HostRecord, SqliteStore
+
+    store = SqliteStore(config.parent / "fleet.db")
+    now = time.time()
+    store.run(lambda tx: tx.put_host(HostRecord("mx1", "mail", "mail", "k1", now - 500, None)))
+    store.run(lambda tx: tx.put_host(HostRecord("mx2", "mail", "mail", "k2", now - 500, None)))
+    store.run(lambda tx: tx.seen("mx2", now - 10))
+    capsys.readouterr()
+    assert main(["--config", str(config), "watch", "--json"]) == EXIT_REFUSED
+    assert [h["host"] for h in json.loads(capsys.readouterr().out)["silent"]] == ["mx1"]
+    assert main(["--config", str(config), "watch"]) == EXIT_REFUSED  # a second round
+    alerts = store.run(lambda tx: tx.alerts())
+    assert [(a[1], a[2]) for a in alerts] == [("silent", "mx1")]  # once
+    assert "never heard from" in alerts[0][3]
+    store.run(lambda tx: tx.seen("mx1", time.time()))
+    capsys.readouterr()
+    assert main(["--config", str(config), "watch"]) == EXIT_OK
+    assert store.run(lambda tx: tx.alerts())[0][6] is not None  # ended
+
+
+def test_events_lists_what_agents_sent(config: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.store import SqliteStore
+
+    store = SqliteStore(config.parent / "fleet.db")
+    store.run(lambda tx: tx.record("mx1", "a-1", "finding", {"problem": "x\u001b[31m"},
+                                   digest="d", reply={"type": "ack"}, now=100.0))
+    store.run(lambda tx: tx.record("mx2", "b-1", "heartbeat", {}, digest="d",
+                                   reply={"type": "ack"}, now=200.0))
+    capsys.readouterr()
+    assert main(["--config", str(config), "events", "--json", "--host", "mx1"]) == EXIT_OK
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert [(e["host"], e["type"], e["body"]) for e in events] == [
+        ("mx1", "finding", {"problem": "x\u001b[31m"})]
+    assert main(["--config", str(config), "events", "--since", "150"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "mx2 heartbeat b-1" in out and "mx1" not in out
+    assert main(["--config", str(config), "events", "--host", "mx1"]) == EXIT_OK
+    assert "\u001b" not in capsys.readouterr().out  # an agent's text is quoted, not shown raw

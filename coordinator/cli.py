@@ -51,7 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--role", default="generic")
     for name, what in (("status", "hosts: group, role, last seen"),
                        ("leases", "leases: active and past"),
-                       ("alerts", "alerts for a person (storms), newest first")):
+                       ("alerts", "alerts for a person (storms, silent hosts, incidents), "
+                        "newest first"),
+                       ("incidents", "dependencies failing on several hosts at once")):
         cmd = sub.add_parser(name, help=what)
         cmd.add_argument("--json", action="store_true", help="one JSON document")
     watch = sub.add_parser("watch", help="one round of the dead man's switch (run by a "
@@ -120,7 +122,7 @@ def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteS
             print(f"nodewarden-coordinator: note: no host or group named {args.scope} is "
                   "known yet", file=sys.stderr)
         return EXIT_OK
-    return _show(args.command, args.json, store)
+    return _show(args.command, args.json, store, settings)
 
 
 def serve_session(host: str, settings: CoordinatorSettings, store: SqliteStore) -> int:
@@ -254,10 +256,14 @@ def _events(args: argparse.Namespace, store: SqliteStore) -> int:
     return EXIT_OK
 
 
-def _show(command: str, as_json: bool, store: SqliteStore) -> int:
+def _show(command: str, as_json: bool, store: SqliteStore,
+          settings: CoordinatorSettings) -> int:
     now = time.time()
 
     def read(tx: Tx) -> list[dict[str, Any]]:
+        if command == "incidents":
+            return [{"problem": p, "subject": s, "hosts": hosts} for p, s, hosts in
+                    tx.incidents(settings.correlate, settings.correlate_min_hosts)]
         if command == "status":
             return [{"host": h.name, "group": h.group, "role": h.role,
                      "last_seen": h.last_seen} for h in tx.hosts()]

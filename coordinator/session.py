@@ -145,7 +145,33 @@ class Session:
             tx.resolve(self.host.name, problem, subject)
         elif msg.get("trusted", True) is True and severity in SEVERITIES:
             tx.fire(self.host.name, problem, subject, str(severity), now)
+        if problem in self._settings.correlate:
+            self._correlate(tx, problem, subject, now)
         return ack(msg.id)
+
+    def _correlate(self, tx: Tx, problem: str, subject: str, now: float) -> None:
+        """One incident, one alert, for a dependency that several hosts find failing."""
+        hosts = tx.sharing(problem, subject)
+        scope = f"{problem}:{subject}"
+        if len(hosts) < self._settings.correlate_min_hosts:
+            tx.end_alerts("incident", scope, now)
+            return
+        tx.raise_alert("incident", scope, f"incident: {problem} {subject} on {len(hosts)} "
+                       f"hosts ({', '.join(hosts[:10])}): the shared dependency is the "
+                       "likely cause; its clients' disruptive actions hold", now)
+
+    def _dependency(self, tx: Tx, host: str) -> str | None:
+        """Why this host holds: a finding of its names a dependency in an incident (the
+        dependency's own agent acts; its clients restarting fixes nothing)."""
+        settings = self._settings
+        for problem, subject in tx.firing_of(host):
+            if problem not in settings.correlate or subject == host:
+                continue
+            sharing = tx.sharing(problem, subject)
+            if len(sharing) >= settings.correlate_min_hosts:
+                return (f"dependency incident: {problem} {subject} on {len(sharing)} hosts; "
+                        f"{subject} is the likely cause, so its clients hold")
+        return None
 
     def _storm(self, tx: Tx, group: str, now: float) -> str | None:
         """Why the group is in a storm (more than storm_percent of its hosts with a
@@ -184,7 +210,8 @@ class Session:
             return error(msg.id, ttl)
         host = tx.host(self.host.name) or self.host
         group = host.group
-        held = self._held_elsewhere(tx, host, group, now) or self._storm(tx, group, now)
+        held = (self._held_elsewhere(tx, host, group, now) or self._storm(tx, group, now)
+                or self._dependency(tx, host.name))
         if held is not None:
             return _deny(msg.id, held)
         mine = tx.held_by(host.name, now)

@@ -46,6 +46,10 @@ class CoordinatorSettings:
     max_lifetime_s: float = 4 * 3600.0
     #: `watch`: a host not heard from for this long is silent (an alert for a person)
     silent_after_s: float = 90.0
+    #: problems whose subject is a shared dependency (an NFS server, a Ceph daemon):
+    #: the same one firing on `correlate_min_hosts` hosts or more is one incident
+    correlate: tuple[str, ...] = ("nfs-not-responding", "ceph-error", "storage-hang")
+    correlate_min_hosts: int = 2
     groups: Mapping[str, GroupSettings] = field(
         default_factory=lambda: MappingProxyType({}))
     #: a group not listed gets these
@@ -96,6 +100,10 @@ def parse_settings(raw: Mapping[str, object], file: str
     watch = top.table("watch")
     silent = watch.number("silent_after_s", 90.0, minimum=1.0, maximum=7 * 86400.0)
     watch.finish()
+    correlation = top.table("correlation")
+    correlate = correlation.str_list("problems", CoordinatorSettings.correlate)
+    min_hosts = correlation.integer("min_hosts", 2, minimum=2, maximum=100_000)
+    correlation.finish()
     default = _group(top.table("default_group"))
     groups = {}
     for name, sec in top.tables("groups"):
@@ -105,8 +113,8 @@ def parse_settings(raw: Mapping[str, object], file: str
             continue
         groups[name] = _group(sec)
     top.finish()
-    return CoordinatorSettings(url, keys, command, max_ttl, max_life, silent,
-                               MappingProxyType(groups), default), errors
+    return CoordinatorSettings(url, keys, command, max_ttl, max_life, silent, correlate,
+                               min_hosts, MappingProxyType(groups), default), errors
 
 
 def load_settings(path: Path | None) -> tuple[CoordinatorSettings | None, list[ConfigError]]:

@@ -214,6 +214,29 @@ class Tx:
             (group, *severities))
         return [r[0] for r in rows]
 
+    def sharing(self, problem: str, subject: str) -> list[str]:
+        """The hosts with this (problem, subject) firing."""
+        return [r[0] for r in self._db.execute(
+            "SELECT host FROM firing WHERE problem = ? AND subject = ? ORDER BY host",
+            (problem, subject))]
+
+    def incidents(self, problems: tuple[str, ...], min_hosts: int
+                  ) -> list[tuple[str, str, list[str]]]:
+        """(problem, subject, hosts) firing on `min_hosts` hosts or more, of `problems`."""
+        if not problems:
+            return []
+        marks = ",".join("?" * len(problems))
+        rows = self._db.execute(
+            f"SELECT problem, subject FROM firing WHERE problem IN ({marks}) "  # noqa: S608
+            "GROUP BY problem, subject HAVING count(DISTINCT host) >= ? "
+            "ORDER BY problem, subject", (*problems, min_hosts)).fetchall()
+        return [(r[0], r[1], self.sharing(r[0], r[1])) for r in rows]
+
+    def firing_of(self, host: str) -> list[tuple[str, str]]:
+        return [(r[0], r[1]) for r in self._db.execute(
+            "SELECT problem, subject FROM firing WHERE host = ? ORDER BY problem, subject",
+            (host,))]
+
     def group_size(self, group: str) -> int:
         return int(self._db.execute("SELECT count(*) FROM hosts WHERE grp = ?",
                                     (group,)).fetchone()[0])

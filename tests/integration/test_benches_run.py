@@ -45,3 +45,12 @@ def test_sample_bench_compares_the_readers_with_psutil() -> None:
                "--rounds", "1")
     assert "budget 25 MiB" in out
     assert "/proc (ours)     psutil" in out
+
+
+@pytest.mark.realparts
+def test_coordinator_bench_drives_agents_through_sshd() -> None:
+    out = _run(str(REPO / "bench/coordinator.py"), "--agents", "3", "--seconds", "2",
+               "--findings", "2", "--no-agent")
+    assert "3/3 agents connected" in out
+    assert "3 requests at once, 2 granted" in out
+    assert "budget: 2 GiB" in out and "budget: p99 <= 1000 ms" in out

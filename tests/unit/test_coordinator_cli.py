@@ -211,3 +211,23 @@ def test_events_lists_what_agents_sent(config: Path,
     assert "mx2 heartbeat b-1" in out and "mx1" not in out
     assert main(["--config", str(config), "events", "--host", "mx1"]) == EXIT_OK
     assert "\u001b" not in capsys.readouterr().out  # an agent's text is quoted, not shown raw
+
+
+def test_incidents_lists_shared_dependencies(config: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.store import HostRecord, SqliteStore, Tx
+
+    store = SqliteStore(config.parent / "fleet.db")
+
+    def fleet(tx: Tx) -> None:
+        for host in ("mx1", "mx2", "mx3"):
+            tx.put_host(HostRecord(host, "mail", "mail", host, 0.0, None))
+        for host in ("mx1", "mx2"):
+            tx.fire(host, "ceph-error", "osd3", "error", 1.0)
+        tx.fire("mx3", "ceph-error", "osd7", "error", 1.0)
+
+    store.run(fleet)
+    capsys.readouterr()
+    assert main(["--config", str(config), "incidents", "--json"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["incidents"] == [
+        {"problem": "ceph-error", "subject": "osd3", "hosts": ["mx1", "mx2"]}]

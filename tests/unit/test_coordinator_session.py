@@ -276,8 +276,8 @@ def test_old_messages_and_ended_leases_are_pruned(store: SqliteStore) -> None:
 def _fire(store: SqliteStore, host: str, severity: str = "critical", *,
           trusted: bool = True, kind: str = "finding", clock: FakeClock | None = None) -> None:
     s = greeted(store, host, clock)
-    assert say(s, type=kind, id=f"{kind}-{host}-{severity}", problem="storage-hang",
-               subject="nas-a1", severity=severity, trusted=trusted)["type"] == "ack"
+    assert say(s, type=kind, id=f"{kind}-{host}-{severity}", problem="fs-error",
+               subject="sda1", severity=severity, trusted=trusted)["type"] == "ack"
 
 
 def test_a_storm_refuses_leases_and_pages_once(store: SqliteStore) -> None:
@@ -304,3 +304,36 @@ def test_a_storm_refuses_leases_and_pages_once(store: SqliteStore) -> None:
     assert say(s, type="lease-request", id="r9", action="node-restart", subject="x",
                ttl_s=60)["type"] == "lease-grant"
     assert store.run(lambda tx: tx.alerts())[0][6] is not None  # the storm alert ended
+
+
+def test_a_dependency_failing_on_several_hosts_is_one_incident_and_its_clients_hold(
+        store: SqliteStore) -> None:
+    store.run(lambda tx: tx.put_host(HostRecord("nas-a1", "storage", "storage", KEY, 0.0,
+                                                None)))
+
+    def nfs(host: str, kind: str = "finding", n: int = 0) -> None:
+        s = greeted(store, host)
+        assert say(s, type=kind, id=f"{kind}-{n}", problem="nfs-not-responding",
+                   subject="nas-a1", severity="error")["type"] == "ack"
+
+    nfs("mx1")
+    alone = say(greeted(store, "mx1"), type="lease-request", id="r1",
+                action="node-restart", subject="mx1", ttl_s=60)
+    assert alone["type"] == "lease-grant"  # one host's view: no incident yet
+    say(greeted(store, "mx1"), type="lease-release", id="x1", lease=alone["lease"])
+    for host in ("mx2", "mx3"):
+        nfs(host)
+    alerts = store.run(lambda tx: tx.alerts())
+    assert [(a[1], a[2]) for a in alerts] == [("incident", "nfs-not-responding:nas-a1")]
+    assert "on 2 hosts (mx1, mx2)" in alerts[0][3]  # one alert when it began, not three
+    held = say(greeted(store, "mx2"), type="lease-request", id="r2", action="node-restart",
+               subject="mx2", ttl_s=60)
+    assert held["type"] == "lease-deny" and "dependency incident" in held["reason"]
+    # the dependency's own agent acts
+    assert say(greeted(store, "nas-a1"), type="lease-request", id="r1", action="failover-service",
+               subject="nfs-server", ttl_s=60)["type"] == "lease-grant"
+    # the incident passes as the clients' findings resolve
+    for n, host in enumerate(("mx1", "mx2")):
+        nfs(host, "resolved", n)
+    assert store.run(lambda tx: tx.alerts())[0][6] is not None
+    assert store.run(lambda tx: tx.incidents(("nfs-not-responding",), 2)) == []

@@ -17,6 +17,7 @@ from typing import Any
 
 from agent.report.wire import LineReader, LineTooLong, encode_reply
 from coordinator.keys import key_line, public_key, write_key
+from coordinator.notify import deliver, retry_in
 from coordinator.session import Session, error
 from coordinator.settings import NAME, CoordinatorSettings, load_settings
 from coordinator.store import HostRecord, SqliteStore, StoreError, Tx, open_store
@@ -227,18 +228,52 @@ def _watch(as_json: bool, settings: CoordinatorSettings, store: SqliteStore) -> 
                 seen = "never heard from" if h.last_seen is None else \
                     f"not heard from for {quiet:.0f} s"
                 tx.raise_alert("silent", h.name, f"host {h.name} (group {h.group}) is "
-                               f"silent: {seen}", now)
+                               f"silent: {seen}", now, group=h.group)
                 silent.append({"host": h.name, "group": h.group, "last_seen": h.last_seen})
             else:
                 tx.end_alerts("silent", h.name, now)
         return silent
 
     silent = store.run(round_)
+    undelivered = deliver_alerts(settings, store, now)
     if as_json:
-        print(json.dumps({"silent": silent}, indent=2, sort_keys=True))
+        print(json.dumps({"silent": silent, "undelivered": undelivered}, indent=2,
+                         sort_keys=True))
     for h in [] if as_json else silent:
         print(f"silent: {h['host']} (group {h['group']})")
-    return EXIT_REFUSED if silent else EXIT_OK
+    for a in [] if as_json else undelivered:
+        print(f"NOT DELIVERED: alert {a['alert']} ({a['kind']} {_shown(a['scope'])}): "
+              f"{a['why']}")
+    return EXIT_REFUSED if silent or undelivered else EXIT_OK
+
+
+def deliver_alerts(settings: CoordinatorSettings, store: SqliteStore, now: float
+                   ) -> list[dict[str, Any]]:
+    """Alerts to their contacts (outside any transaction: a slow webhook holds no lock),
+    escalated when not acknowledged in time; the ones that could not be delivered."""
+    store.run(lambda tx: tx.escalate_unacked(now - settings.ack_within_s, now))
+    failed = []
+    for alert in store.run(lambda tx: tx.due(now)):
+        contacts = settings.group(alert["group"]).contacts
+        if not contacts:
+            failed.append({**alert, "why": f"group {alert['group'] or '(default)'} has no "
+                           "contacts"})
+            continue
+        name = contacts[min(alert["contact"], len(contacts) - 1)]
+        why = deliver(settings.notifiers[name], {**alert, "contact": name})
+        alert_id, next_try = int(alert["alert"]), now + retry_in(int(alert["attempts"]))
+
+        def record(tx: Tx, why: str | None = why, alert_id: int = alert_id,
+                   next_try: float = next_try, name: str = name) -> None:
+            if why is None:
+                tx.delivered(alert_id, now)
+            else:
+                tx.not_delivered(alert_id, next_try, f"{name}: {why}")
+
+        store.run(record)
+        if why is not None:
+            failed.append({**alert, "why": f"{name}: {why}"})
+    return failed
 
 
 def _events(args: argparse.Namespace, store: SqliteStore) -> int:

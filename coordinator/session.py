@@ -125,6 +125,8 @@ class Session:
     def _decide(self, tx: Tx, msg: Message, now: float) -> dict[str, Any]:
         if msg.type in ("finding", "resolved"):
             return self._firing(tx, msg, now)
+        if msg.type == "plan" and msg.get("action") == "page" and msg.get("execute") is True:
+            self._page(tx, msg, now)
         if msg.type == "lease-request":
             return self._lease_request(tx, msg, now)
         if msg.type == "lease-renew":
@@ -143,11 +145,26 @@ class Session:
             return ack(msg.id)
         if msg.type == "resolved":
             tx.resolve(self.host.name, problem, subject)
+            tx.end_alerts("page", f"{self.host.name}/{problem}/{subject}", now)
         elif msg.get("trusted", True) is True and severity in SEVERITIES:
             tx.fire(self.host.name, problem, subject, str(severity), now)
         if problem in self._settings.correlate:
             self._correlate(tx, problem, subject, now)
         return ack(msg.id)
+
+    def _page(self, tx: Tx, msg: Message, now: float) -> None:
+        """An agent's page reaches the coordinator's notifiers too (once per problem and
+        subject until it resolves): a person hears even when the host's own way out is
+        down."""
+        problem, subject = msg.get("problem"), msg.get("finding_subject") or msg.get("subject")
+        text = msg.get("summary") or msg.get("reason") or "page"
+        if not (isinstance(problem, str) and _label(problem) and isinstance(subject, str)
+                and _label(subject) and isinstance(text, str)):
+            return
+        host = tx.host(self.host.name) or self.host
+        shown = "".join(c if c.isprintable() else "?" for c in text[:500])
+        tx.raise_alert("page", f"{host.name}/{problem}/{subject}",
+                       f"page from {host.name}: {shown}", now, group=host.group)
 
     def _correlate(self, tx: Tx, problem: str, subject: str, now: float) -> None:
         """One incident, one alert, for a dependency that several hosts find failing."""
@@ -156,9 +173,11 @@ class Session:
         if len(hosts) < self._settings.correlate_min_hosts:
             tx.end_alerts("incident", scope, now)
             return
+        dependency = tx.host(subject)
         tx.raise_alert("incident", scope, f"incident: {problem} {subject} on {len(hosts)} "
                        f"hosts ({', '.join(hosts[:10])}): the shared dependency is the "
-                       "likely cause; its clients' disruptive actions hold", now)
+                       "likely cause; its clients' disruptive actions hold", now,
+                       group=dependency.group if dependency else "")
 
     def _dependency(self, tx: Tx, host: str) -> str | None:
         """Why this host holds: a finding of its names a dependency in an incident (the
@@ -187,7 +206,7 @@ class Session:
         text = (f"storm in group {group}: {len(hit)} of {size} hosts have {'/'.join(worse)} "
                 f"findings firing (over {settings.storm_percent:g}%): automatic disruptive "
                 f"actions are refused until it passes ({', '.join(hit[:10])})")
-        tx.raise_alert("storm", group, text, now)
+        tx.raise_alert("storm", group, text, now, group=group)
         return text
 
     def _ttl(self, msg: Message) -> float | str:

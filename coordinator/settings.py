@@ -11,6 +11,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.schema import ConfigError, Section, parse_toml
+from coordinator.notify import KINDS, Notifier
 
 DEFAULT_PATH = Path("/etc/nodewarden/coordinator.toml")
 DEFAULT_STORE = "sqlite:////var/lib/nodewarden-coordinator/fleet.db"
@@ -50,6 +51,10 @@ class CoordinatorSettings:
     #: the same one firing on `correlate_min_hosts` hosts or more is one incident
     correlate: tuple[str, ...] = ("nfs-not-responding", "ceph-error", "storage-hang")
     correlate_min_hosts: int = 2
+    #: `[notifiers.NAME]`: how alerts reach people (coordinator/notify.py)
+    notifiers: Mapping[str, Notifier] = field(default_factory=lambda: MappingProxyType({}))
+    #: a delivered alert not acknowledged within this goes to the group's next contact
+    ack_within_s: float = 900.0
     groups: Mapping[str, GroupSettings] = field(
         default_factory=lambda: MappingProxyType({}))
     #: a group not listed gets these
@@ -104,6 +109,10 @@ def parse_settings(raw: Mapping[str, object], file: str
     correlate = correlation.str_list("problems", CoordinatorSettings.correlate)
     min_hosts = correlation.integer("min_hosts", 2, minimum=2, maximum=100_000)
     correlation.finish()
+    notifiers = {name: _notifier(name, sec) for name, sec in top.tables("notifiers")}
+    alerts = top.table("alerts")
+    ack_within = alerts.number("ack_within_s", 900.0, minimum=1.0, maximum=7 * 86400.0)
+    alerts.finish()
     default = _group(top.table("default_group"))
     groups = {}
     for name, sec in top.tables("groups"):
@@ -113,8 +122,28 @@ def parse_settings(raw: Mapping[str, object], file: str
             continue
         groups[name] = _group(sec)
     top.finish()
+    for where, group in [("default_group", default),
+                         *((f"groups.{n}", g) for n, g in groups.items())]:
+        for contact in group.contacts:
+            if contact not in notifiers:
+                errors.append(ConfigError(file, f"{where}.contacts", f"{contact!r} is not a "
+                                          "notifier ([notifiers.NAME])"))
     return CoordinatorSettings(url, keys, command, max_ttl, max_life, silent, correlate,
-                               min_hosts, MappingProxyType(groups), default), errors
+                               min_hosts, MappingProxyType(notifiers), ack_within,
+                               MappingProxyType(groups), default), errors
+
+
+def _notifier(name: str, sec: Section) -> Notifier:
+    kind = sec.choice("kind", KINDS, "webhook")
+    url = sec.text("url", "") if kind == "webhook" else ""
+    argv = sec.str_list("argv") if kind == "command" else ()
+    timeout = sec.number("timeout_s", 10.0, minimum=0.1, maximum=300.0)
+    sec.finish()
+    if kind == "webhook" and not url.startswith(("http://", "https://")):
+        sec.error("url", "a webhook needs an http:// or https:// url")
+    if kind == "command" and (not argv or not argv[0].startswith("/")):
+        sec.error("argv", "a command needs argv with an absolute program path")
+    return Notifier(name, kind, url, tuple(argv), timeout)
 
 
 def load_settings(path: Path | None) -> tuple[CoordinatorSettings | None, list[ConfigError]]:

@@ -51,6 +51,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
            acked REAL, ended REAL)""",
         "CREATE INDEX alerts_open ON alerts (kind, scope, ended)",
     ),
+    (  # 4: delivering alerts: to whom (the group's contacts, in order), when, how often
+        "ALTER TABLE alerts ADD COLUMN grp TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE alerts ADD COLUMN contact INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE alerts ADD COLUMN delivered REAL",
+        "ALTER TABLE alerts ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE alerts ADD COLUMN next_try REAL NOT NULL DEFAULT 0",
+        "ALTER TABLE alerts ADD COLUMN last_error TEXT NOT NULL DEFAULT ''",
+    ),
 )
 #: what a message's body may take in the store; a larger one is kept cut, with a mark
 MAX_STORED_BODY = 64 * 1024
@@ -241,16 +249,46 @@ class Tx:
         return int(self._db.execute("SELECT count(*) FROM hosts WHERE grp = ?",
                                     (group,)).fetchone()[0])
 
-    def raise_alert(self, kind: str, scope: str, text: str, now: float) -> int | None:
-        """A new alert, unless one of this kind and scope is open (a person is told
-        once); its id, or None when one was open."""
+    def raise_alert(self, kind: str, scope: str, text: str, now: float, *,
+                    group: str = "") -> int | None:
+        """A new alert for `group`'s contacts, unless one of this kind and scope is open
+        (a person is told once); its id, or None when one was open."""
         open_ = self._db.execute("SELECT id FROM alerts WHERE kind = ? AND scope = ? AND "
                                  "ended IS NULL", (kind, scope)).fetchone()
         if open_:
             return None
-        cur = self._db.execute("INSERT INTO alerts (kind, scope, text, raised) VALUES "
-                               "(?,?,?,?)", (kind, scope, text, now))
+        cur = self._db.execute("INSERT INTO alerts (kind, scope, text, raised, grp) VALUES "
+                               "(?,?,?,?,?)", (kind, scope, text, now, group))
         return cur.lastrowid
+
+    def due(self, now: float) -> list[dict[str, Any]]:
+        """Open, unacknowledged alerts not delivered to their current contact, whose
+        next try has come."""
+        rows = self._db.execute(
+            "SELECT id, kind, scope, text, raised, grp, contact, attempts FROM alerts "
+            "WHERE ended IS NULL AND acked IS NULL AND delivered IS NULL AND next_try <= ? "
+            "ORDER BY id", (now,))
+        keys = ("alert", "kind", "scope", "text", "raised", "group", "contact", "attempts")
+        return [dict(zip(keys, r, strict=True)) for r in rows]
+
+    def delivered(self, alert_id: int, now: float) -> None:
+        self._db.execute("UPDATE alerts SET delivered = ?, last_error = '' WHERE id = ?",
+                         (now, alert_id))
+
+    def not_delivered(self, alert_id: int, next_try: float, reason: str) -> None:
+        self._db.execute("UPDATE alerts SET attempts = attempts + 1, next_try = ?, "
+                         "last_error = ? WHERE id = ?", (next_try, reason[:500], alert_id))
+
+    def escalate_unacked(self, before: float, now: float) -> list[int]:
+        """Alerts delivered before `before` and still not acknowledged: to the next
+        contact (delivered again from scratch); their ids."""
+        ids = [r[0] for r in self._db.execute(
+            "SELECT id FROM alerts WHERE ended IS NULL AND acked IS NULL AND "
+            "delivered IS NOT NULL AND delivered < ?", (before,))]
+        for alert_id in ids:
+            self._db.execute("UPDATE alerts SET contact = contact + 1, delivered = NULL, "
+                             "attempts = 0, next_try = ? WHERE id = ?", (now, alert_id))
+        return ids
 
     def end_alerts(self, kind: str, scope: str, now: float) -> None:
         self._db.execute("UPDATE alerts SET ended = ? WHERE kind = ? AND scope = ? AND "

@@ -337,3 +337,22 @@ def test_a_dependency_failing_on_several_hosts_is_one_incident_and_its_clients_h
         nfs(host, "resolved", n)
     assert store.run(lambda tx: tx.alerts())[0][6] is not None
     assert store.run(lambda tx: tx.incidents(("nfs-not-responding",), 2)) == []
+
+
+def test_an_agents_page_becomes_one_alert_until_its_finding_resolves(
+        store: SqliteStore) -> None:
+    s = greeted(store, "mx0")
+    page = {"type": "plan", "action": "page", "subject": "oncall", "problem": "fs-error",
+            "finding_subject": "sda1", "execute": True,
+            "summary": "page: fs-error sda1 on mx0 \u001b[31m"}
+    assert say(s, id="p1", **{k: v for k, v in page.items() if k != "type"},
+               type="plan")["type"] == "ack"
+    assert say(s, id="p2", **{k: v for k, v in page.items() if k != "type"},
+               type="plan")["type"] == "ack"
+    dry = {**page, "execute": False}
+    say(s, id="p3", **{k: v for k, v in dry.items() if k != "type"}, type="plan")
+    alerts = store.run(lambda tx: tx.alerts())
+    assert [(a[1], a[2]) for a in alerts] == [("page", "mx0/fs-error/sda1")]  # once
+    assert "\u001b" not in alerts[0][3] and alerts[0][3].startswith("page from mx0: ")
+    say(s, type="resolved", id="r1", problem="fs-error", subject="sda1")
+    assert store.run(lambda tx: tx.alerts())[0][6] is not None

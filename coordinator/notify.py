@@ -2,7 +2,8 @@
 
 A group's `contacts` name notifiers (`[notifiers.NAME]`) in the order they are tried.
 An alert counts as delivered only when its notifier confirms it: an HTTP 2xx for a
-webhook, exit 0 for a command. A failed delivery is tried again with a growing wait.
+webhook, exit 0 for a command, the SMTP server's acceptance for every recipient of an
+email. A failed delivery is tried again with a growing wait.
 One delivered but not acknowledged (`ack ID`) within `[alerts] ack_within_s` goes to
 the next contact (incident 004: the monitor saw the outage, nobody heard). `watch`
 runs the deliveries (coordinator/cli.py).
@@ -11,14 +12,17 @@ runs the deliveries (coordinator/cli.py).
 from __future__ import annotations
 
 import json
+import smtplib
+import ssl
 import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
+from email.message import EmailMessage
 from typing import Any
 
-KINDS = ("webhook", "command")
+KINDS = ("webhook", "command", "email")
 #: the longest wait between two tries of one delivery
 MAX_RETRY_S = 3600.0
 
@@ -30,11 +34,19 @@ class Notifier:
     url: str = ""
     argv: tuple[str, ...] = ()
     timeout_s: float = 10.0
+    #: email: the SMTP server, the envelope sender and the recipients
+    smtp_host: str = ""
+    smtp_port: int = 25
+    starttls: bool = False
+    sender: str = ""
+    to: tuple[str, ...] = ()
 
 
 def deliver(notifier: Notifier, alert: Mapping[str, Any]) -> str | None:
     """Hand the alert over; None when the notifier confirmed it, else why not."""
     body = json.dumps(alert, sort_keys=True).encode()
+    if notifier.kind == "email":
+        return _email(notifier, alert, body)
     if notifier.kind == "webhook":
         request = urllib.request.Request(notifier.url, data=body, method="POST",  # noqa: S310
                                          headers={"Content-Type": "application/json"})
@@ -55,6 +67,32 @@ def deliver(notifier: Notifier, alert: Mapping[str, Any]) -> str | None:
         return f"command exited {done.returncode}: " \
                f"{done.stderr.decode(errors='replace')[-200:]}"
     return None
+
+
+def _plain(text: object, limit: int) -> str:
+    """Text an agent may have written, for a mail header or line: printable, one line."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))[:limit]
+
+
+def _email(notifier: Notifier, alert: Mapping[str, Any], body: bytes) -> str | None:
+    """The alert by mail; delivered when the SMTP server accepts it for every recipient."""
+    msg = EmailMessage()
+    msg["Subject"] = (f"[nodewarden] {_plain(alert.get('kind'), 40)} "
+                      f"{_plain(alert.get('scope'), 200)}")
+    msg["From"] = notifier.sender
+    msg["To"] = ", ".join(notifier.to)
+    msg.set_content(f"{_plain(alert.get('text'), 2000)}\n\nacknowledge: "
+                    f"nodewarden-coordinator ack {alert.get('alert')}\n\n"
+                    f"{body.decode()}\n")
+    try:
+        with smtplib.SMTP(notifier.smtp_host, notifier.smtp_port,
+                          timeout=notifier.timeout_s) as smtp:
+            if notifier.starttls:
+                smtp.starttls(context=ssl.create_default_context())
+            refused = smtp.send_message(msg, notifier.sender, list(notifier.to))
+    except (OSError, smtplib.SMTPException) as exc:
+        return f"email failed: {exc}"
+    return f"email refused for {', '.join(refused)}" if refused else None
 
 
 def retry_in(attempts: int) -> float:

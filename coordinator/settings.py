@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from agent.schema import ConfigError, Section, parse_toml
 from coordinator.notify import KINDS, Notifier
@@ -138,12 +139,31 @@ def _notifier(name: str, sec: Section) -> Notifier:
     url = sec.text("url", "") if kind == "webhook" else ""
     argv = sec.str_list("argv") if kind == "command" else ()
     timeout = sec.number("timeout_s", 10.0, minimum=0.1, maximum=300.0)
+    email = _email_fields(sec) if kind == "email" else {}
     sec.finish()
     if kind == "webhook" and not url.startswith(("http://", "https://")):
         sec.error("url", "a webhook needs an http:// or https:// url")
     if kind == "command" and (not argv or not argv[0].startswith("/")):
         sec.error("argv", "a command needs argv with an absolute program path")
-    return Notifier(name, kind, url, tuple(argv), timeout)
+    return Notifier(name, kind, url, tuple(argv), timeout, **email)
+
+
+_ADDRESS = re.compile(r"[^\s@<>,;:\"]+@[A-Za-z0-9.-]+")
+
+
+def _email_fields(sec: Section) -> dict[str, Any]:
+    host = sec.text("smtp_host", "")
+    if not host or not host.isprintable() or " " in host:
+        sec.error("smtp_host", "an email notifier needs its SMTP server")
+    sender = sec.text("from", "nodewarden-coordinator@localhost")
+    to = sec.str_list("to")
+    for key, addresses in (("from", [sender]), ("to", list(to))):
+        bad = [a for a in addresses if not _ADDRESS.fullmatch(a)]
+        if bad or not addresses:
+            sec.error(key, f"needs mail addresses (user@domain), not {bad or 'none'}")
+    return {"smtp_host": host, "smtp_port": sec.integer("smtp_port", 25, minimum=1,
+                                                        maximum=65535),
+            "starttls": sec.flag("starttls", False), "sender": sender, "to": tuple(to)}
 
 
 def load_settings(path: Path | None) -> tuple[CoordinatorSettings | None, list[ConfigError]]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -276,6 +277,8 @@ class Postfix:
     config_dir: Path
     log: Path
     root: Path
+    #: with `mailbox=True`: the Maildir every recipient at MAILBOX_DOMAIN is delivered to
+    mailbox: Path | None = None
 
 
 _MAIN_CF = """\
@@ -302,6 +305,17 @@ smtpd_tls_key_file = {key}
 smtpd_tls_security_level = may
 smtpd_tls_auth_only = yes
 smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject
+"""
+
+#: a mail domain the private postfix delivers itself (`running_postfix(mailbox=True)`)
+MAILBOX_DOMAIN = "alerts.test"
+_MAIN_CF_MAILBOX = """\
+virtual_mailbox_domains = {domain}
+virtual_mailbox_base = {root}/mail
+virtual_mailbox_maps = static:oncall/
+virtual_uid_maps = static:{uid}
+virtual_gid_maps = static:{gid}
+virtual_minimum_uid = 100
 """
 
 _MAIN_CF_SASL = """\
@@ -337,7 +351,8 @@ postlog   unix-dgram n - n - 1 postlogd
 
 
 @contextlib.contextmanager
-def running_postfix(tls: TlsFiles, sasl_socket: Path | None = None) -> Iterator[Postfix]:
+def running_postfix(tls: TlsFiles, sasl_socket: Path | None = None, *,
+                    mailbox: bool = False) -> Iterator[Postfix]:
     """`postfix -c DIR start-fg` with its own config, queue and data dirs.
 
     Root running `postfix -c` needs no alternate_config_directories entry in the system
@@ -354,8 +369,18 @@ def running_postfix(tls: TlsFiles, sasl_socket: Path | None = None) -> Iterator[
         main_cf = _MAIN_CF.format(root=root, cert=tls.cert, key=tls.key)
         if sasl_socket is not None:
             main_cf += _MAIN_CF_SASL.format(socket=sasl_socket)
+        master_cf = _MASTER_CF.format(port=port)
+        maildir: Path | None = None
+        if mailbox:  # the virtual agent delivers every MAILBOX_DOMAIN recipient here
+            account = pwd.getpwnam("postfix")
+            (root / "mail").mkdir()
+            shutil.chown(root / "mail", user="postfix", group=account.pw_gid)
+            main_cf += _MAIN_CF_MAILBOX.format(domain=MAILBOX_DOMAIN, root=root,
+                                               uid=account.pw_uid, gid=account.pw_gid)
+            master_cf += "virtual   unix  -  n  n  -  -  virtual\n"
+            maildir = root / "mail" / "oncall"
         (config_dir / "main.cf").write_text(main_cf)
-        (config_dir / "master.cf").write_text(_MASTER_CF.format(port=port))
+        (config_dir / "master.cf").write_text(master_cf)
         log = root / "postfix.log"
         with (root / "stdout.log").open("wb") as out:
             proc = subprocess.Popen(
@@ -365,7 +390,7 @@ def running_postfix(tls: TlsFiles, sasl_socket: Path | None = None) -> Iterator[
             )
         try:
             wait_for_port(port, proc, log, root / "stdout.log")
-            yield Postfix(port=port, config_dir=config_dir, log=log, root=root)
+            yield Postfix(port=port, config_dir=config_dir, log=log, root=root, mailbox=maildir)
         finally:
             master: int | None = None
             with contextlib.suppress(OSError, ValueError):

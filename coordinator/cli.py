@@ -84,15 +84,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         store = open_store(settings.store_url)
     except StoreError as exc:
-        print(f"nodewarden-coordinator: store unavailable: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _store_down(args, settings, exc)
     try:
         return _run(args, settings, store)
     except StoreError as exc:
-        print(f"nodewarden-coordinator: store unavailable: {exc}", file=sys.stderr)
-        return EXIT_STORE
+        return _store_down(args, settings, exc)
     finally:
         store.close()
+
+
+def _store_down(args: argparse.Namespace, settings: CoordinatorSettings,
+                exc: StoreError) -> int:
+    """The store cannot be opened or written. `watch`, the dead man's switch, tells the
+    default group's contacts straight away (no alert can be kept, so none is
+    escalated): a coordinator that cannot keep state is an outage of its own."""
+    print(f"nodewarden-coordinator: store unavailable: {exc}", file=sys.stderr)
+    if args.command != "watch":
+        return EXIT_STORE
+    alert = {"alert": 0, "kind": "store", "scope": "coordinator", "raised": time.time(),
+             "text": f"the coordinator cannot write its store: {exc}"}
+    for name in settings.default_group.contacts:
+        why = deliver(settings.notifiers[name], {**alert, "contact": name})
+        print(f"store alert to {name}: {'delivered' if why is None else why}",
+              file=sys.stderr)
+    if not settings.default_group.contacts:
+        print("nodewarden-coordinator: no [default_group] contacts to tell", file=sys.stderr)
+    return EXIT_STORE
 
 
 def _run(args: argparse.Namespace, settings: CoordinatorSettings, store: SqliteStore) -> int:

@@ -137,3 +137,25 @@ def test_bad_notifier_configuration_is_refused(tmp_path: Path,
     assert main(["--config", str(path), "status"]) == 2
     err = capsys.readouterr().err
     assert f"{key}: " in err and reason in err
+
+
+def test_a_store_that_cannot_be_written_is_told_straight_away(
+        tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    config = tmp_path / "c.toml"
+    config.write_text(f"""
+[store]
+url = "sqlite:///{blocker}/fleet.db"
+[notifiers.hook]
+kind = "webhook"
+url = "{receiver.url}"
+[default_group]
+contacts = ["hook"]
+""")
+    assert main(["--config", str(config), "watch"]) == 3
+    assert [(a["kind"], a["scope"]) for a in receiver.got] == [("store", "coordinator")]
+    assert "cannot write its store" in receiver.got[0]["text"]
+    assert "store alert to hook: delivered" in capsys.readouterr().err
+    assert main(["--config", str(config), "status"]) == 3  # only watch tells a person
+    assert len(receiver.got) == 1

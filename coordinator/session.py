@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from agent.report.text import printable
 from agent.report.wire import (
     AGENT_TYPES,
     MAX_LINE_BYTES,
@@ -162,9 +163,9 @@ class Session:
                 and _label(subject) and isinstance(text, str)):
             return
         host = tx.host(self.host.name) or self.host
-        shown = "".join(c if c.isprintable() else "?" for c in text[:500])
         tx.raise_alert("page", f"{host.name}/{problem}/{subject}",
-                       f"page from {host.name}: {shown}", now, group=host.group)
+                       f"page from {host.name}: {printable(text[:500])}", now,
+                       group=host.group)
 
     def _correlate(self, tx: Tx, problem: str, subject: str, now: float) -> None:
         """One incident, one alert, for a dependency that several hosts find failing."""
@@ -173,11 +174,13 @@ class Session:
         if len(hosts) < self._settings.correlate_min_hosts:
             tx.end_alerts("incident", scope, now)
             return
-        dependency = tx.host(subject)
+        # routed by the reporting host's own group (its key's), never by the subject an
+        # agent wrote: a finding's text labels an incident, it does not pick who is told
+        reporter = tx.host(self.host.name) or self.host
         tx.raise_alert("incident", scope, f"incident: {problem} {subject} on {len(hosts)} "
                        f"hosts ({', '.join(hosts[:10])}): the shared dependency is the "
                        "likely cause; its clients' disruptive actions hold", now,
-                       group=dependency.group if dependency else "")
+                       group=reporter.group)
 
     def _dependency(self, tx: Tx, host: str) -> str | None:
         """Why this host holds: a finding of its names a dependency in an incident (the
@@ -229,7 +232,7 @@ class Session:
             return error(msg.id, ttl)
         host = tx.host(self.host.name) or self.host
         group = host.group
-        held = (self._held_elsewhere(tx, host, group, now) or self._storm(tx, group, now)
+        held = (self._held_elsewhere(tx, host, group) or self._storm(tx, group, now)
                 or self._dependency(tx, host.name))
         if held is not None:
             return _deny(msg.id, held)
@@ -248,9 +251,8 @@ class Session:
         return {"type": "lease-grant", "id": msg.id, "lease": lease.id,
                 "expires": lease.expires}
 
-    def _held_elsewhere(self, tx: Tx, host: HostRecord, group: str, now: float) -> str | None:
+    def _held_elsewhere(self, tx: Tx, host: HostRecord, group: str) -> str | None:
         """Why a lease cannot be held now whatever the count: maintenance of its scope."""
-        del now
         scopes = set(tx.maintenance()) & {host.name, group}
         return f"maintenance ({', '.join(sorted(scopes))})" if scopes else None
 
@@ -274,7 +276,7 @@ class Session:
         if lease is None or not lease.active(now):
             return _deny(msg.id, f"lease {found} has expired or was released: ask again")
         host = tx.host(self.host.name) or self.host
-        held = self._held_elsewhere(tx, host, host.group, now)
+        held = self._held_elsewhere(tx, host, host.group)
         if held is None and host.group != lease.group:
             held = f"{host.name} is now in group {host.group}, not {lease.group}"
         if held is None and now + ttl - lease.granted > self._settings.max_lifetime_s:

@@ -115,11 +115,10 @@ class Spool:
         keeps the event in its audit log and says so)."""
         self._seq += 1
         msg = Message(kind, f"{self.token}-{self._seq}", dict(fields))
-        line = json.dumps({"seq": self._seq, **msg.as_dict()}, ensure_ascii=True,
-                          allow_nan=False, separators=(",", ":"), sort_keys=True).encode()
+        line = _line(self._seq, msg)
         encoded = encode(msg)  # refuses a message over the wire's line limit
         self._make_room(len(encoded))
-        self._file.write(line + b"\n")
+        self._file.write(line)
         self._file.flush()
         if self._fsync and kind in DURABLE:
             os.fsync(self._file.fileno())
@@ -175,12 +174,16 @@ class Spool:
     def _compact(self) -> None:
         """Rewrite the file with only the waiting messages."""
         self._file.close()
-        data = b"".join(json.dumps({"seq": e.seq, **e.message.as_dict()}, ensure_ascii=True,
-                                   separators=(",", ":"), sort_keys=True).encode() + b"\n"
-                        for e in self._waiting)
+        data = b"".join(_line(e.seq, e.message) for e in self._waiting)
         _write_atomically(self._dir / SPOOL_FILE, data, fsync=self._fsync)
         self._answered_lines = 0
         self._file = (self._dir / SPOOL_FILE).open("ab")
+
+
+def _line(seq: int, msg: Message) -> bytes:
+    """A message as the spool file keeps it: its wire form and its sequence number."""
+    return json.dumps({"seq": seq, **msg.as_dict()}, ensure_ascii=True, allow_nan=False,
+                      separators=(",", ":"), sort_keys=True).encode() + b"\n"
 
 
 def _parse(raw: bytes) -> _Entry | None:

@@ -16,10 +16,10 @@ import math
 import os
 import re
 import select
-from collections.abc import Iterator, Mapping, Set
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, BinaryIO
+from typing import Any
 
 PROTO = 1
 #: the longest line either side accepts, newline included
@@ -224,23 +224,3 @@ class LineTooLong:
 
     def __init__(self, size: int) -> None:
         self.size = size
-
-
-def read_lines(stream: BinaryIO) -> Iterator[bytes | LineTooLong]:
-    """The stream's lines, each at most MAX_LINE_BYTES: a longer one is skipped as it
-    streams by (never held whole) and given as LineTooLong. Ends at end of stream (a
-    last line without its newline is given too)."""
-    while True:
-        line = stream.readline(MAX_LINE_BYTES + 1)
-        if not line:
-            return
-        if len(line) <= MAX_LINE_BYTES:
-            yield line
-            continue
-        size = len(line)
-        while not line.endswith(b"\n"):
-            line = stream.readline(MAX_LINE_BYTES)
-            if not line:
-                break
-            size += len(line)
-        yield LineTooLong(size)

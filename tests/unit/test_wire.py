@@ -3,7 +3,6 @@ is refused, with a reason that names the problem."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import pytest
@@ -18,7 +17,6 @@ from agent.report.wire import (
     WireError,
     decode,
     encode,
-    read_lines,
 )
 
 
@@ -71,8 +69,7 @@ def test_a_line_over_the_limit_is_refused_and_never_held_whole() -> None:
     big = b'{"id": "m1", "type": "finding", "x": "' + b"a" * MAX_LINE_BYTES + b'"}\n'
     with pytest.raises(WireError, match="over the"):
         decode(big, AGENT_TYPES)
-    stream = io.BytesIO(big + b'{"id": "m2", "type": "heartbeat"}\n' + b"tail")
-    got = list(read_lines(stream))
+    got = _all_lines(big + b'{"id": "m2", "type": "heartbeat"}\n' + b"tail")
     assert isinstance(got[0], LineTooLong) and got[0].size == len(big)
     assert got[1:] == [b'{"id": "m2", "type": "heartbeat"}\n', b"tail"]
 
@@ -82,7 +79,7 @@ def test_a_line_of_exactly_the_limit_is_a_line() -> None:
     body = b"a" * (MAX_LINE_BYTES - len(head) - 3)
     line = head + body + b'"}\n'
     assert len(line) == MAX_LINE_BYTES
-    assert list(read_lines(io.BytesIO(line))) == [line]
+    assert _all_lines(line) == [line]
     assert decode(line, AGENT_TYPES).id == "m1"
 
 
@@ -109,6 +106,21 @@ def _pipe_with(data: bytes) -> int:
 
     threading.Thread(target=write, daemon=True).start()
     return read_fd
+
+
+def _all_lines(data: bytes) -> list[bytes | LineTooLong]:
+    """Every line LineReader gives for `data` (then end of input)."""
+    import os
+
+    fd = _pipe_with(data)
+    try:
+        reader = LineReader(fd)
+        got: list[bytes | LineTooLong] = []
+        while batch := reader.batch():
+            got += batch
+        return got
+    finally:
+        os.close(fd)
 
 
 def test_the_line_reader_takes_a_burst_as_one_batch() -> None:

@@ -164,10 +164,11 @@ class Agent:
     def audit(self) -> list[dict[str, Any]]:
         if not self.audit_path.exists():
             return []
-        out = []
-        for line in self.audit_path.read_text(encoding="utf-8").splitlines():
-            out.append(json.loads(line))
-        return out
+        # The agent appends while we read: a record still being written has no newline
+        # yet, and is read on the next poll.
+        data = self.audit_path.read_bytes()
+        whole = data[: data.rfind(b"\n") + 1].decode("utf-8")
+        return [json.loads(line) for line in whole.splitlines()]
 
     def wait_audit(
         self, pred: Callable[[dict[str, Any]], bool], deadline_s: float = DEADLINE_S

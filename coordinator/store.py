@@ -59,6 +59,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE alerts ADD COLUMN next_try REAL NOT NULL DEFAULT 0",
         "ALTER TABLE alerts ADD COLUMN last_error TEXT NOT NULL DEFAULT ''",
     ),
+    (  # 5: actions a person must approve before their lease is granted
+        """CREATE TABLE approvals (id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL,
+           grp TEXT NOT NULL, action TEXT NOT NULL, subject TEXT NOT NULL,
+           asked REAL NOT NULL, approved REAL, used REAL)""",
+        "CREATE INDEX approvals_open ON approvals (host, action, subject, used)",
+    ),
 )
 #: what a message's body may take in the store; a larger one is kept cut, with a mark
 MAX_STORED_BODY = 64 * 1024

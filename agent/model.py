@@ -191,6 +191,21 @@ class Verdict:
     needs_person: bool = False
 
 
+@dataclass(frozen=True)
+class Lease:
+    """A grant from the coordinator to run one disruptive action until `expires_at`.
+
+    `granted_by` names the coordinator that granted it ("host:port"; "" for a stand-in):
+    a node restart records it in its intent, so that after the boot the lease is given
+    back to the coordinator that holds it, and to no other."""
+
+    id: str
+    action: str
+    subject: str
+    expires_at: float
+    granted_by: str = ""
+
+
 # --------------------------------------------------------------------------- remediation
 @dataclass(frozen=True)
 class Step:

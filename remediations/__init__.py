@@ -41,7 +41,7 @@ from pathlib import Path
 from types import MappingProxyType, ModuleType
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
-from agent.model import EMPTY, Budget, Plan, Step, StepResult
+from agent.model import EMPTY, Budget, Lease, Plan, Step, StepResult
 
 if TYPE_CHECKING:
     from agent.clock import Clock
@@ -96,6 +96,10 @@ class ActionContext:
     never_block: tuple[tuple[str, str], ...] = ()
     #: the interpreter that runs helper steps (`python3 -m agent.execute...`)
     python: str = field(default_factory=lambda: sys.executable or "python3")
+    #: the coordinator's lease this execution runs under (the Decider plans with it once
+    #: the lease gate has it; None in dry-run and for actions without one): node-restart
+    #: records it in its intent, to give it back after the boot
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)

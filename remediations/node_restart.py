@@ -9,18 +9,24 @@ mail host whose NFS server is not responding: the cause is the filer.
 ## What it does
 1. (optional) the site's `drain_command`, e.g. moving the host out of a load balancer;
 2. `python3 -m agent.execute.intent write ...`: a durable (fsync'd) intent record under
-   STATE_DIR/intents/, written *before* the reboot, shown in the dry-run;
+   STATE_DIR/intents/, written *before* the reboot, shown in the dry-run. When it runs
+   under a coordinator's lease, the record carries the lease: its id, the coordinator
+   that granted it (`--coordinator=host:port`) and its end;
 3. `systemctl reboot`.
 After the boot the agent reads its pending intents before anything else
 (`reconcile_intents`): a new boot id means the restart happened on purpose and the
-outcome is recorded; the same boot id means it did not. The lease taken for the restart
-is not released by the agent after the boot: it runs out by itself (leases expire unless
-renewed), which also keeps the group from restarting a second filer while this one
-comes back.
+outcome is recorded; the same boot id means it did not. The lease is held through the
+reboot, which keeps the group from restarting a second filer while this one comes back.
+Once the intent is reconciled, the agent gives the lease back to the coordinator that
+granted it, through the reporter's spool (so a coordinator out of reach gets it later).
+An agent that no longer reports to that coordinator says so and leaves the lease to run
+out by its TTL.
 
 ## Verify
 After the boot: `python3 -m agent.execute.intent list --state-dir /var/lib/nodewarden`
-shows the intent with `outcome: rebooted`; `journalctl --list-boots` shows the new boot.
+shows the intent with `outcome: rebooted` (and, under a lease, `lease_outcome: given back
+to HOST:PORT`); `journalctl --list-boots` shows the new boot; `nodewarden-coordinator
+leases` shows the lease released.
 
 ## Undo
 Nothing to undo. Undrain the host if the drain command did not do it by itself.
@@ -93,10 +99,13 @@ class NodeRestart(Remediation):
             values = {"hostname": ctx.hostname, "subject": subject}
             steps.append(Step(fill_argv(command, values), float(timeout), "drain this host"))
         reason = _clean(params["reason"]) or "unspecified"
+        lease = () if ctx.lease is None else (
+            f"--lease={ctx.lease.id}", f"--coordinator={ctx.lease.granted_by}",
+            f"--lease-expires={ctx.lease.expires_at:.3f}")
         steps.append(Step(
             helper(ctx, "intent", "write", f"--state-dir={ctx.state_dir}",
                    f"--action={self.NAME}", f"--subject={_clean(subject) or ctx.hostname}",
-                   f"--reason={reason}"),
+                   f"--reason={reason}", *lease),
             30.0, "write-ahead intent record"))
         steps.append(Step((SYSTEMCTL, "reboot"), 60.0, "reboot this host"))
         return Plan(self.NAME, subject, tuple(steps), (), self.DISRUPTIVE,

@@ -5,14 +5,16 @@ A request goes through the reporter (agent/report/reporter.py) and the caller wa
 the answer at most `lease_timeout_s`: no answer in time means no (docs/architecture.md,
 safety property 2). A grant that comes later is given back by the reporter, since its
 asker went on without it. A lease's end is the earlier of the coordinator's and this
-host's clock's reckoning, so a clock that runs behind never stretches a lease.
+host's clock's reckoning, so a clock that runs behind never stretches a lease. Each lease
+names the coordinator that granted it (`granted_by`, "host:port"): a node restart's
+intent keeps it, and after the boot the lease goes back only to that coordinator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from agent.guards.base import Lease
+from agent.model import Lease
 from agent.report.reporter import Reporter
 
 
@@ -64,4 +66,5 @@ class CoordinatorLeases:
             self.last_refusal = "a grant without a lease id or an end"
             return None
         self.last_refusal = ""
-        return Lease(str(lease_id), action, subject, min(float(expires), local_end))
+        return Lease(str(lease_id), action, subject, min(float(expires), local_end),
+                     self._where)

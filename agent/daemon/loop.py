@@ -131,10 +131,10 @@ class Daemon:
         self._exec = Executions(self._wake.wake, self.clock, self._run_decision)
         self._sel = selectors.DefaultSelector()
         self._sel.register(self._wake.read_fd, selectors.EVENT_READ, self._on_wake)
-        events, failed = reconcile_intents(self.state_dir, self.clock)
-        self.errors += failed
-        self._emit(events)  # safety state first (docs/architecture.md, convention 9)
         self.pipeline = self._pipeline_factory(self.loaded, self.clock, self.reporting.leases())
+        done, failed = reconcile_intents(self.state_dir, self.clock, self.pipeline, self.reporting)
+        self.errors += failed
+        self._emit(done)  # safety state first (docs/architecture.md, convention 9)
         self.sources = Sources(self.clock, self.state_dir)
         self._log_changes(self.sources.apply(self.config), warn=True)
         self._register_sources()

@@ -64,14 +64,20 @@ class Reporting:
     def enabled(self) -> bool:
         return self._reporter is not None
 
+    @property
+    def where(self) -> str | None:
+        """The coordinator this agent reports to, as its leases name it ("host:port");
+        None when it runs alone."""
+        s = self._settings
+        return None if self._reporter is None or s is None else f"{s.host}:{s.port}"
+
     def leases(self) -> LeaseClient | None:
         """The coordinator as the lease gate's client (None: the agent runs alone)."""
-        if self._reporter is None or self._settings is None:
+        if self._reporter is None or self._settings is None or self.where is None:
             return None
         from agent.daemon.leases import CoordinatorLeases
 
-        s = self._settings
-        return CoordinatorLeases(self._reporter, f"{s.host}:{s.port}", s.lease_timeout_s,
+        return CoordinatorLeases(self._reporter, self.where, self._settings.lease_timeout_s,
                                  self._clock.now)
 
     def emit(self, record: Mapping[str, Any]) -> None:

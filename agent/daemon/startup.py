@@ -9,7 +9,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from agent.clock import Clock
-from agent.pipeline.api import Event
+from agent.daemon.reporting import Reporting
+from agent.pipeline.api import Event, Pipeline
+from agent.pipeline.intents import give_back_leases
 from agent.pipeline.intents import reconcile_intents as reconcile
 
 log = logging.getLogger("nodewarden")
@@ -20,15 +22,22 @@ def make_state_dir(state_dir: Path) -> None:
     state_dir.chmod(0o700)
 
 
-def reconcile_intents(state_dir: Path, clock: Clock) -> tuple[list[Event], bool]:
+def reconcile_intents(
+    state_dir: Path, clock: Clock, pipeline: Pipeline, reporting: Reporting
+) -> tuple[list[Event], bool]:
     """Write-ahead intents left by a node restart: record what became of them
-    ("rebooted" when the boot id changed), before anything new is done. Returns the
-    events and whether it failed (a full or broken /var must not crash-loop the agent)."""
+    ("rebooted" when the boot id changed), before anything is observed or decided; then
+    the leases they held go back, through the pipeline, to the coordinator that granted
+    them (or are left to run out: agent/pipeline/intents.py). Returns the events and
+    whether it failed (a full or broken /var must not crash-loop the agent)."""
+    events: list[Event] = []
     try:
-        return reconcile(state_dir, clock), False
+        events += reconcile(state_dir, clock)
+        events += give_back_leases(state_dir, pipeline, reporting.where, clock)
+        return events, False
     except Exception as exc:
         log.exception("cannot reconcile node-restart intents (left for the next start)")
-        return [Event(clock.now(), "note", MappingProxyType({
+        return [*events, Event(clock.now(), "note", MappingProxyType({
             "text": f"node-restart intents not reconciled: {type(exc).__name__}: {exc}"}))], True
 
 

@@ -5,6 +5,12 @@ an intent first (a plan step: `python3 -m agent.execute.intent write ...`, visib
 dry-run). After boot the agent reads the pending intents: a different boot id means the
 reboot happened on purpose; the same boot id means it did not. Files are written
 atomically (temp file, fsync, rename, fsync of the directory) under STATE_DIR/intents/.
+
+A restart that runs under a coordinator's lease records the lease too (`lease`, the
+`coordinator` that granted it, `lease_expires_at`): the lease is held through the reboot
+and given back once the intent is reconciled; `lease_outcome` then says what became of
+it ("given back to ..." or why it was left to run out). Records written before leases
+existed have none of these fields, and read as intents without a lease.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -35,10 +42,21 @@ class Intent:
     completed_at: float | None = None
     outcome: str | None = None  # "rebooted" | "not-rebooted" | free text
     ok: bool | None = None
+    #: the coordinator's lease the action ran under (its id), who granted it, its end
+    lease: str | None = None
+    coordinator: str | None = None
+    lease_expires_at: float | None = None
+    #: what became of the lease after the intent was reconciled (None: not settled yet)
+    lease_outcome: str | None = None
 
     @property
     def pending(self) -> bool:
         return self.completed_at is None
+
+    @property
+    def lease_unsettled(self) -> bool:
+        """Reconciled, and its lease neither given back nor left to run out yet."""
+        return not self.pending and self.lease is not None and self.lease_outcome is None
 
 
 def intents_dir(state_dir: Path) -> Path:
@@ -53,11 +71,14 @@ def save(state_dir: Path, intent: Intent) -> Intent:
 
 def write_intent(
     state_dir: Path, action: str, subject: str, reason: str, *, now: float, boot_id: str,
-    intent_id: str | None = None,
+    intent_id: str | None = None, lease: str | None = None, coordinator: str | None = None,
+    lease_expires_at: float | None = None,
 ) -> Intent:
-    """Record (durably, before acting) that `action` is about to happen."""
+    """Record (durably, before acting) that `action` is about to happen, under `lease`
+    from `coordinator` when it holds one."""
     iid = intent_id or f"{int(now)}-{os.urandom(4).hex()}"  # uuid would import platform
-    return save(state_dir, Intent(iid, action, subject, reason, now, boot_id))
+    return save(state_dir, Intent(iid, action, subject, reason, now, boot_id, lease=lease,
+                                  coordinator=coordinator, lease_expires_at=lease_expires_at))
 
 
 def read_intents(state_dir: Path) -> list[Intent]:
@@ -84,6 +105,14 @@ def complete_intent(
     raise KeyError(f"no intent {intent_id!r} in {intents_dir(state_dir)}")
 
 
+def settle_lease(state_dir: Path, intent_id: str, outcome: str) -> Intent:
+    """Record what became of an intent's lease (given back, or left to run out)."""
+    for intent in read_intents(state_dir):
+        if intent.id == intent_id:
+            return save(state_dir, replace(intent, lease_outcome=outcome))
+    raise KeyError(f"no intent {intent_id!r} in {intents_dir(state_dir)}")
+
+
 def reconcile(state_dir: Path, boot_id: str, now: float) -> list[Intent]:
     """After start-up: complete every pending intent; returns the ones completed now."""
     done = []
@@ -99,6 +128,13 @@ def reconcile(state_dir: Path, boot_id: str, now: float) -> list[Intent]:
     return done
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python3 -m agent.execute.intent")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -107,13 +143,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     w.add_argument("--action", required=True)
     w.add_argument("--subject", required=True)
     w.add_argument("--reason", required=True)
+    w.add_argument("--lease", help="the coordinator's lease the action runs under")
+    w.add_argument("--coordinator", help="the coordinator that granted it (host:port)")
+    w.add_argument("--lease-expires", type=_finite, help="its end (Unix seconds)")
     ls = sub.add_parser("list", help="print every intent record as JSON lines")
     ls.add_argument("--state-dir", required=True, type=Path)
     args = parser.parse_args(argv)
     if args.cmd == "write":
         try:
             intent = write_intent(args.state_dir, args.action, args.subject, args.reason,
-                                  now=time.time(), boot_id=read_boot_id())
+                                  now=time.time(), boot_id=read_boot_id(), lease=args.lease,
+                                  coordinator=args.coordinator,
+                                  lease_expires_at=args.lease_expires)
         except (OSError, StateError) as exc:
             print(f"cannot write intent: {exc}", file=sys.stderr)
             return 1

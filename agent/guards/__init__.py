@@ -4,12 +4,12 @@ from agent.guards.base import (
     ChainResult,
     Guard,
     GuardChain,
-    Lease,
     LeaseClient,
     NoCoordinator,
 )
 from agent.guards.build import build_chain
 from agent.guards.settings import GuardSettings, parse_guards
+from agent.model import Lease  # the chain's leases: a value of agent/model.py
 
 __all__ = [
     "ChainResult", "Guard", "GuardChain", "GuardSettings", "Lease", "LeaseClient",

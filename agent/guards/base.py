@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from agent.model import Proposal, Verdict
+from agent.model import Lease, Proposal, Verdict
 
 #: how a deny that needs a person ends, for the people who read it (Verdict.needs_person)
 PAGE_A_PERSON = "page a person"
@@ -31,16 +31,6 @@ class Guard(Protocol):
     name: str
 
     def check(self, proposal: Proposal, now: float) -> Verdict: ...
-
-
-@dataclass(frozen=True)
-class Lease:
-    """A grant from the coordinator to run one disruptive action until `expires_at`."""
-
-    id: str
-    action: str
-    subject: str
-    expires_at: float
 
 
 class LeaseClient(Protocol):

@@ -4,8 +4,8 @@ every other guard allowed."""
 
 from __future__ import annotations
 
-from agent.guards.base import Lease, LeaseClient, allow, deny, iso
-from agent.model import Proposal, Verdict
+from agent.guards.base import LeaseClient, allow, deny, iso
+from agent.model import Lease, Proposal, Verdict
 from remediations import ActionContext, UnknownAction, load
 
 

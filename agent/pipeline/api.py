@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from agent.model import EMPTY, Observation, Outcome, Plan, Proposal, Verdict
+from agent.model import EMPTY, Lease, Observation, Outcome, Plan, Proposal, Verdict
 
 EventKind = Literal["finding", "resolved", "verdict", "plan", "outcome", "note"]
 
@@ -69,6 +69,9 @@ class Pipeline(Protocol):
         an allowed one also a plan event and a Decision; a denied one no Decision."""
 
     def complete(self, decision: Decision, outcome: Outcome) -> Sequence[Event]: ...
+
+    def give_back(self, lease: Lease, why: str) -> Sequence[Event]:
+        """Release a lease no running plan holds (a node restart's, after the boot)."""
 
     def carry_over(self, previous: object) -> bool:
         """Take over the findings of the pipeline this one replaces (a reload); False

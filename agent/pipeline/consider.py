@@ -13,9 +13,11 @@ agent's own:
 
 Leases are taken (by the chain's lease gate, only when the plan will execute), renewed
 while the plan runs, and released when it has run, here and nowhere else: the
-coordinator's client plugs into the chain (agent/guards/base.py LeaseClient). A lease
-for a node restart that went ahead is kept: it runs out by itself, covering the time the
-node takes to come back.
+coordinator's client plugs into the chain (agent/guards/base.py LeaseClient). A plan that
+runs under a lease is made with it (ActionContext.lease), so a node restart's intent
+record carries it. That lease is kept when the restart went ahead: it covers the time
+the node takes to come back, and after the boot the daemon hands it to `give_back` once
+the intent is reconciled (agent/pipeline/intents.py).
 
 Order: the chain first (every verdict, a person paged when a guard asks), then the plan
 (a refused plan is a "plan" deny: nothing counted, the lease given back), then the
@@ -30,9 +32,9 @@ import dataclasses
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from agent.guards import GuardChain, Lease
+from agent.guards import GuardChain
 from agent.guards.base import PAGE_A_PERSON, ChainResult
-from agent.model import Outcome, Plan, Proposal, Verdict
+from agent.model import Lease, Outcome, Plan, Proposal, Verdict
 from agent.pipeline.api import Decision, Event
 from agent.pipeline.contexts import ActionContexts
 from agent.pipeline.events import note_event, outcome_event, plan_event, verdict_event
@@ -114,7 +116,9 @@ class Decider:
                                                   f"({unrecorded}); it goes out anyway]")
                 events.append(note_event(f"page {proposal.subject} could not be recorded "
                                          f"({unrecorded}); it goes out anyway", now))
-        plan = first if proposal is judged else self._plan(proposal)  # a page's new message
+        # planned again for a page's new message, or with the lease it runs under
+        plan = first if proposal is judged and result.lease is None else self._plan(
+            proposal, result.lease)
         assert not isinstance(plan, str)  # the same action and parameters planned above
         if proposal.action == "page" and fold is not None:
             fold.sent(proposal, now)
@@ -125,11 +129,14 @@ class Decider:
             self._leases[self.key(decision)] = result.lease
         return Considered(proposal, tuple(events), verdicts, decision, plan)
 
-    def _plan(self, proposal: Proposal) -> Plan | str:
-        """The plan, or why the remediation refuses it."""
+    def _plan(self, proposal: Proposal, lease: Lease | None = None) -> Plan | str:
+        """The plan (under `lease`, when it runs under one), or why the remediation
+        refuses it."""
+        ctx = self.contexts.for_action(proposal.action)
+        if lease is not None:
+            ctx = dataclasses.replace(ctx, lease=lease)
         try:
-            return build_plan(proposal.action, proposal.subject, proposal.params,
-                              self.contexts.for_action(proposal.action))
+            return build_plan(proposal.action, proposal.subject, proposal.params, ctx)
         except (InvalidParams, UnknownAction, ImportError) as exc:
             return f"plan: {proposal.action} refuses: {exc}"[:400]
 
@@ -199,6 +206,14 @@ class Decider:
             else:
                 self._leases[key] = renewed
         return events
+
+    def give_back(self, lease: Lease, why: str, now: float) -> list[Event]:
+        """Release a lease that no running plan holds any more: a node restart's, after
+        the boot, once its intent is reconciled (`why` says which)."""
+        self._release(lease)
+        return [note_event(f"lease {lease.id} for {lease.action} {lease.subject} given back "
+                           f"to the coordinator at {lease.granted_by or 'its coordinator'}: "
+                           f"{why}", now, lease=lease.id, released=True)]
 
     def _release(self, lease: Lease | None) -> None:
         if lease is not None and self.chain.lease is not None:

@@ -31,7 +31,8 @@ Order inside `decide(now)`:
 
 `complete()` emits the "outcome" event, tells the policy what ran (a failed run climbs at
 once), and releases a lease taken for it (not for a node restart that went ahead: the
-lease runs out by itself, covering the time the node takes to come back).
+lease covers the time the node takes to come back, and `give_back` releases it after the
+boot, once the restart's intent is reconciled).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from agent.guards import LeaseClient, NoCoordinator
 from agent.model import (
     DeviceEvent,
     Finding,
+    Lease,
     LogLine,
     MetricSample,
     Observation,
@@ -247,6 +249,11 @@ class DecisionPipeline:
             events.append(note_event(warning, now))
         self.policy.warnings.clear()
         return events
+
+    def give_back(self, lease: Lease, why: str) -> Sequence[Event]:
+        """A lease no running plan holds, released through the Decider (a node restart's,
+        once its intent is reconciled after the boot)."""
+        return self.decider.give_back(lease, why, self.clock.now())
 
     # ------------------------------------------------------------------ status
     def active(self) -> list[Finding]:

@@ -37,8 +37,10 @@ log = logging.getLogger(__name__)
 SPOOL_FILE = "spool.jsonl"
 ACKED_FILE = "acked"
 TOKEN_FILE = "token"  # noqa: S105 (the spool's id prefix, not a secret)
-#: kinds fsync'd before `put` returns: what an operator must not lose to a crash
-DURABLE = frozenset({"finding", "resolved", "outcome", "note", "page", "verdict"})
+#: kinds fsync'd before `put` returns: what an operator must not lose to a crash, and a
+#: lease given back (lost, it would hold a slot of its group until its TTL ran out)
+DURABLE = frozenset({"finding", "resolved", "outcome", "note", "page", "verdict",
+                     "lease-release"})
 #: kinds dropped when the spool is full, in this order (the oldest of each first)
 DROPPABLE = ("heartbeat", "plan", "verdict")
 

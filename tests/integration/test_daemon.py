@@ -186,6 +186,32 @@ def test_a_node_restart_intent_from_the_previous_boot_is_reconciled_at_start(
     assert done.outcome == "rebooted"
 
 
+def test_the_lease_of_a_restart_is_left_to_run_out_by_an_agent_without_a_coordinator(
+    tmp_path: Path, setup: tuple[Path, Path, Path]
+) -> None:
+    """The restart ran under a coordinator's lease, and the configuration no longer names
+    one: after the reconcile the agent says so (log and audit) and gives nothing back."""
+    from agent.execute.intent import read_intents, write_intent
+
+    config, state, _ = setup
+    intent = write_intent(state, "node-restart", "host", "hung nfsd", now=1_700_000_000.0,
+                          boot_id="0" * 32, lease="17", coordinator="10.231.1.1:22",
+                          lease_expires_at=1_700_000_900.0)
+    with running_agent(tmp_path, config, state) as agent:
+        rec = agent.wait_audit(lambda r: r.get("kind") == "note" and r.get("lease") == "17")
+        assert rec["intent"] == intent.id and rec["released"] is False
+        assert rec["text"].endswith("this agent now runs without a coordinator")
+        assert "lease 17 for node-restart host from the coordinator at 10.231.1.1:22" in (
+            agent.log())
+        assert agent.stop() == 0
+    kinds = [(r.get("kind"), r.get("intent")) for r in agent.audit()]
+    # reconciled first, then what became of its lease
+    assert kinds.index(("outcome", intent.id)) < kinds.index(("note", intent.id))
+    (done,) = read_intents(state)
+    assert done.lease_outcome == ("left to run out by its TTL: this agent now runs "
+                                  "without a coordinator")
+
+
 def test_a_first_run_tells_what_it_sees_and_that_the_mail_log_is_missing(
     tmp_path: Path,
 ) -> None:

@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.clock import FakeClock
-from agent.guards import GuardChain, GuardSettings, build_chain
-from agent.guards.base import Lease
+from agent.guards import GuardChain, GuardSettings, Lease, build_chain
 from agent.guards.windows import parse_window
 from agent.model import Budget, Proposal
 from agent.policy.engine import Policy

@@ -80,27 +80,36 @@ def key_line(command: str, config: Path | None, host: str, key: str) -> str:
     return f'restrict,command="{command}{config_arg} session --host {host}" {key}'
 
 
-def write_key(path: Path, host: str, line: str) -> None:
-    """`path` with `line` as HOST's only line (others' lines kept as they were), under
-    a lock: two `keys add` at once both land."""
+def has_line(path: Path, line: str) -> bool:
+    """Whether `path` holds `line` already (a `keys add` that changes nothing)."""
+    try:
+        return line in path.read_text("utf-8").splitlines()
+    except FileNotFoundError:
+        return False
+
+
+def write_key(path: Path, host: str, line: str | None) -> None:
+    """`path` with `line` as HOST's only line (others' lines kept as they were; None:
+    HOST's line removed), under a lock: two `keys add` at once both land."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with (path.parent / f".{path.name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _rewrite(path, host, line)
 
 
-def _rewrite(path: Path, host: str, line: str) -> None:
+def _rewrite(path: Path, host: str, line: str | None) -> None:
     kept = []
     if path.exists():
         for old in path.read_text("utf-8").splitlines():
             mark = _MARK.search(old)
             if old.strip() and not (mark and mark.group(1) == host):
                 kept.append(old)
-    kept.append(line)
+    if line is not None:
+        kept.append(line)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".authorized_keys.")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(kept) + "\n")
+            f.write("".join(f"{k}\n" for k in kept))
             f.flush()
             os.fsync(f.fileno())
         Path(tmp).chmod(0o600)

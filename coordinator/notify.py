@@ -18,28 +18,13 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
-KINDS = ("webhook", "command", "email")
+from coordinator.settings import Notifier
+
 #: the longest wait between two tries of one delivery
 MAX_RETRY_S = 3600.0
-
-
-@dataclass(frozen=True)
-class Notifier:
-    name: str
-    kind: str
-    url: str = ""
-    argv: tuple[str, ...] = ()
-    timeout_s: float = 10.0
-    #: email: the SMTP server, the envelope sender and the recipients
-    smtp_host: str = ""
-    smtp_port: int = 25
-    starttls: bool = False
-    sender: str = ""
-    to: tuple[str, ...] = ()
 
 
 def deliver(notifier: Notifier, alert: Mapping[str, Any]) -> str | None:

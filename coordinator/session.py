@@ -26,8 +26,10 @@ from agent.report.wire import (
     WireError,
     decode,
 )
+from coordinator.replies import ack, error
 from coordinator.settings import SEVERITIES, CoordinatorSettings
-from coordinator.store import HostRecord, SqliteStore, Tx
+from coordinator.store import HostRecord, StoreError, Tx
+from coordinator.stores import Store
 
 #: an action's name, as the agent's remediations are named (remediations/)
 ACTION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
@@ -36,18 +38,10 @@ MAX_SUBJECT = 256
 MAX_LEASE_ID = 2**63 - 1
 
 
-def error(msg_id: str | None, reason: str) -> dict[str, Any]:
-    return {"type": "error", "id": msg_id, "reason": reason}
-
-
-def ack(msg_id: str) -> dict[str, Any]:
-    return {"type": "ack", "id": msg_id}
-
-
 class Session:
     """The coordinator's side of one agent's connection."""
 
-    def __init__(self, host: HostRecord, store: SqliteStore, settings: CoordinatorSettings,
+    def __init__(self, host: HostRecord, store: Store, settings: CoordinatorSettings,
                  clock: Callable[[], float]) -> None:
         self.host = host
         self._store = store
@@ -65,16 +59,53 @@ class Session:
         """The replies to lines that came together, decided in ONE transaction (one
         commit, one fsync, for a burst): all kept or, when the store fails, none. A fatal
         reply ends the list: the lines after it are not answered."""
+        mark = self.checkpoint()
+        try:
+            return self._store.run(lambda tx: self.answer_in(tx, lines))
+        except BaseException:
+            self.rollback(mark)
+            raise
 
-        def work(tx: Tx) -> list[dict[str, Any]]:
-            replies = []
+    def answer_in(self, tx: Tx, lines: Sequence[bytes | LineTooLong]) -> list[dict[str, Any]]:
+        """The replies to `lines` in the caller's transaction (serve decides the lines of
+        every agent ready in one turn together: one commit for all of them)."""
+        replies = []
+        for line in lines:
+            replies.append(self._answer(tx, line))
+            if self.ended:
+                break
+        return replies
+
+    def checkpoint(self) -> tuple[bool, bool]:
+        """The session's own state, to put back when a transaction is rolled back (a
+        hello not kept was not said)."""
+        return self.greeted, self.ended
+
+    def rollback(self, mark: tuple[bool, bool]) -> None:
+        self.greeted, self.ended = mark
+
+    def reply_to(self, lines: Sequence[bytes | LineTooLong]) -> list[dict[str, Any]]:
+        """`answer_all`, except that a bug the coordinator hits on one line costs that
+        line only: the batch is taken again a line per transaction, the line it fails on
+        answered with an error (nothing of it kept). StoreError goes to the caller."""
+        try:
+            return self.answer_all(lines)
+        except StoreError:
+            raise
+        except Exception:  # a bug must not hand the agent a traceback: find the line
+            replies: list[dict[str, Any]] = []
             for line in lines:
-                replies.append(self._answer(tx, line))
+                try:
+                    replies += self.answer_all([line])
+                except StoreError:
+                    raise
+                except Exception as exc:
+                    replies.append(error(None, f"the coordinator failed on this line "
+                                         f"({type(exc).__name__}); nothing of it was "
+                                         "recorded"))
                 if self.ended:
                     break
             return replies
-
-        return self._store.run(work)
 
     def _answer(self, tx: Tx, line: bytes | LineTooLong) -> dict[str, Any]:
         if isinstance(line, LineTooLong):
@@ -156,11 +187,15 @@ class Session:
     def _page(self, tx: Tx, msg: Message, now: float) -> None:
         """An agent's page reaches the coordinator's notifiers too (once per problem and
         subject until it resolves): a person hears even when the host's own way out is
-        down."""
+        down. A page about a dependency in an incident is that incident's: its one alert
+        tells the person (ten clients paging about the filer is one alert, not ten)."""
         problem, subject = msg.get("problem"), msg.get("finding_subject") or msg.get("subject")
         text = msg.get("summary") or msg.get("reason") or "page"
         if not (isinstance(problem, str) and _label(problem) and isinstance(subject, str)
                 and _label(subject) and isinstance(text, str)):
+            return
+        if (problem in self._settings.correlate and len(tx.sharing(problem, subject))
+                >= self._settings.correlate_min_hosts):
             return
         host = tx.host(self.host.name) or self.host
         tx.raise_alert("page", f"{host.name}/{problem}/{subject}",
@@ -177,10 +212,13 @@ class Session:
         # routed by the reporting host's own group (its key's), never by the subject an
         # agent wrote: a finding's text labels an incident, it does not pick who is told
         reporter = tx.host(self.host.name) or self.host
-        tx.raise_alert("incident", scope, f"incident: {problem} {subject} on {len(hosts)} "
-                       f"hosts ({', '.join(hosts[:10])}): the shared dependency is the "
-                       "likely cause; its clients' disruptive actions hold", now,
-                       group=reporter.group)
+        began = tx.raise_alert("incident", scope, f"incident: {problem} {subject} on "
+                               f"{len(hosts)} hosts ({', '.join(hosts[:10])}): the shared "
+                               "dependency is the likely cause; its clients' disruptive "
+                               "actions hold", now, group=reporter.group)
+        if began is not None:  # the pages its hosts sent before it began are now its own
+            for host in hosts:
+                tx.end_alerts("page", f"{host}/{problem}/{subject}", now)
 
     def _dependency(self, tx: Tx, host: str) -> str | None:
         """Why this host holds: a finding of its names a dependency in an incident (the
@@ -240,6 +278,9 @@ class Session:
         if mine:
             return _deny(msg.id, f"{host.name} already holds lease {mine[0].id} "
                          f"({mine[0].action}): one disruptive action per host at a time")
+        approval = self._approval(tx, host, action, subject, now)
+        if isinstance(approval, str):
+            return _deny(msg.id, approval)
         limit = self._settings.group(group).max_disruptive
         running = tx.active_leases(group, now)
         if len(running) >= limit:
@@ -247,9 +288,33 @@ class Session:
             return _deny(msg.id, f"group {group} is at its limit of {limit} disruptive "
                          f"action(s) at once (held by {holders})" if running else
                          f"group {group} allows no disruptive action")
+        if approval is not None:
+            tx.use_approval(approval, now)
         lease = tx.grant(host.name, group, action, subject, now=now, ttl_s=ttl)
         return {"type": "lease-grant", "id": msg.id, "lease": lease.id,
                 "expires": lease.expires}
+
+    def _approval(self, tx: Tx, host: HostRecord, action: str, subject: str,
+                  now: float) -> int | str | None:
+        """When the group wants a person to approve this action: the approval to use
+        (its id), or why the lease waits (the request is kept and the group's contacts
+        are told, once); None when no approval is asked for."""
+        if action not in self._settings.group(host.group).approve:
+            return None
+        found = tx.approval(host.name, action, subject)
+        if found is not None and found[1] is not None:
+            if now - found[1] <= self._settings.approval_valid_s:
+                return found[0]
+            tx.use_approval(found[0], now)  # approved too long ago: ask afresh
+            found = None
+        if found is None:
+            found = (tx.ask_approval(host.name, host.group, action, subject, now), None)
+            tx.raise_alert("approval", f"{host.name}/{action}/{subject}",
+                           f"{host.name} asks to run {action} on {printable(subject)}: "
+                           f"approve with `nodewarden-coordinator approve {found[0]}`",
+                           now, group=host.group)
+        return (f"awaiting a person's approval of {action} on {host.name} (approval "
+                f"{found[0]}: `nodewarden-coordinator approve {found[0]}`)")
 
     def _held_elsewhere(self, tx: Tx, host: HostRecord, group: str) -> str | None:
         """Why a lease cannot be held now whatever the count: maintenance of its scope."""

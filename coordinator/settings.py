@@ -12,15 +12,35 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.schema import ConfigError, Section, parse_toml
-from coordinator.notify import KINDS, Notifier
 
 DEFAULT_PATH = Path("/etc/nodewarden/coordinator.toml")
 DEFAULT_STORE = "sqlite:////var/lib/nodewarden-coordinator/fleet.db"
 DEFAULT_AUTHORIZED_KEYS = "/var/lib/nodewarden-coordinator/.ssh/authorized_keys"
+#: where `serve` listens for the sessions sshd starts (coordinator/serve.py)
+DEFAULT_SERVE_SOCKET = "/run/nodewarden-coordinator/serve.sock"
 #: host, group and role names: what a forced command and a log line can carry plainly
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 #: the agent's finding severities, least to most severe
 SEVERITIES = ("info", "warning", "error", "critical")
+
+
+#: how alerts reach people (coordinator/notify.py delivers them)
+KINDS = ("webhook", "command", "email")
+
+
+@dataclass(frozen=True)
+class Notifier:
+    name: str
+    kind: str
+    url: str = ""
+    argv: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+    #: email: the SMTP server, the envelope sender and the recipients
+    smtp_host: str = ""
+    smtp_port: int = 25
+    starttls: bool = False
+    sender: str = ""
+    to: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -34,6 +54,9 @@ class GroupSettings:
     storm_percent: float = 30.0
     storm_severity: str = "critical"
     contacts: tuple[str, ...] = ()
+    #: actions whose lease waits for a person's `approve ID` (the request is refused
+    #: "awaiting approval" and the group's contacts are told)
+    approve: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,9 +71,11 @@ class CoordinatorSettings:
     max_lifetime_s: float = 4 * 3600.0
     #: `watch`: a host not heard from for this long is silent (an alert for a person)
     silent_after_s: float = 90.0
-    #: problems whose subject is a shared dependency (an NFS server, a Ceph daemon):
-    #: the same one firing on `correlate_min_hosts` hosts or more is one incident
-    correlate: tuple[str, ...] = ("nfs-not-responding", "ceph-error", "storage-hang")
+    #: problems whose subject is a shared dependency (an NFS or CIFS server, a Ceph
+    #: daemon): the same one firing on `correlate_min_hosts` hosts or more is one
+    #: incident. Never a problem whose subject is the host's own (a hung task's name, an
+    #: iSCSI session or multipath path number): two hosts would be one false incident
+    correlate: tuple[str, ...] = ("nfs-not-responding", "cifs-not-responding", "ceph-error")
     correlate_min_hosts: int = 2
     #: `[notifiers.NAME]`: how alerts reach people (coordinator/notify.py)
     notifiers: Mapping[str, Notifier] = field(default_factory=lambda: MappingProxyType({}))
@@ -60,6 +85,13 @@ class CoordinatorSettings:
         default_factory=lambda: MappingProxyType({}))
     #: a group not listed gets these
     default_group: GroupSettings = GroupSettings()
+    #: the Unix socket of `serve`, the one long-running process behind thin sessions;
+    #: "" runs each session in its own process (small fleets, no `serve` needed)
+    serve_socket: str = DEFAULT_SERVE_SOCKET
+    #: sessions `serve` holds at once; one over is refused, "at its session limit"
+    max_sessions: int = 2000
+    #: how long a person's approval stays good for the lease it approves
+    approval_valid_s: float = 3600.0
 
     def group(self, name: str) -> GroupSettings:
         return self.groups.get(name, self.default_group)
@@ -74,8 +106,11 @@ def _group(sec: Section) -> GroupSettings:
                                  maximum=100.0),
         storm_severity=sec.choice("storm_severity", SEVERITIES, base.storm_severity),
         contacts=sec.str_list("contacts"),
+        approve=sec.str_list("approve"),
     )
     sec.finish()
+    if any(not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,63}", a) for a in out.approve):
+        sec.error("approve", "lists actions by their remediation's name (node-restart)")
     return out
 
 
@@ -86,8 +121,8 @@ def parse_settings(raw: Mapping[str, object], file: str
     store = top.table("store")
     url = store.text("url", DEFAULT_STORE)
     store.finish()
-    if not url.startswith(("sqlite:///", "postgresql://")):
-        store.error("url", "must start with sqlite:/// or postgresql://")
+    if not url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+        store.error("url", "must start with sqlite:///, postgresql:// or postgres://")
     elif "\0" in url or not url.isprintable():
         store.error("url", "must be printable text without NUL")
     ssh = top.table("ssh")
@@ -102,6 +137,8 @@ def parse_settings(raw: Mapping[str, object], file: str
     leases = top.table("leases")
     max_ttl = leases.number("max_ttl_s", 3600.0, minimum=1.0, maximum=86400.0)
     max_life = leases.number("max_lifetime_s", 4 * 3600.0, minimum=1.0, maximum=7 * 86400.0)
+    approval_valid = leases.number("approval_valid_s", 3600.0, minimum=1.0,
+                                   maximum=7 * 86400.0)
     leases.finish()
     watch = top.table("watch")
     silent = watch.number("silent_after_s", 90.0, minimum=1.0, maximum=7 * 86400.0)
@@ -114,6 +151,7 @@ def parse_settings(raw: Mapping[str, object], file: str
     alerts = top.table("alerts")
     ack_within = alerts.number("ack_within_s", 900.0, minimum=1.0, maximum=7 * 86400.0)
     alerts.finish()
+    serve_socket, max_sessions = _serve(top.table("serve"))
     default = _group(top.table("default_group"))
     groups = {}
     for name, sec in top.tables("groups"):
@@ -131,7 +169,20 @@ def parse_settings(raw: Mapping[str, object], file: str
                                           "notifier ([notifiers.NAME])"))
     return CoordinatorSettings(url, keys, command, max_ttl, max_life, silent, correlate,
                                min_hosts, MappingProxyType(notifiers), ack_within,
-                               MappingProxyType(groups), default), errors
+                               MappingProxyType(groups), default, serve_socket=serve_socket,
+                               max_sessions=max_sessions,
+                               approval_valid_s=approval_valid), errors
+
+
+def _serve(sec: Section) -> tuple[str, int]:
+    path = sec.text("socket", DEFAULT_SERVE_SOCKET)
+    max_sessions = sec.integer("max_sessions", 2000, minimum=1, maximum=100_000)
+    sec.finish()
+    if path and (not path.startswith("/") or not path.isprintable()
+                 or len(path.encode()) > 100):
+        sec.error("socket", "must be an absolute path of at most 100 bytes, or \"\" to run "
+                  "each session in its own process")
+    return path, max_sessions
 
 
 def _notifier(name: str, sec: Section) -> Notifier:

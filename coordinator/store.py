@@ -8,8 +8,9 @@ same message again gets the same reply and has no second effect (at least once o
 wire, exactly once in the store). Schema migrations are numbered (MIGRATIONS) and run
 in order at open; the version is kept in the store.
 
-SQLite is the embedded store (`sqlite:///PATH`). PostgreSQL, for coordinators that
-share one store, implements the same interface (issue 9, next step).
+Two backends run the same Tx, the same SQL (SQLite's dialect, `?` placeholders): SQLite
+here, the embedded store (`sqlite:///PATH`), and PostgreSQL for coordinators that share
+one store (coordinator/pgstore.py). coordinator/stores.py opens the one a URL names.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from coordinator.txalerts import AlertsTx, Db
 
 T = TypeVar("T")
 
@@ -65,6 +68,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
            asked REAL NOT NULL, approved REAL, used REAL)""",
         "CREATE INDEX approvals_open ON approvals (host, action, subject, used)",
     ),
+    (  # 6: a lease's storm check reads the severe findings only, and a group's size
+        "CREATE INDEX firing_severity ON firing (severity, host)",
+        "CREATE INDEX hosts_group ON hosts (grp)",
+    ),
 )
 #: what a message's body may take in the store; a larger one is kept cut, with a mark
 MAX_STORED_BODY = 64 * 1024
@@ -107,11 +114,9 @@ class Lease:
         return self.released is None and self.expires > now
 
 
-class Tx:
-    """What one transaction may read and change."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+class Tx(AlertsTx):
+    """What one transaction may read and change (the one SQL of every backend); the
+    alerts' and approvals' part is coordinator/txalerts.py."""
 
     def host(self, name: str) -> HostRecord | None:
         row = self._db.execute(_HOSTS + " WHERE name = ?", (name,)).fetchone()
@@ -127,6 +132,15 @@ class Tx:
             "ON CONFLICT (name) DO UPDATE SET grp = excluded.grp, role = excluded.role, "
             "pubkey = excluded.pubkey", (host.name, host.group, host.role, host.pubkey,
                                          host.added, host.last_seen))
+
+    def remove_host(self, name: str, now: float) -> bool:
+        """The host leaves the fleet: its record and what it had firing go, its leases
+        are given back; its messages stay (history). Whether it was known."""
+        gone = self._db.execute("DELETE FROM hosts WHERE name = ?", (name,)).rowcount
+        self._db.execute("DELETE FROM firing WHERE host = ?", (name,))
+        self._db.execute("UPDATE leases SET released = ? WHERE host = ? AND released IS NULL",
+                         (now, name))
+        return gone == 1
 
     def seen(self, host: str, now: float) -> None:
         self._db.execute("UPDATE hosts SET last_seen = ? WHERE name = ?", (now, host))
@@ -191,11 +205,10 @@ class Tx:
 
     def grant(self, host: str, group: str, action: str, subject: str, *, now: float,
               ttl_s: float) -> Lease:
-        cur = self._db.execute("INSERT INTO leases (host, grp, action, subject, granted, "
-                               "expires) VALUES (?,?,?,?,?,?)",
-                               (host, group, action, subject, now, now + ttl_s))
-        lease_id = cur.lastrowid
-        assert lease_id is not None
+        lease_id = int(self._db.execute(
+            "INSERT INTO leases (host, grp, action, subject, granted, expires) "
+            "VALUES (?,?,?,?,?,?) RETURNING id",
+            (host, group, action, subject, now, now + ttl_s)).fetchone()[0])
         return Lease(lease_id, host, group, action, subject, now, now + ttl_s, None)
 
     def lease(self, lease_id: int) -> Lease | None:
@@ -246,6 +259,12 @@ class Tx:
             "ORDER BY problem, subject", (*problems, min_hosts)).fetchall()
         return [(r[0], r[1], self.sharing(r[0], r[1])) for r in rows]
 
+    def firing(self) -> list[tuple[str, str, str, str, float]]:
+        """(host, problem, subject, severity, since) of everything firing."""
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in self._db.execute(
+            "SELECT host, problem, subject, severity, since FROM firing "
+            "ORDER BY host, problem, subject")]
+
     def firing_of(self, host: str) -> list[tuple[str, str]]:
         return [(r[0], r[1]) for r in self._db.execute(
             "SELECT problem, subject FROM firing WHERE host = ? ORDER BY problem, subject",
@@ -254,60 +273,6 @@ class Tx:
     def group_size(self, group: str) -> int:
         return int(self._db.execute("SELECT count(*) FROM hosts WHERE grp = ?",
                                     (group,)).fetchone()[0])
-
-    def raise_alert(self, kind: str, scope: str, text: str, now: float, *,
-                    group: str = "") -> int | None:
-        """A new alert for `group`'s contacts, unless one of this kind and scope is open
-        (a person is told once); its id, or None when one was open."""
-        open_ = self._db.execute("SELECT id FROM alerts WHERE kind = ? AND scope = ? AND "
-                                 "ended IS NULL", (kind, scope)).fetchone()
-        if open_:
-            return None
-        cur = self._db.execute("INSERT INTO alerts (kind, scope, text, raised, grp) VALUES "
-                               "(?,?,?,?,?)", (kind, scope, text, now, group))
-        return cur.lastrowid
-
-    def due(self, now: float) -> list[dict[str, Any]]:
-        """Open, unacknowledged alerts not delivered to their current contact, whose
-        next try has come."""
-        rows = self._db.execute(
-            "SELECT id, kind, scope, text, raised, grp, contact, attempts FROM alerts "
-            "WHERE ended IS NULL AND acked IS NULL AND delivered IS NULL AND next_try <= ? "
-            "ORDER BY id", (now,))
-        keys = ("alert", "kind", "scope", "text", "raised", "group", "contact", "attempts")
-        return [dict(zip(keys, r, strict=True)) for r in rows]
-
-    def delivered(self, alert_id: int, now: float) -> None:
-        self._db.execute("UPDATE alerts SET delivered = ?, last_error = '' WHERE id = ?",
-                         (now, alert_id))
-
-    def not_delivered(self, alert_id: int, next_try: float, reason: str) -> None:
-        self._db.execute("UPDATE alerts SET attempts = attempts + 1, next_try = ?, "
-                         "last_error = ? WHERE id = ?", (next_try, reason[:500], alert_id))
-
-    def escalate_unacked(self, before: float, now: float) -> list[int]:
-        """Alerts delivered before `before` and still not acknowledged: to the next
-        contact (delivered again from scratch); their ids."""
-        ids = [r[0] for r in self._db.execute(
-            "SELECT id FROM alerts WHERE ended IS NULL AND acked IS NULL AND "
-            "delivered IS NOT NULL AND delivered < ?", (before,))]
-        for alert_id in ids:
-            self._db.execute("UPDATE alerts SET contact = contact + 1, delivered = NULL, "
-                             "attempts = 0, next_try = ? WHERE id = ?", (now, alert_id))
-        return ids
-
-    def end_alerts(self, kind: str, scope: str, now: float) -> None:
-        self._db.execute("UPDATE alerts SET ended = ? WHERE kind = ? AND scope = ? AND "
-                         "ended IS NULL", (now, kind, scope))
-
-    def alerts(self) -> list[tuple[int, str, str, str, float, float | None, float | None]]:
-        """(id, kind, scope, text, raised, acked, ended), newest first."""
-        return [(r[0], r[1], r[2], r[3], r[4], r[5], r[6]) for r in self._db.execute(
-            "SELECT id, kind, scope, text, raised, acked, ended FROM alerts ORDER BY id DESC")]
-
-    def ack(self, alert_id: int, now: float) -> bool:
-        return self._db.execute("UPDATE alerts SET acked = ? WHERE id = ? AND acked IS NULL",
-                                (now, alert_id)).rowcount == 1
 
     def maintenance(self) -> list[str]:
         return [r[0] for r in self._db.execute("SELECT scope FROM maintenance ORDER BY scope")]
@@ -335,18 +300,7 @@ class SqliteStore:
 
     def _migrate(self) -> None:
         with self._transaction():
-            self._db.execute("CREATE TABLE IF NOT EXISTS schema_version "
-                             "(version INTEGER NOT NULL)")
-            row = self._db.execute("SELECT max(version) FROM schema_version").fetchone()
-            have = row[0] or 0
-            if have > len(MIGRATIONS):
-                raise StoreError(f"the store is at schema {have}, newer than this "
-                                 f"coordinator's {len(MIGRATIONS)}: upgrade it")
-            for version in range(have + 1, len(MIGRATIONS) + 1):
-                for statement in MIGRATIONS[version - 1]:
-                    self._db.execute(statement)
-                self._db.execute("INSERT INTO schema_version (version) VALUES (?)",
-                                 (version,))
+            migrate(self._db)
 
     @property
     def schema_version(self) -> int:
@@ -374,8 +328,16 @@ class SqliteStore:
         self._db.close()
 
 
-def open_store(url: str) -> SqliteStore:
-    """The store a `[store] url` names; StoreError when it cannot be opened."""
-    if url.startswith("sqlite:///"):
-        return SqliteStore(Path(url[len("sqlite://"):]))
-    raise StoreError(f"{url.split(':', 1)[0]}: this coordinator has no such store yet")
+def migrate(db: Db, ddl: Callable[[str], str] = str) -> None:
+    """The schema brought to the last of MIGRATIONS, each statement as `ddl` writes it
+    for the backend. Run inside the caller's write transaction: two processes opening
+    one store at once migrate it once."""
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    have = db.execute("SELECT max(version) FROM schema_version").fetchone()[0] or 0
+    if have > len(MIGRATIONS):
+        raise StoreError(f"the store is at schema {have}, newer than this "
+                         f"coordinator's {len(MIGRATIONS)}: upgrade it")
+    for version in range(have + 1, len(MIGRATIONS) + 1):
+        for statement in MIGRATIONS[version - 1]:
+            db.execute(ddl(statement))
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))

@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.integration._postgres import Cluster
 
 _OWN: str | None = None
 if not os.environ.get("NODEWARDEN_CACHE"):  # the caller may choose one (or "off")
@@ -22,3 +27,20 @@ if not os.environ.get("NODEWARDEN_CACHE"):  # the caller may choose one (or "off
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _OWN is not None:
         shutil.rmtree(_OWN, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """One real PostgreSQL cluster for the whole run, started when a test first asks
+    (tests/integration/_postgres.py): the store's tests on PostgreSQL share it."""
+    from tests.integration._postgres import running_postgres
+
+    with running_postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres: Cluster) -> Iterator[str]:
+    """A database of the test's own, at the latest schema, dropped after it."""
+    with postgres.database() as url:
+        yield url

@@ -5,12 +5,14 @@ first is `hello` with `proto`; the coordinator answers each one with `ack`, `err
 (with a `reason`), or for a lease request `lease-grant` / `lease-deny`. What arrives
 is hostile until checked: a line over MAX_LINE_BYTES, bytes that are not UTF-8, JSON
 that is not one object, NaN or infinity, a key given twice, nesting too deep, a missing
-or malformed `type` or `id`, an unknown type: each is a `WireError` that names the
-problem (and the message's id when it could be read), never a traceback.
+or malformed `type` or `id`, an unknown type, a string holding a lone surrogate or a NUL
+(no store keeps either): each is a `WireError` that names the problem (and the message's
+id when it could be read), never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -30,6 +32,9 @@ MAX_DEPTH = 16
 MAX_REASON = 1000
 #: message ids: the agent's own tokens, short and plain (they land in logs and the store)
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+#: a NUL in json.dumps' output: `\u0000` after an even run of backslashes (each pair is
+#: a backslash of the string itself)
+_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 #: what an agent sends
 AGENT_TYPES = frozenset({
@@ -154,9 +159,12 @@ def decode(line: bytes, allowed: Set[str]) -> Message:
     if _depth(raw) > MAX_DEPTH:
         raise WireError(f"JSON nested deeper than {MAX_DEPTH} levels", msg_id)
     try:  # a \\ud800 escape decodes to a lone surrogate, which no store can keep
-        json.dumps(raw, ensure_ascii=False).encode("utf-8")
+        dumped = json.dumps(raw, ensure_ascii=False)
+        dumped.encode("utf-8")
     except UnicodeEncodeError:
         raise WireError("a string holds a lone surrogate (not Unicode text)", msg_id) from None
+    if _NUL.search(dumped):  # a \\u0000 escape: PostgreSQL's text cannot hold it
+        raise WireError("a string holds a NUL character (\\u0000)", msg_id)
     fields = {k: v for k, v in raw.items() if k not in ("type", "id")}
     return Message(kind, str(msg_id), MappingProxyType(fields))
 
@@ -187,6 +195,28 @@ class LineReader:
             self._buffer = b""
         return out
 
+    def available(self, *, read: bool) -> list[bytes | LineTooLong]:
+        """For a caller that selects (coordinator/serve.py): one read when `read` (the
+        descriptor is readable, and non-blocking), then the complete lines buffered, up
+        to `max_lines`; `more` tells whether lines are left, `eof` whether input ended."""
+        out: list[bytes | LineTooLong] = []
+        if read and not self._eof:
+            with contextlib.suppress(BlockingIOError):
+                self._fill(block=True)
+        self._take(out)
+        if self._eof and not out and self._buffer:
+            out.append(self._buffer)
+            self._buffer = b""
+        return out
+
+    @property
+    def more(self) -> bool:
+        return b"\n" in self._buffer
+
+    @property
+    def eof(self) -> bool:
+        return self._eof and not self._buffer
+
     def _ready(self) -> bool:
         return bool(select.select([self._fd], [], [], 0)[0])
 
@@ -214,7 +244,12 @@ class LineReader:
                 out.append(self._buffer[:nl + 1])
                 self._buffer = self._buffer[nl + 1:]
             elif len(self._buffer) >= MAX_LINE_BYTES:  # no newline within the limit
-                self._skipping, self._buffer = len(self._buffer), b""
+                end = self._buffer.find(b"\n", MAX_LINE_BYTES)
+                if end < 0:
+                    self._skipping, self._buffer = len(self._buffer), b""
+                else:  # the over-long line ends here: what follows is the next line
+                    out.append(LineTooLong(end + 1))
+                    self._buffer = self._buffer[end + 1:]
             else:
                 return
 

@@ -84,18 +84,22 @@ def auth_flood(address: str) -> str:
 
 def write_config(
     path: Path, state_dir: Path, mail_log: Path, extra: str = "", role: str = "mail",
-    *, kmsg: bool = True,
+    *, kmsg: bool = True, kmsg_path: Path | None = None, hostname: str | None = None,
 ) -> None:
+    """`kmsg_path`: the kernel log device (default /dev/kmsg); `hostname`: the name the
+    agent reports as (default the system's)."""
+    name = "" if hostname is None else f'hostname = "{hostname}"\n'
+    device = "" if kmsg_path is None else f'path = "{kmsg_path}"\n'
     path.write_text(
         f"""
 [agent]
 state_dir = "{state_dir}"
 role = "{role}"
 sample_interval_s = 0.5
-
+{name}
 [kmsg]
 enabled = {str(kmsg).lower()}
-
+{device}
 [logs.mail]
 path = "{mail_log}"
 
@@ -111,8 +115,11 @@ class Agent:
     """One `nodewarden run --config F` subprocess and what it leaves behind."""
 
     def __init__(
-        self, workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0
+        self, workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0,
+        netns: str | None = None,
     ) -> None:
+        """`netns`: run inside that network namespace (`ip netns exec`, which execs the
+        agent: the process is the agent's own, signals reach it)."""
         self.workdir = workdir
         self.config = config
         self.state_dir = state_dir
@@ -128,9 +135,10 @@ class Agent:
         if watchdog_usec:
             env["WATCHDOG_USEC"] = str(watchdog_usec)
         env.pop("NODEWARDEN_CONFIG", None)
+        inside = ["ip", "netns", "exec", netns] if netns else []
         with self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                [nodewarden_bin(), "run", "--config", str(config)],
+                [*inside, nodewarden_bin(), "run", "--config", str(config)],
                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=env,
             )
 
@@ -223,9 +231,10 @@ class Agent:
 
 @contextlib.contextmanager
 def running_agent(
-    workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0
+    workdir: Path, config: Path, state_dir: Path, *, watchdog_usec: int = 0,
+    netns: str | None = None,
 ) -> Iterator[Agent]:
-    agent = Agent(workdir, config, state_dir, watchdog_usec=watchdog_usec)
+    agent = Agent(workdir, config, state_dir, watchdog_usec=watchdog_usec, netns=netns)
     try:
         agent.wait_ready()
         yield agent

@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from coordinator.store import SqliteStore
+from coordinator.stores import Store, open_store
 from tests.integration._sshd import keypair
 
 COORDINATOR = str(Path(sys.executable).parent / "nodewarden-coordinator")
@@ -21,9 +21,15 @@ class Coordinator:
     store: Path
     authorized_keys: Path
     keys: dict[str, Path]
+    #: the `[store] url` ("": the SQLite file `store`)
+    store_url: str = ""
+
+    def opened(self) -> Store:
+        """Its store, opened (the caller closes it)."""
+        return open_store(self.store_url or f"sqlite:///{self.store}")
 
     def messages(self, host: str | None = None) -> list[tuple[str, str, str, float, str]]:
-        store = SqliteStore(self.store)
+        store = self.opened()
         try:
             return store.run(lambda tx: tx.messages(host))
         finally:
@@ -31,12 +37,19 @@ class Coordinator:
 
 
 def make_coordinator(work: Path, hosts: list[str], group: str = "mail",
-                     max_disruptive: int = 2) -> Coordinator:
+                     max_disruptive: int = 2, serve_socket: str = "",
+                     store_url: str = "") -> Coordinator:
+    """`serve_socket` "": each session runs in its own process; a path: sessions hand
+    over to a `serve` the test starts there (tests/integration/_serve.py). `store_url`
+    "": a SQLite store in `work`; else that store (several coordinators may share one
+    PostgreSQL database)."""
     work.mkdir(parents=True, exist_ok=True)
     authorized = work / "ssh" / "authorized_keys"
     config = work / "coordinator.toml"
-    config.write_text(f'[store]\nurl = "sqlite:///{work / "fleet.db"}"\n'
+    url = store_url or f"sqlite:///{work / 'fleet.db'}"
+    config.write_text(f'[store]\nurl = "{url}"\n'
                       f'[ssh]\nauthorized_keys = "{authorized}"\ncommand = "{COORDINATOR}"\n'
+                      f'[serve]\nsocket = "{serve_socket}"\n'
                       f"[groups.{group}]\nmax_disruptive = {max_disruptive}\n")
     keys = {}
     for host in hosts:
@@ -47,4 +60,4 @@ def make_coordinator(work: Path, hosts: list[str], group: str = "mail",
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
-    return Coordinator(config, work / "fleet.db", authorized, keys)
+    return Coordinator(config, work / "fleet.db", authorized, keys, store_url)

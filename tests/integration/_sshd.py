@@ -22,7 +22,13 @@ from pathlib import Path
 
 import psutil
 
-from tests.integration._mailservers import LOOPBACK, free_port, wait_for_port
+from tests.integration._mailservers import (
+    LOOPBACK,
+    START_TIMEOUT_S,
+    free_port,
+    wait_for_port,
+)
+from tests.integration._wait import poll
 
 SSHD = "/usr/sbin/sshd"
 
@@ -33,6 +39,8 @@ class Sshd:
     host_key_pub: str
     known_hosts: Path
     log: Path
+    #: where it listens (127.0.0.1, or an address in the namespace it runs in)
+    address: str = LOOPBACK
 
 
 def keypair(path: Path) -> str:
@@ -44,9 +52,12 @@ def keypair(path: Path) -> str:
 
 @contextlib.contextmanager
 def running_sshd(authorized_keys: Path, *, host_key: Path | None = None,
-                 port: int | None = None) -> Iterator[Sshd]:
+                 port: int | None = None, netns: str | None = None,
+                 address: str = LOOPBACK) -> Iterator[Sshd]:
     """sshd as above; `host_key` and `port` given, a restart of the same server (its key
-    made at `host_key` when it does not exist yet)."""
+    made at `host_key` when it does not exist yet). `netns`: run inside that network
+    namespace (one the test made), listening on `address` there (`port` required); it
+    is up once its log says it listens (the namespace's port cannot be tried from here)."""
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
     work = Path(tempfile.mkdtemp(prefix="nw-sshd-"))
     proc: subprocess.Popen[bytes] | None = None
@@ -54,11 +65,12 @@ def running_sshd(authorized_keys: Path, *, host_key: Path | None = None,
         host_key = host_key or work / "host_ed25519"
         pub = (Path(f"{host_key}.pub").read_text().strip() if host_key.exists()
                else keypair(host_key))
+        assert netns is None or port is not None, "a namespace's sshd needs its port"
         port = port or free_port()
         config = work / "sshd_config"
         log = work / "sshd.log"
         config.write_text("\n".join([
-            f"Port {port}", f"ListenAddress {LOOPBACK}", f"HostKey {host_key}",
+            f"Port {port}", f"ListenAddress {address}", f"HostKey {host_key}",
             f"PidFile {work / 'sshd.pid'}", f"AuthorizedKeysFile {authorized_keys}",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no",
             "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
@@ -66,15 +78,28 @@ def running_sshd(authorized_keys: Path, *, host_key: Path | None = None,
             "MaxStartups 100:30:200", "MaxSessions 10", "LogLevel VERBOSE", "",
         ]))
         known = work / "known_hosts"
-        known.write_text(f"[{LOOPBACK}]:{port} {' '.join(pub.split()[:2])}\n")
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)],
+        known.write_text(f"[{address}]:{port} {' '.join(pub.split()[:2])}\n")
+        inside = ["ip", "netns", "exec", netns] if netns else []
+        proc = subprocess.Popen([*inside, SSHD, "-D", "-e", "-f", str(config)],
                                 stdout=subprocess.DEVNULL, stderr=log.open("wb"))
-        wait_for_port(port, proc, log)
-        yield Sshd(port, pub, known, log)
+        if netns:
+            _wait_listening(proc, log, address, port)
+        else:
+            wait_for_port(port, proc, log)
+        yield Sshd(port, pub, known, log, address)
     finally:
         if proc is not None:
             stop_sshd(proc)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_listening(proc: subprocess.Popen[bytes], log: Path, address: str, port: int
+                    ) -> None:
+    """Until sshd's log says it listens on `address` `port` (fails if sshd exits)."""
+    said = f"Server listening on {address} port {port}."
+    up = poll(lambda: said in log.read_text(errors="replace") or None, START_TIMEOUT_S,
+              give_up=lambda: proc.poll() is not None)
+    assert up, f"sshd in its namespace did not listen:\n{log.read_text(errors='replace')}"
 
 
 def stop_sshd(proc: subprocess.Popen[bytes]) -> None:

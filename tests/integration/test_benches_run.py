@@ -50,7 +50,8 @@ def test_sample_bench_compares_the_readers_with_psutil() -> None:
 @pytest.mark.realparts
 def test_coordinator_bench_drives_agents_through_sshd() -> None:
     out = _run(str(REPO / "bench/coordinator.py"), "--agents", "3", "--seconds", "2",
-               "--findings", "2", "--no-agent")
-    assert "3/3 agents connected" in out
+               "--heartbeat", "1", "--findings", "2", "--burst", "2", "--no-agent")
+    assert "3/3 agents connected" in out and "handed to serve" in out
+    assert "burst: 6 findings at once" in out and "(0 missing)" in out
     assert "3 requests at once, 2 granted" in out
     assert "budget: 2 GiB" in out and "budget: p99 <= 1000 ms" in out

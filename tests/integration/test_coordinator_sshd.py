@@ -6,6 +6,7 @@ key and a changed host key get nowhere and leave nothing in the store."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 
 from coordinator.store import SqliteStore
 from tests.integration._coordinator import make_coordinator
+from tests.integration._serve import running_serve
 from tests.integration._sshd import Sshd, environment, keypair, running_sshd, ssh_command
 
 pytestmark = pytest.mark.realparts
@@ -32,11 +34,18 @@ class Fleet:
     sshd: Sshd
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+@pytest.fixture(scope="module", params=["in-process", "serve"])
+def fleet(request: pytest.FixtureRequest,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Every test twice: each session a process of its own, and thin sessions handed to
+    one `serve` (the same guarantees either way)."""
     work = tmp_path_factory.mktemp("coordinator")
-    made = make_coordinator(work, [f"mx{i}" for i in range(HOSTS)], max_disruptive=2)
-    with running_sshd(made.authorized_keys) as sshd:
+    sock = work / "run" / "serve.sock"
+    made = make_coordinator(work, [f"mx{i}" for i in range(HOSTS)], max_disruptive=2,
+                            serve_socket=str(sock) if request.param == "serve" else "")
+    with running_sshd(made.authorized_keys) as sshd, contextlib.ExitStack() as stack:
+        if request.param == "serve":
+            stack.enter_context(running_serve(made.config, sock, work / "serve.log"))
         yield Fleet(made.config, made.store, made.keys, sshd)
 
 

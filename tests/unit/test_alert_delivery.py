@@ -15,6 +15,7 @@ import pytest
 
 from coordinator.cli import EXIT_OK, EXIT_REFUSED, main
 from coordinator.store import SqliteStore
+from coordinator.stores import open_store
 
 
 class Receiver:
@@ -52,11 +53,20 @@ def receiver() -> Iterator[Receiver]:
     r.close()
 
 
-def _config(tmp_path: Path, receiver: Receiver) -> Path:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.realparts)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store of each backend: SQLite in a file, PostgreSQL in a database of its own."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'fleet.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def _config(tmp_path: Path, receiver: Receiver, store_url: str = "") -> Path:
     path = tmp_path / "coordinator.toml"
     path.write_text(f"""
 [store]
-url = "sqlite:///{tmp_path / 'fleet.db'}"
+url = "{store_url or f"sqlite:///{tmp_path / 'fleet.db'}"}"
 [alerts]
 ack_within_s = 60
 [notifiers.hook]
@@ -72,9 +82,9 @@ contacts = ["hook", "pager"]
 
 
 def test_an_alert_is_delivered_then_escalated_until_acknowledged(
-        tmp_path: Path, receiver: Receiver) -> None:
-    config = _config(tmp_path, receiver)
-    store = SqliteStore(tmp_path / "fleet.db")
+        tmp_path: Path, receiver: Receiver, store_url: str) -> None:
+    config = _config(tmp_path, receiver, store_url)
+    store = open_store(store_url)
     alert = store.run(lambda tx: tx.raise_alert("storm", "mail", "storm in group mail", 1.0,
                                                 group="mail"))
     assert main(["--config", str(config), "watch"]) == EXIT_OK
@@ -94,9 +104,10 @@ def test_an_alert_is_delivered_then_escalated_until_acknowledged(
 
 
 def test_a_refused_delivery_is_not_counted_and_is_tried_again(
-        tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str]) -> None:
-    config = _config(tmp_path, receiver)
-    store = SqliteStore(tmp_path / "fleet.db")
+        tmp_path: Path, receiver: Receiver, capsys: pytest.CaptureFixture[str],
+        store_url: str) -> None:
+    config = _config(tmp_path, receiver, store_url)
+    store = open_store(store_url)
     store.run(lambda tx: tx.raise_alert("silent", "mx1", "host mx1 is silent", 1.0,
                                         group="mail"))
     receiver.status = 500

@@ -24,7 +24,8 @@ THIRD = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIP5eY417XHGxIfbxwMySDTuSiOXc+P5siX
 def config(tmp_path: Path) -> Path:
     path = tmp_path / "coordinator.toml"
     path.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "fleet.db"}"\n'
-                    f'[ssh]\nauthorized_keys = "{tmp_path / "authorized_keys"}"\n')
+                    f'[ssh]\nauthorized_keys = "{tmp_path / "authorized_keys"}"\n'
+                    '[serve]\nsocket = ""\n')
     return path
 
 
@@ -231,3 +232,40 @@ def test_incidents_lists_shared_dependencies(config: Path,
     assert main(["--config", str(config), "incidents", "--json"]) == EXIT_OK
     assert json.loads(capsys.readouterr().out)["incidents"] == [
         {"problem": "ceph-error", "subject": "osd3", "hosts": ["mx1", "mx2"]}]
+
+
+def test_keys_add_again_unchanged_says_so_and_a_change_is_written(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", str(config), "keys", "add", "mx1", KEY, "--group", "mail"]) == 0
+    before = (tmp_path / "authorized_keys").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["--config", str(config), "keys", "add", "mx1", KEY, "--group", "mail"]) == 0
+    assert capsys.readouterr().out.startswith("unchanged: mx1")
+    assert (tmp_path / "authorized_keys").stat().st_mtime_ns == before
+    assert main(["--config", str(config), "keys", "add", "mx1", KEY, "--group", "mta"]) == 0
+    assert capsys.readouterr().out.startswith("added mx1 (group mta")
+
+
+def test_keys_remove_takes_the_host_out_and_keeps_its_history(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from coordinator.store import SqliteStore
+
+    for host, key in (("mx1", KEY), ("mx2", OTHER)):
+        assert main(["--config", str(config), "keys", "add", host, key, "--group",
+                     "mail"]) == 0
+    store = SqliteStore(tmp_path / "fleet.db")
+    lease = store.run(lambda tx: tx.grant("mx1", "mail", "node-restart", "mx1", now=1.0,
+                                          ttl_s=1e9))
+    store.run(lambda tx: tx.fire("mx1", "nfs-not-responding", "filer", "critical", 1.0))
+    capsys.readouterr()
+    assert main(["--config", str(config), "keys", "remove", "mx1"]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("removed mx1")
+    lines = (tmp_path / "authorized_keys").read_text().splitlines()
+    assert len(lines) == 1 and "--host mx2" in lines[0]
+    assert [h.name for h in store.run(lambda tx: tx.hosts())] == ["mx2"]
+    assert store.run(lambda tx: tx.lease(lease.id)).released is not None  # type: ignore[union-attr]
+    assert store.run(lambda tx: tx.firing()) == []
+    assert main(["--config", str(config), "keys", "remove", "mx1"]) == EXIT_OK
+    assert capsys.readouterr().out.startswith("unchanged: mx1 was not known")
+    assert main(["--config", str(config), "keys", "remove", "bad name"]) == EXIT_USAGE
+    store.close()

@@ -1,10 +1,12 @@
-"""A coordinator session (coordinator/session.py) over a real SQLite store: the key is
-the identity, each message is answered once, leases are counted per group, bad input
-gets an error and the session goes on."""
+"""A coordinator session (coordinator/session.py) over each real store, SQLite and
+PostgreSQL (a server the tests start: tests/integration/_postgres.py): the key is the
+identity, each message is answered once, leases are counted per group, bad input gets
+an error and the session goes on."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from agent.report.wire import MAX_LINE_BYTES, LineTooLong
 from coordinator.session import Session
 from coordinator.settings import CoordinatorSettings, GroupSettings
 from coordinator.store import MIGRATIONS, HostRecord, SqliteStore, StoreError, Tx
+from coordinator.stores import Store, open_store
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIExample"
 
@@ -26,9 +29,13 @@ class FakeClock:
         return self.now
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SqliteStore:
-    s = SqliteStore(tmp_path / "fleet.db")
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.realparts)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """20 mail hosts and a NAS, in a store of each backend: SQLite in a file, PostgreSQL
+    in a database of the test's own."""
+    url = (f"sqlite:///{tmp_path / 'fleet.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("postgres_url"))
+    s = open_store(url)
 
     def add(tx: Tx) -> None:
         for i in range(20):
@@ -36,13 +43,14 @@ def store(tmp_path: Path) -> SqliteStore:
         tx.put_host(HostRecord("nas1", "storage", "storage", KEY, 0.0, None))
 
     s.run(add)
-    return s
+    yield s
+    s.close()
 
 
 SETTINGS = CoordinatorSettings(groups={"mail": GroupSettings(max_disruptive=2)})
 
 
-def session(store: SqliteStore, host: str = "mx0", clock: FakeClock | None = None) -> Session:
+def session(store: Store, host: str = "mx0", clock: FakeClock | None = None) -> Session:
     record = store.run(lambda tx: tx.host(host))
     assert record is not None
     return Session(record, store, SETTINGS, clock or FakeClock())
@@ -52,13 +60,13 @@ def say(s: Session, **msg: Any) -> dict[str, Any]:
     return s.answer(json.dumps(msg).encode() + b"\n")
 
 
-def greeted(store: SqliteStore, host: str = "mx0", clock: FakeClock | None = None) -> Session:
+def greeted(store: Store, host: str = "mx0", clock: FakeClock | None = None) -> Session:
     s = session(store, host, clock)
     assert say(s, type="hello", id="h1", proto=1) == {"type": "ack", "id": "h1"}
     return s
 
 
-def test_the_first_message_must_be_hello_of_this_protocol(store: SqliteStore) -> None:
+def test_the_first_message_must_be_hello_of_this_protocol(store: Store) -> None:
     s = session(store)
     assert "must be hello" in say(s, type="heartbeat", id="b1")["reason"]
     assert not s.ended
@@ -66,7 +74,7 @@ def test_the_first_message_must_be_hello_of_this_protocol(store: SqliteStore) ->
     assert s.ended  # a wrong version ends the session after the reply
 
 
-def test_a_message_cannot_speak_for_another_host(store: SqliteStore) -> None:
+def test_a_message_cannot_speak_for_another_host(store: Store) -> None:
     s = greeted(store)
     reply = say(s, type="finding", id="f1", host="mx1", problem="x")
     assert reply["type"] == "error" and "speaks for host mx0" in reply["reason"]
@@ -75,7 +83,7 @@ def test_a_message_cannot_speak_for_another_host(store: SqliteStore) -> None:
     assert [(h, i) for h, i, *_ in kept] == [("mx0", "h1"), ("mx0", "f2")]
 
 
-def test_the_same_message_twice_is_kept_once_and_answered_alike(store: SqliteStore) -> None:
+def test_the_same_message_twice_is_kept_once_and_answered_alike(store: Store) -> None:
     s = greeted(store)
     first = say(s, type="lease-request", id="r1", action="node-restart", subject="mx0",
                 ttl_s=600)
@@ -90,7 +98,7 @@ def test_the_same_message_twice_is_kept_once_and_answered_alike(store: SqliteSto
     assert len(store.run(lambda tx: tx.leases())) == 1
 
 
-def test_at_most_k_disruptive_leases_per_group(store: SqliteStore) -> None:
+def test_at_most_k_disruptive_leases_per_group(store: Store) -> None:
     replies = [say(greeted(store, f"mx{i}"), type="lease-request", id="r1",
                    action="node-restart", subject=f"mx{i}", ttl_s=600) for i in range(20)]
     granted = [r for r in replies if r["type"] == "lease-grant"]
@@ -103,7 +111,7 @@ def test_at_most_k_disruptive_leases_per_group(store: SqliteStore) -> None:
     assert nas["type"] == "lease-grant"
 
 
-def test_an_unrenewed_lease_expires_and_a_renewed_one_holds(store: SqliteStore) -> None:
+def test_an_unrenewed_lease_expires_and_a_renewed_one_holds(store: Store) -> None:
     clock = FakeClock()
     a, b, c = (greeted(store, f"mx{i}", clock) for i in range(3))
     grant_a = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
@@ -120,7 +128,7 @@ def test_an_unrenewed_lease_expires_and_a_renewed_one_holds(store: SqliteStore) 
     assert say(b, type="lease-renew", id="n1", lease=2, ttl_s=60)["type"] == "lease-deny"
 
 
-def test_a_lease_is_renewed_and_released_only_by_its_holder(store: SqliteStore) -> None:
+def test_a_lease_is_renewed_and_released_only_by_its_holder(store: Store) -> None:
     a, b = greeted(store, "mx0"), greeted(store, "mx1")
     lease = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
                 ttl_s=60)["lease"]
@@ -131,7 +139,7 @@ def test_a_lease_is_renewed_and_released_only_by_its_holder(store: SqliteStore) 
     assert store.run(lambda tx: tx.lease(lease)).released is not None  # type: ignore[union-attr]
 
 
-def test_maintenance_refuses_leases_for_its_scope(store: SqliteStore) -> None:
+def test_maintenance_refuses_leases_for_its_scope(store: Store) -> None:
     store.run(lambda tx: tx.set_maintenance("mail", True, 0.0))
     reply = say(greeted(store), type="lease-request", id="r1", action="node-restart",
                 subject="x", ttl_s=60)
@@ -152,7 +160,7 @@ def test_maintenance_refuses_leases_for_its_scope(store: SqliteStore) -> None:
     ({"action": "node-restart", "subject": "x"}, "ttl_s must be a number"),
 ])
 def test_a_bad_lease_request_gets_an_error_and_the_session_goes_on(
-        store: SqliteStore, fields: dict[str, Any], reason: str) -> None:
+        store: Store, fields: dict[str, Any], reason: str) -> None:
     s = greeted(store)
     reply = say(s, type="lease-request", id="r1", **fields)
     assert reply["type"] == "error" and reason in reply["reason"]
@@ -160,7 +168,7 @@ def test_a_bad_lease_request_gets_an_error_and_the_session_goes_on(
     assert store.run(lambda tx: tx.leases()) == []
 
 
-def test_bad_lines_get_errors_and_the_session_serves_on(store: SqliteStore) -> None:
+def test_bad_lines_get_errors_and_the_session_serves_on(store: Store) -> None:
     s = greeted(store)
     assert "malformed JSON" in s.answer(b"{oops\n")["reason"]
     assert "unknown message type" in say(s, type="ack", id="z")["reason"]
@@ -193,8 +201,14 @@ def test_a_newer_store_is_refused(tmp_path: Path) -> None:
     b'"ttl_s":60}',
     b'{"type":"lease-request","id":"r1","action":"node-restart","subject":"\\u001b]0;x\\u0007",'
     b'"ttl_s":60}',
+    # a NUL, which PostgreSQL's text cannot hold: refused by the wire, in any string
+    b'{"type":"lease-request","id":"r1","action":"node-restart","subject":"x\\u0000",'
+    b'"ttl_s":60}',
+    b'{"type":"finding","id":"r1","problem":"fs-error","subject":"sda1\\u0000",'
+    b'"severity":"critical"}',
+    b'{"type":"heartbeat","id":"r1","\\u0000":1}',
 ])
-def test_hostile_values_get_an_error_not_a_crash(store: SqliteStore, line: bytes) -> None:
+def test_hostile_values_get_an_error_not_a_crash(store: Store, line: bytes) -> None:
     s = greeted(store)
     reply = s.answer(line + b"\n")
     assert reply["type"] == "error" and reply["id"] in ("r1", None)
@@ -202,7 +216,7 @@ def test_hostile_values_get_an_error_not_a_crash(store: SqliteStore, line: bytes
     assert store.run(lambda tx: tx.leases()) == []
 
 
-def test_an_id_used_again_for_another_message_is_refused(store: SqliteStore) -> None:
+def test_an_id_used_again_for_another_message_is_refused(store: Store) -> None:
     s = greeted(store)
     grant = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
                 ttl_s=60)
@@ -214,7 +228,7 @@ def test_an_id_used_again_for_another_message_is_refused(store: SqliteStore) -> 
 
 
 def test_a_refused_message_is_not_kept_and_its_correction_is_decided(
-        store: SqliteStore) -> None:
+        store: Store) -> None:
     s = greeted(store)
     assert say(s, type="lease-request", id="e1", action="node-restart", subject="x",
                ttl_s=0)["type"] == "error"
@@ -222,7 +236,7 @@ def test_a_refused_message_is_not_kept_and_its_correction_is_decided(
                ttl_s=60)["type"] == "lease-grant"
 
 
-def test_one_disruptive_action_per_host_at_a_time(store: SqliteStore) -> None:
+def test_one_disruptive_action_per_host_at_a_time(store: Store) -> None:
     s = greeted(store)
     first = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
                 ttl_s=60)
@@ -232,7 +246,7 @@ def test_one_disruptive_action_per_host_at_a_time(store: SqliteStore) -> None:
     assert f"already holds lease {first['lease']}" in second["reason"]
 
 
-def test_a_renewal_meets_maintenance_group_and_lifetime(store: SqliteStore) -> None:
+def test_a_renewal_meets_maintenance_group_and_lifetime(store: Store) -> None:
     clock = FakeClock()
     a = greeted(store, "mx0", clock)
     lease = say(a, type="lease-request", id="r1", action="node-restart", subject="x",
@@ -261,7 +275,7 @@ def test_a_renewal_meets_maintenance_group_and_lifetime(store: SqliteStore) -> N
                                  ttl_s=3600)["reason"]
 
 
-def test_old_messages_and_ended_leases_are_pruned(store: SqliteStore) -> None:
+def test_old_messages_and_ended_leases_are_pruned(store: Store) -> None:
     clock = FakeClock()
     s = greeted(store, "mx0", clock)
     lease = say(s, type="lease-request", id="r1", action="node-restart", subject="x",
@@ -273,14 +287,14 @@ def test_old_messages_and_ended_leases_are_pruned(store: SqliteStore) -> None:
     assert store.run(lambda tx: tx.leases()) == []
 
 
-def _fire(store: SqliteStore, host: str, severity: str = "critical", *,
+def _fire(store: Store, host: str, severity: str = "critical", *,
           trusted: bool = True, kind: str = "finding", clock: FakeClock | None = None) -> None:
     s = greeted(store, host, clock)
     assert say(s, type=kind, id=f"{kind}-{host}-{severity}", problem="fs-error",
                subject="sda1", severity=severity, trusted=trusted)["type"] == "ack"
 
 
-def test_a_storm_refuses_leases_and_pages_once(store: SqliteStore) -> None:
+def test_a_storm_refuses_leases_and_pages_once(store: Store) -> None:
     # 20 mail hosts, storm at over 30%: 6 hosts firing is not a storm, 7 is
     for i in range(1, 7):
         _fire(store, f"mx{i}")
@@ -307,7 +321,7 @@ def test_a_storm_refuses_leases_and_pages_once(store: SqliteStore) -> None:
 
 
 def test_a_dependency_failing_on_several_hosts_is_one_incident_and_its_clients_hold(
-        store: SqliteStore) -> None:
+        store: Store) -> None:
     store.run(lambda tx: tx.put_host(HostRecord("nas-a1", "storage", "storage", KEY, 0.0,
                                                 None)))
 
@@ -340,7 +354,7 @@ def test_a_dependency_failing_on_several_hosts_is_one_incident_and_its_clients_h
 
 
 def test_an_agents_page_becomes_one_alert_until_its_finding_resolves(
-        store: SqliteStore) -> None:
+        store: Store) -> None:
     s = greeted(store, "mx0")
     page = {"type": "plan", "action": "page", "subject": "oncall", "problem": "fs-error",
             "finding_subject": "sda1", "execute": True,

@@ -7,8 +7,6 @@ import contextlib
 import functools
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from agent.pipeline.build import build_pipeline
 from agent.pipeline.decide import DecisionPipeline
 from agent.report.status_file import CYCLE_FILE
 from agent.state import SafetyState
+from tests.unit._tmpfs import small_tmpfs
 
 T0 = 1_790_000_000.0
 HUNG = "INFO: task nfsd:1234 blocked for more than 120 seconds."
@@ -387,15 +386,8 @@ def test_an_untrusted_oom_report_is_never_placed(tmp_path: Path) -> None:
 
 @pytest.fixture
 def full_fs() -> Iterator[Path]:
-    """A 256 KiB tmpfs (unmounted and removed afterwards even on failure)."""
-    mnt = Path(tempfile.mkdtemp(prefix="nw-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "nwfull", str(mnt)],
-                   check=True)
-    try:
+    with small_tmpfs("256k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        mnt.rmdir()
 
 
 def fill(directory: Path) -> None:

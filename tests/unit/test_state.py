@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 from agent.guards import GuardSettings, build_chain
 from agent.state import SafetyState, StateError
 from tests.unit._decide import T0, proposal
+from tests.unit._tmpfs import small_tmpfs
 
 
 def test_round_trip_across_instances(tmp_path: Path) -> None:
@@ -202,14 +201,8 @@ def test_write_failure_raises_and_keeps_old_state(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_fs() -> Iterator[Path]:
-    """A 64 KiB tmpfs, unmounted and removed afterwards even on failure."""
-    mnt = Path(tempfile.mkdtemp(prefix="nw-full-"))
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "nwfull", str(mnt)], check=True)
-    try:
+    with small_tmpfs("64k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        mnt.rmdir()
 
 
 @pytest.mark.realparts

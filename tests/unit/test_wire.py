@@ -65,6 +65,26 @@ def test_nesting_is_bounded_without_recursion() -> None:
         decode(bomb, AGENT_TYPES)
 
 
+@pytest.mark.parametrize("line", [
+    b'{"id": "m1", "type": "finding", "subject": "nas\\u0000a1"}',
+    b'{"id": "m1", "type": "finding", "e": {"k": ["x", "\\u0000"]}}',
+    b'{"id": "m1", "type": "finding", "\\u0000": 1}',
+    b'{"id": "m1", "type": "finding", "s": "\\\\\\u0000"}',  # a backslash, then a NUL
+])
+def test_a_string_holding_a_nul_is_refused(line: bytes) -> None:
+    """PostgreSQL's text cannot hold a NUL: no message carries one to the store."""
+    with pytest.raises(WireError) as caught:
+        decode(line, AGENT_TYPES)
+    assert caught.value.reason == "a string holds a NUL character (\\u0000)"
+    assert caught.value.id == "m1"
+
+
+def test_a_backslash_before_u0000_is_text_not_a_nul() -> None:
+    msg = decode(b'{"id": "m1", "type": "note", "s": "C:\\\\u0000", "t": "\\\\\\\\u0000"}',
+                 AGENT_TYPES)
+    assert msg.get("s") == "C:\\u0000" and msg.get("t") == "\\\\u0000"
+
+
 def test_a_line_over_the_limit_is_refused_and_never_held_whole() -> None:
     big = b'{"id": "m1", "type": "finding", "x": "' + b"a" * MAX_LINE_BYTES + b'"}\n'
     with pytest.raises(WireError, match="over the"):
@@ -157,3 +177,14 @@ def test_the_line_reader_skips_an_over_long_line_and_keeps_the_rest() -> None:
     assert got[0] == exact
     assert isinstance(got[1], LineTooLong) and got[1].size == len(big)
     assert got[2:] == [b"ok\n", b"last without newline"]
+
+
+@pytest.mark.parametrize("over", [1, 10, 87, 65_000, 70_000])
+def test_the_line_after_an_over_long_line_is_kept_wherever_the_reads_fall(over: int) -> None:
+    """The over-long line's newline can come in the same read that takes the buffer
+    past the limit: the line after it is still a line."""
+    big = b"x" * (MAX_LINE_BYTES + over) + b"\n"
+    got = _all_lines(b"first\n" + big + b"ok\n")  # reads no longer end on the limit
+    assert got[0] == b"first\n"
+    assert isinstance(got[1], LineTooLong) and got[1].size == len(big)
+    assert got[2:] == [b"ok\n"]

@@ -20,6 +20,7 @@ from agent.detect.catalog import DEFAULT_SIGNATURES_DIR, Catalog, load_catalog
 from agent.detect.rules import Rule, parse_rules
 from agent.guards.settings import GuardSettings, parse_guards
 from agent.policy.ladder import Ladder, parse_policy
+from agent.report.prometheus import TextfileSettings, parse_textfile
 from agent.report.settings import ReporterSettings, parse_reporter
 from agent.schema import MODES, ConfigError, ConfigInvalid, Section, parse_toml, tree_errors
 from agent.sources.settings import (
@@ -74,6 +75,8 @@ class Config:
     kmsg: KmsgSettings = field(default_factory=KmsgSettings)
     logs: tuple[LogSourceSettings, ...] = DEFAULT_LOGS
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    #: `[metrics] textfile`: the agent's own metrics for node_exporter (docs/deploy.md)
+    textfile: TextfileSettings = field(default_factory=TextfileSettings)
     udev: UdevSettings = field(default_factory=UdevSettings)
     probes: tuple[ProbeSettings, ...] = ()
     sources: tuple[str, ...] = ()
@@ -140,11 +143,14 @@ def parse_config(
     if top.has("logs"):
         logs = tuple(parse_log(n, s) for n, s in top.tables("logs"))
     agent = _parse_agent(top.table("agent"))
+    metrics = top.table("metrics")
+    textfile = parse_textfile(metrics)  # first: parse_metrics finishes the table
     config = Config(
         agent=agent,
         kmsg=parse_kmsg(top.table("kmsg")),
         logs=logs,
-        metrics=parse_metrics(top.table("metrics")),
+        metrics=parse_metrics(metrics),
+        textfile=textfile,
         udev=parse_udev(top.table("udev")),
         probes=tuple(parse_probe(n, s) for n, s in top.tables("probes")),
         sources=(file,),

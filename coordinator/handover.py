@@ -95,7 +95,10 @@ def raise_open_files(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = need if hard == resource.RLIM_INFINITY else min(need, hard)
     if soft != resource.RLIM_INFINITY and soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (OSError, ValueError) as exc:  # a sandbox may forbid it: set LimitNOFILE=
+            log.warning("cannot raise the open-files limit to %d: %s", want, exc)
     if hard != resource.RLIM_INFINITY and hard < need:
         log.warning("open files are limited to %d: fewer than the %d that [serve] "
                     "max_sessions needs (raise LimitNOFILE=)", hard, need)

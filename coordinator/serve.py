@@ -48,6 +48,8 @@ log = logging.getLogger("nodewarden.coordinator.serve")
 
 #: replies waiting for an agent that does not read them; past this it is not read
 MAX_UNSENT = 1 << 20
+#: hand-overs accepted in one turn at most
+ACCEPT_BATCH = 64
 
 
 @dataclass(eq=False)
@@ -189,14 +191,20 @@ class Server:
             self._hello(sock)
 
     def _accept(self) -> None:
+        """The hand-overs waiting, up to ACCEPT_BATCH: a reconnect storm is not taken one
+        a turn (a turn costs a commit) while the backlog fills and sessions are refused."""
         assert self._listener is not None
-        try:
-            sock, _ = self._listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: it waits in the backlog
-            log.warning("cannot accept a hand-over now: %s", exc)
-            return
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS: it waits in the backlog
+                log.warning("cannot accept a hand-over now: %s", exc)
+                return
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
         uid = peer_uid(sock)
         if uid not in (0, os.geteuid()):
             log.warning("refused a hand-over from uid %d: only the coordinator's user (sshd's "

@@ -147,6 +147,10 @@ class Session:
             if earlier[0] != digest:
                 return error(msg.id, f"id {msg.id} was already used for another message")
             return earlier[1]
+        if tx.host(host) is None:  # `keys remove` while its session was held: it ends
+            self.ended = True
+            return error(msg.id, f"host {host} is no longer known here (its key was "
+                         "removed): nothing was recorded")
         tx.seen(host, now)
         reply = self._decide(tx, msg, now)
         if reply["type"] != "error":
@@ -308,9 +312,13 @@ class Session:
             tx.use_approval(found[0], now)  # approved too long ago: ask afresh
             found = None
         if found is None:
+            waiting = tx.waiting_approval(host.name)
+            if waiting is not None:  # one request per host waits at a time: no flood
+                return (f"awaiting a person's approval of {host.name}'s earlier request "
+                        f"first (approval {waiting})")
             found = (tx.ask_approval(host.name, host.group, action, subject, now), None)
             tx.raise_alert("approval", f"{host.name}/{action}/{subject}",
-                           f"{host.name} asks to run {action} on {printable(subject)}: "
+                           f"{host.name} asks to run {action} on {printable(subject)!r}: "
                            f"approve with `nodewarden-coordinator approve {found[0]}`",
                            now, group=host.group)
         return (f"awaiting a person's approval of {action} on {host.name} (approval "

@@ -94,6 +94,12 @@ class AlertsTx:
             (host, action, subject)).fetchone()
         return (int(row[0]), row[1]) if row else None
 
+    def waiting_approval(self, host: str) -> int | None:
+        """The id of the host's request a person has not answered yet, if any."""
+        row = self._db.execute("SELECT id FROM approvals WHERE host = ? AND approved IS NULL "
+                               "AND used IS NULL ORDER BY id LIMIT 1", (host,)).fetchone()
+        return int(row[0]) if row else None
+
     def ask_approval(self, host: str, group: str, action: str, subject: str,
                      now: float) -> int:
         row = self._db.execute(

@@ -23,12 +23,7 @@ from typing import TYPE_CHECKING
 
 from agent.clock import Clock
 from agent.config import Loaded
-from agent.daemon.execution import (
-    DecisionRunner,
-    Executions,
-    build_pipeline,
-    execute_decision,
-)
+from agent.daemon.execution import DecisionRunner, Executions, build_pipeline, execute_decision
 from agent.daemon.logline import describe
 from agent.daemon.overview import OVERVIEW_EVERY_S, OverviewLog
 from agent.daemon.reload import keep_state_dir, refused_note, reloaded_note
@@ -37,6 +32,7 @@ from agent.daemon.signals import SignalInbox
 from agent.daemon.sources import Sources
 from agent.daemon.startup import make_state_dir, reconcile_intents, release_startup_memory
 from agent.daemon.status import CycleStatus
+from agent.daemon.textfile import TextfileMetrics
 from agent.daemon.watchdog import Notifier, WatchdogPinger, status_message
 from agent.daemon.workers import WakeupPipe
 from agent.guards import LeaseClient
@@ -92,6 +88,7 @@ class Daemon:
         self.status = CycleStatus(notifier)
         self._overview = OverviewLog(overview_every_s)
         self.reporting = Reporting(config, self.state_dir, clock)  # [coordinator]: start()
+        self.textfile = TextfileMetrics(loaded, self.status, clock)  # [metrics] textfile
         self._observed = False
         self._next_sample = 0.0
         self._next_decide = 0.0
@@ -140,7 +137,7 @@ class Daemon:
         self._register_sources()
         self._read_backlog()
         self._sample(self.clock.monotonic())
-        self._decide()
+        self.textfile.timed(self._decide)()
         self.audit.flush()
         release_startup_memory()
         self.watchdog.ping_now(self.clock.monotonic())
@@ -162,6 +159,7 @@ class Daemon:
         if self.sources is not None:
             self.sources.close()
         self.reporting.stop()
+        self.textfile.stop(self.loaded, self.reporting)
         if self.audit is not None:
             self.audit.close()
         if self._sel is not None:
@@ -186,9 +184,10 @@ class Daemon:
         if self._observed:
             self._next_decide = min(self._next_decide, self._last_decide + DECIDE_MIN_GAP_S)
         if now >= self._next_decide:
-            self._guarded(self._decide)
+            self._guarded(self.textfile.timed(self._decide))
         self.watchdog.tick(self.clock.monotonic(), healthy=True)
         self._guarded(lambda: self.reporting.tick(now, self.summary))
+        self._guarded(lambda: self.textfile.tick(now, self.loaded, self.reporting))
         self.audit.flush()
         self.turns += 1
 
@@ -350,6 +349,7 @@ class Daemon:
             self.audit.append(record)
             self.reporting.emit(record)
             self.status.track(event)
+            self.textfile.track(event)
             log.log(level, "%s", describe(event))
 
     def summary(self) -> str:

@@ -20,7 +20,7 @@ from agent.config import Config
 from agent.guards import LeaseClient
 
 if TYPE_CHECKING:
-    from agent.report.reporter import Reporter
+    from agent.report.reporter import Reporter, ReporterStatus
 
 log = logging.getLogger("nodewarden")
 
@@ -84,6 +84,10 @@ class Reporting:
         if self._reporter is not None:
             self._reporter.send(str(record["kind"]),
                                 {k: v for k, v in record.items() if k not in _LOCAL})
+
+    def status(self) -> ReporterStatus | None:
+        """The reporter's state now (None: the agent runs alone)."""
+        return None if self._reporter is None else self._reporter.status()
 
     def next_due(self) -> float | None:
         return self._next_beat if self._reporter is not None else None

@@ -190,9 +190,7 @@ class LineReader:
         while len(out) < self._max and not self._eof and self._ready():
             self._fill(block=False)
             self._take(out)
-        if self._eof and not out and self._buffer:  # a last line without its newline
-            out.append(self._buffer)
-            self._buffer = b""
+        self._last(out)
         return out
 
     def available(self, *, read: bool) -> list[bytes | LineTooLong]:
@@ -204,10 +202,20 @@ class LineReader:
             with contextlib.suppress(BlockingIOError):
                 self._fill(block=True)
         self._take(out)
-        if self._eof and not out and self._buffer:
+        self._last(out)
+        return out
+
+    def _last(self, out: list[bytes | LineTooLong]) -> None:
+        """At the end of input: a last line without its newline is a line, and an
+        over-long one being skipped is refused like any other."""
+        if not self._eof or out:
+            return
+        if self._skipping:
+            out.append(LineTooLong(self._skipping + len(self._buffer)))
+            self._skipping, self._buffer = 0, b""
+        elif self._buffer:
             out.append(self._buffer)
             self._buffer = b""
-        return out
 
     @property
     def more(self) -> bool:

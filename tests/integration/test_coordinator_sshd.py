@@ -18,6 +18,7 @@ import pytest
 
 from coordinator.store import SqliteStore
 from tests.integration._coordinator import make_coordinator
+from tests.integration._race import lease_race
 from tests.integration._serve import running_serve
 from tests.integration._sshd import Sshd, environment, keypair, running_sshd, ssh_command
 
@@ -83,33 +84,7 @@ def test_the_forced_command_runs_whatever_the_client_asks(fleet: Fleet, tmp_path
 
 
 def test_twenty_agents_asking_at_once_get_exactly_max_disruptive_leases(fleet: Fleet) -> None:
-    procs = [subprocess.Popen(ssh_command(fleet.sshd, fleet.keys[f"mx{i}"]),
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                              env=environment()) for i in range(HOSTS)]
-    try:
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({"type": "hello", "id": f"race-hello-{i}",
-                                      "proto": 1}) + "\n")
-            p.stdin.flush()
-        for p in procs:  # every session is up and greeted before anyone asks
-            assert p.stdout is not None
-            assert json.loads(p.stdout.readline())["type"] == "ack"
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({"type": "lease-request", "id": "race-lease",
-                                      "action": "node-restart", "subject": f"mx{i}",
-                                      "ttl_s": 600}) + "\n")
-            p.stdin.flush()
-        replies = []
-        for p in procs:
-            assert p.stdout is not None
-            replies.append(json.loads(p.stdout.readline()))
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            p.wait(30)
+    replies = lease_race([ssh_command(fleet.sshd, fleet.keys[f"mx{i}"]) for i in range(HOSTS)])
     assert sorted(r["type"] for r in replies).count("lease-grant") == 2
     active = SqliteStore(fleet.store).run(lambda tx: tx.active_leases("mail", 0.0))
     assert len(active) == 2

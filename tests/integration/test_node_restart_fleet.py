@@ -62,6 +62,7 @@ from tests.integration._nspawn import (
 )
 from tests.integration._nspawn_daemon import console_script
 from tests.integration._sshd import Sshd, running_sshd
+from tests.integration._units import sandbox_dropin
 from tests.integration._wait import poll
 
 pytestmark = pytest.mark.realparts
@@ -165,8 +166,8 @@ def make_node(work: Path, sshd: Sshd, coordinator: Coordinator) -> Node:
     assert "ExecStart=/usr/local/bin/nodewarden run\n" in unit
     (node.units / "nodewarden.service").write_text(
         unit.replace("/usr/local/bin/nodewarden", str(console_script())))
-    (node.units / "nodewarden.service.d" / "test.conf").write_text(
-        f"[Service]\nEnvironment=PYTHONPATH={REPO}\n")
+    # the unit's sandbox must see this checkout and this Python (a clone under /tmp too)
+    (node.units / "nodewarden.service.d" / "test.conf").write_text(sandbox_dropin())
     (node.units / "basic.target.wants" / "nodewarden.service").symlink_to(
         "/etc/systemd/system/nodewarden.service")
     # whatever this machine has installed: the ladder's first rung fails, it climbs at once

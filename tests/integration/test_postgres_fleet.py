@@ -33,6 +33,7 @@ from coordinator.settings import CoordinatorSettings, GroupSettings
 from coordinator.store import HostRecord, Tx
 from tests.integration._coordinator import Coordinator, make_coordinator
 from tests.integration._postgres import Cluster
+from tests.integration._race import lease_race
 from tests.integration._sshd import Sshd, environment, running_sshd, ssh_command
 from tests.integration._wait import poll
 
@@ -81,33 +82,7 @@ def converse(sshd: Sshd, key: Path, messages: list[dict[str, Any]]
 
 def test_twenty_agents_through_two_coordinators_get_exactly_max_disruptive_leases(
         fleet: Fleet) -> None:
-    procs = [subprocess.Popen(ssh_command(*fleet.route(f"mx{i}")), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=environment())
-             for i in range(HOSTS)]
-    try:
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({"type": "hello", "id": f"race-hello-{i}",
-                                      "proto": 1}) + "\n")
-            p.stdin.flush()
-        for p in procs:  # every session is up and greeted before anyone asks
-            assert p.stdout is not None
-            assert json.loads(p.stdout.readline())["type"] == "ack"
-        for i, p in enumerate(procs):
-            assert p.stdin is not None
-            p.stdin.write(json.dumps({"type": "lease-request", "id": "race-lease",
-                                      "action": "node-restart", "subject": f"mx{i}",
-                                      "ttl_s": 600}) + "\n")
-            p.stdin.flush()
-        replies = []
-        for p in procs:
-            assert p.stdout is not None
-            replies.append(json.loads(p.stdout.readline()))
-    finally:
-        for p in procs:
-            if p.stdin is not None:
-                p.stdin.close()
-            p.wait(30)
+    replies = lease_race([ssh_command(*fleet.route(f"mx{i}")) for i in range(HOSTS)])
     assert [r["type"] for r in replies].count("lease-grant") == 2
     assert all(r["type"] in ("lease-grant", "lease-deny") for r in replies)
     store = fleet.coordinators[1].opened()

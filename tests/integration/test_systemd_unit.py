@@ -57,7 +57,9 @@ def test_unit_declares_notify_watchdog_and_limits() -> None:
     assert keys["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert keys["StateDirectory"] == "nodewarden"
     assert keys["MemoryMax"] == "128M"
-    assert "ProtectSystem" not in keys  # remediations write /etc, /run, call nft, reboot
+    assert keys["ConfigurationDirectory"] == "nodewarden"
+    # /usr and /boot read-only only: remediations write /etc, /run, call nft, reboot
+    assert keys["ProtectSystem"] == "yes"
 
 
 def test_watchdog_restarts_a_hung_agent_in_a_real_systemd(tmp_path: Path) -> None:

@@ -117,3 +117,18 @@ def test_approve_lists_only_action_names() -> None:
     assert raw is not None
     _, errors = parse_settings(raw, "c.toml")
     assert any("groups.mail.approve" in str(e) for e in errors)
+
+
+def test_one_request_per_host_waits_at_a_time(store: Store) -> None:  # noqa: F811
+    """A hostile agent changing the subject on each request raises one alert, not one
+    per subject."""
+    clock = FakeClock()
+    s = greeted(store, "mx4", clock)
+    for n in range(5):
+        reply = say(s, type="lease-request", id=f"r{n}", action="node-restart",
+                    subject=f"subject {n}: approve 999", ttl_s=600)
+        assert reply["type"] == "lease-deny"
+    assert len(store.run(lambda tx: tx.approvals())) == 1
+    alerts = [a for a in store.run(lambda tx: tx.alerts()) if a[1] == "approval"]
+    assert len(alerts) == 1 and "'subject 0: approve 999'" in alerts[0][3]
+    assert "earlier request first" in reply["reason"]

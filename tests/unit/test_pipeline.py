@@ -3,10 +3,8 @@ guards and planning, driven the way the daemon drives it (observe, decide, compl
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from agent.pipeline.build import build_pipeline
 from agent.pipeline.decide import DecisionPipeline
 from agent.report.status_file import CYCLE_FILE
 from agent.state import SafetyState
-from tests.unit._tmpfs import small_tmpfs
+from tests.unit._tmpfs import fill_up, small_tmpfs
 
 T0 = 1_790_000_000.0
 HUNG = "INFO: task nfsd:1234 blocked for more than 120 seconds."
@@ -391,13 +389,7 @@ def full_fs() -> Iterator[Path]:
 
 
 def fill(directory: Path) -> None:
-    fd = os.open(directory / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        with contextlib.suppress(OSError):
-            while True:
-                os.write(fd, b"\0" * 4096)
-    finally:
-        os.close(fd)
+    fill_up(directory / "filler")
 
 
 @pytest.mark.realparts

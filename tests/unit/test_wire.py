@@ -188,3 +188,11 @@ def test_the_line_after_an_over_long_line_is_kept_wherever_the_reads_fall(over: 
     assert got[0] == b"first\n"
     assert isinstance(got[1], LineTooLong) and got[1].size == len(big)
     assert got[2:] == [b"ok\n"]
+
+
+def test_an_over_long_last_line_without_its_newline_is_refused_too() -> None:
+    big = b"x" * (MAX_LINE_BYTES + 10)
+    got = _all_lines(b"first\n" + big)
+    assert got[0] == b"first\n"
+    assert isinstance(got[1], LineTooLong) and got[1].size == len(big)
+    assert len(got) == 2

@@ -61,3 +61,13 @@ def make_coordinator(work: Path, hosts: list[str], group: str = "mail",
         if done.returncode != 0:
             raise RuntimeError(done.stderr)
     return Coordinator(config, work / "fleet.db", authorized, keys, store_url)
+
+
+def coordinator_toml(host: str, port: int, key_file: Path | str, known_hosts: Path | str,
+                     **more: float) -> str:
+    """An agent's `[coordinator]` table for a test: as root, a heartbeat every second,
+    and `more` keys (backoff_max_s=1, lease_timeout_s=20)."""
+    lines = ["[coordinator]", f'host = "{host}"', f"port = {port}", 'user = "root"',
+             f'key_file = "{key_file}"', f'known_hosts = "{known_hosts}"', "heartbeat_s = 1",
+             *(f"{k} = {v:g}" for k, v in more.items())]
+    return "\n" + "\n".join(lines) + "\n"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.integration._agent import Agent, write_config
-from tests.integration._coordinator import COORDINATOR, Coordinator
+from tests.integration._coordinator import COORDINATOR, Coordinator, coordinator_toml
 from tests.integration._fuse import unmount
 from tests.integration._netns import TEST_NET_PREFIX, ip
 from tests.integration._sshd import Sshd, keypair
@@ -211,19 +211,12 @@ def start_agent(work: Path, host: str, role: str, net: FleetNet, sshd: Sshd,
     mail.write_text("")
     config = home / "agent.toml"
     write_config(config, home / "state", mail, role=role, kmsg_path=logs.device(host),
-                 hostname=host, extra=f"""
-[coordinator]
-host = "{sshd.address}"
-port = {sshd.port}
-user = "root"
-key_file = "{coordinator.keys[host]}"
-known_hosts = "{known}"
-heartbeat_s = 1
-backoff_max_s = 1
-[guards.mode]
+                 hostname=host, extra=coordinator_toml(
+                     sshd.address, sshd.port, coordinator.keys[host], known,
+                     backoff_max_s=1) + """[guards.mode]
 page = "enforce"
 [actions.page]
-command = ["/bin/true", "{{problem}}", "{{subject}}"]
+command = ["/bin/true", "{problem}", "{subject}"]
 """)
     return Agent(home, config, home / "state", netns=net.ns[host])
 

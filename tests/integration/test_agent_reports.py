@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration._agent import auth_flood, nodewarden_bin, running_agent, write_config
-from tests.integration._coordinator import make_coordinator
+from tests.integration._coordinator import coordinator_toml, make_coordinator
 from tests.integration._sshd import running_sshd
 from tests.integration._wait import poll
 
@@ -25,15 +25,8 @@ def test_a_running_agent_reports_its_findings_to_the_coordinator(tmp_path: Path)
     with running_sshd(coordinator.authorized_keys) as server:
         known = tmp_path / "known_hosts"
         known.write_bytes(server.known_hosts.read_bytes())
-        write_config(config, state, mail, kmsg=False, extra=f"""
-[coordinator]
-host = "127.0.0.1"
-port = {server.port}
-user = "root"
-key_file = "{coordinator.keys['agent1']}"
-known_hosts = "{known}"
-heartbeat_s = 1
-""")
+        write_config(config, state, mail, kmsg=False, extra=coordinator_toml(
+            "127.0.0.1", server.port, coordinator.keys["agent1"], known))
         with running_agent(tmp_path, config, state) as agent:
             with mail.open("a") as f:
                 f.write(auth_flood("198.51.100.77"))

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration._agent import auth_flood, running_agent, write_config
-from tests.integration._coordinator import make_coordinator
+from tests.integration._coordinator import coordinator_toml, make_coordinator
 from tests.integration._sshd import running_sshd
 from tests.integration._wait import poll
 
@@ -82,15 +82,7 @@ textfile_interval_s = 1
 
 [actions.block-addresses]
 allowlist = ["{ALLOWLISTED}/32"]
-
-[coordinator]
-host = "127.0.0.1"
-port = {server.port}
-user = "root"
-key_file = "{coordinator.keys['agent1']}"
-known_hosts = "{known}"
-heartbeat_s = 1
-""")
+""" + coordinator_toml("127.0.0.1", server.port, coordinator.keys["agent1"], known))
         with running_agent(tmp_path, config, state) as agent:
             started = json.loads((state / "cycle.json").read_text())["t"]
             with mail.open("a") as f:

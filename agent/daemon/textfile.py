@@ -36,6 +36,7 @@ from agent.report.prometheus import (
     families,
     guard_label,
     outcome_label,
+    remove_textfile,
     severity_label,
     write_textfile,
 )
@@ -112,7 +113,7 @@ class TextfileMetrics:
     def state(self, reporter: ReporterView | None) -> AgentState:
         """What the textfile shows now."""
         firing = self._status.firing
-        self._severity = {k: v for k, v in self._severity.items() if k in firing}
+        self._forget_resolved()
         counts: dict[tuple[str, str], int] = dict.fromkeys(self._fired, 0)
         for problem, subject in firing:
             label = (self._vocab.problem(problem),
@@ -125,15 +126,23 @@ class TextfileMetrics:
             last_cycle=self._last_cycle, last_cycle_duration_s=self._cycle_s,
             reporter=reporter)
 
+    def _forget_resolved(self) -> None:
+        """Drop the severities of what no longer fires (a reload that changed the rules
+        clears the loop's view without a `resolved` event for each finding)."""
+        firing = self._status.firing
+        self._severity = {k: v for k, v in self._severity.items() if k in firing}
+
     # ------------------------------------------------------------------ writing
     def tick(self, now: float, loaded: Loaded, reporting: ReporterSource) -> None:
         """Every loop turn (`now`: monotonic): the textfile when it is due."""
         if loaded is not self._loaded:  # a reload: its rules name the problems now
             self._loaded, self._vocab = loaded, vocabulary(loaded)
         settings = loaded.config.textfile
+        if len(self._severity) > len(self._status.firing):  # bounded, written or not
+            self._forget_resolved()
         if self._written is not None and self._written != settings.path:
             with contextlib.suppress(OSError):  # moved or turned off: none left to go stale
-                self._written.unlink()
+                remove_textfile(self._written)
             self._written, self._next_write = None, 0.0
         if settings.path is None or now < self._next_write:
             return

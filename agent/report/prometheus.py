@@ -179,26 +179,52 @@ def families(state: AgentState) -> list[Family]:
 
 
 # --------------------------------------------------------------------------- the file
+def _open_dir(path: Path) -> int:
+    """The directory `path` is in, opened without following a symlink at its last
+    component: the collector's directory is often its own user's (Debian's is
+    `prometheus`'s, in a parent that user also owns), and a root agent must not be sent
+    to write or remove `*.prom` files in a directory that user links it to. Every step
+    below works relative to this descriptor, so a directory swapped mid-write changes
+    nothing either. Raises OSError (ELOOP for a symlink)."""
+    return os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
 def write_textfile(path: Path, text: str) -> None:
     """`text` to `path` atomically: a temporary file beside it (not `*.prom`, so the
     collector never reads half a file), written, mode 0644 (node_exporter runs as its own
-    user; the agent's umask is 0077), fsync'd, renamed over `path`. Raises OSError."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()  # never write through a file or link someone left at that name
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o644)
+    user; the agent's umask is 0077), fsync'd, renamed over `path`, all within the
+    directory as `_open_dir` opened it. Raises OSError."""
+    tmp = f".{path.name}.tmp"
+    dfd = _open_dir(path)
     try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dfd)  # never write through a file or link left there
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o644, dir_fd=dfd)
         try:
-            os.fchmod(fd, 0o644)
-            data = text.encode("utf-8")
-            while data:
-                data = data[os.write(fd, data):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+            try:
+                os.fchmod(fd, 0o644)
+                data = text.encode("utf-8")
+                while data:
+                    data = data[os.write(fd, data):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=dfd)
+            raise
+    finally:
+        os.close(dfd)
+
+
+def remove_textfile(path: Path) -> None:
+    """`path` gone (a reload moved the file or turned it off), as `write_textfile` would
+    reach it: never through a symlinked directory. Raises OSError, not when it is gone."""
+    dfd = _open_dir(path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.name, dir_fd=dfd)
+    finally:
+        os.close(dfd)

@@ -240,7 +240,13 @@ def check_key_rotation(fleet: Fleet, work: Path, inventory: Path) -> None:
 
 def check_removal(fleet: Fleet, work: Path, inventory: Path) -> None:
     """remove.yml takes agent2 out: not in the coordinator's store or authorized_keys,
-    its unit stopped and disabled, its key gone."""
+    its unit stopped and disabled, its key gone. A group as the pattern removes nothing."""
+    coord = fleet.targets[COORDINATOR]
+    refused = run_playbook(fleet, work, inventory, "-e",
+                           "nodewarden_remove_hosts=nodewarden_agents", playbook="remove.yml")
+    assert refused.rc != 0 and "one by one" in refused.output, refused.output[-6000:]
+    keys = (coord.root / "var/lib/nodewarden-coordinator/.ssh/authorized_keys").read_text()
+    assert "--host agent1" in keys and "--host agent2" in keys
     run = run_playbook(fleet, work, inventory, "-e", "nodewarden_remove_hosts=agent2",
                        playbook="remove.yml")
     print(f"removal run: {run.seconds:.1f} s")

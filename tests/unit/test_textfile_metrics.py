@@ -269,6 +269,43 @@ def test_the_file_is_0644_whatever_the_umask_and_replaced_not_written_through(
     assert victim.read_text() == "keep me"
 
 
+def test_a_symlinked_directory_is_not_followed_to_write_or_remove(tmp_path: Path) -> None:
+    # the collector's directory belongs to node_exporter's user, in a parent it also owns
+    # (Debian): that user swaps the directory for a link to one of root's
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (victim / "nodewarden.prom").write_text("root's own")
+    link = tmp_path / "node-exporter"
+    link.symlink_to(victim)
+    with pytest.raises(OSError):
+        write_textfile(link / "nodewarden.prom", "# HELP a b\n")
+    assert sorted(os.listdir(victim)) == ["nodewarden.prom"]
+    assert (victim / "nodewarden.prom").read_text() == "root's own"
+    # a reload moves the file: the old one goes, but not through a directory swapped since
+    collector = tmp_path / "collector"
+    collector.mkdir()
+    loaded = _loaded(path=collector / "nodewarden.prom")
+    metrics, _status = _metrics(loaded, FakeClock())
+    metrics.tick(0.0, loaded, _Reporting(None))
+    collector.rename(tmp_path / "collector.old")
+    collector.symlink_to(victim)
+    metrics.tick(1.0, _loaded(path=tmp_path / "moved.prom"), _Reporting(None))
+    assert (victim / "nodewarden.prom").read_text() == "root's own"
+    assert (tmp_path / "moved.prom").exists()
+
+
+def test_severities_of_findings_a_reload_dropped_are_forgotten_without_a_textfile() -> None:
+    clock = FakeClock()
+    loaded = _loaded()
+    metrics, status = _metrics(loaded, clock)
+    for n in range(50):
+        _emit(metrics, status, _event("finding", problem=_a_problem(), subject=f"s{n}",
+                                      severity="error", state="firing"))
+    status.firing.clear()  # Daemon._apply after a reload that changed the rules
+    metrics.tick(0.0, loaded, _Reporting(None))
+    assert len(metrics._severity) == 0  # the memory this test is about
+
+
 def test_a_failing_write_is_said_once_never_raised_and_recovers(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     clock = FakeClock()

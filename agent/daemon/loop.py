@@ -395,6 +395,6 @@ class Daemon:
         self._register_sources()
         self.pipeline = pipeline
         if not kept:
-            self.status.firing.clear()
+            self.status.clear()
         self._emit([reloaded_note(new, old, changes, kept, self.clock.now())])
         self._log_changes([], warn=True)

@@ -33,6 +33,8 @@ class CycleStatus:
     def __init__(self, notifier: Notifier) -> None:
         self.notifier = notifier
         self.firing: Firing = {}
+        #: (problem, subject) -> the severity its finding said, for what fires
+        self.severity: dict[tuple[str, str], str] = {}
         self.load1: float | None = None
         self.kernel_records = 0
         self.log_lines = 0
@@ -60,13 +62,17 @@ class CycleStatus:
     def track(self, event: Event) -> None:
         f = event.fields
         key = (str(f.get("problem", "")), str(f.get("subject", "")))
-        if event.kind == "finding":
-            if f.get("state", "firing") == "resolved":
-                self.firing.pop(key, None)
-            else:
-                self.firing[key] = bool(f.get("trusted", True))
-        elif event.kind == "resolved":
+        if event.kind == "finding" and f.get("state", "firing") != "resolved":
+            self.firing[key] = bool(f.get("trusted", True))
+            self.severity[key] = str(f.get("severity", ""))
+        elif event.kind in ("finding", "resolved"):
             self.firing.pop(key, None)
+            self.severity.pop(key, None)
+
+    def clear(self) -> None:
+        """Nothing fires (a reload whose rules changed starts over)."""
+        self.firing.clear()
+        self.severity.clear()
 
     def summary(self, pipeline_sentence: Callable[[], str] | None) -> str:
         """The cycle's sentence: the pipeline's own (agent/pipeline/decide.py) plus load1."""

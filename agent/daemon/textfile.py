@@ -6,7 +6,7 @@ calls `tick()` every turn and `stop()` on the way out. The file is written at th
 turn, then at most every `textfile_interval_s`, and at stop (the reporter then shown
 disconnected). Counters count since the start and survive a reload (this object is the
 daemon's, not the pipeline's). What fires is the loop's own view (CycleStatus: a reload
-whose rules changed starts it over); the severity of each firing finding is kept here.
+whose rules changed starts it over), with the severity each finding said.
 
 A write that fails (a full disk, the directory missing) is logged once per failing
 stretch and tried again at the next interval; it never stops the loop. Without
@@ -69,8 +69,6 @@ class TextfileMetrics:
         self._started = clock.now()
         self._loaded = loaded
         self._vocab = vocabulary(loaded)
-        #: (problem, subject) -> severity label, for what fires (subjects never leave here)
-        self._severity: dict[tuple[str, str], str] = {}
         #: (problem label, severity label) that fired since the start: shown, 0 once over
         self._fired: set[tuple[str, str]] = set()
         self._actions: dict[tuple[str, str], int] = {}
@@ -84,13 +82,7 @@ class TextfileMetrics:
     # ------------------------------------------------------------------ counting
     def track(self, event: Event) -> None:
         f = event.fields
-        if event.kind in ("finding", "resolved"):
-            key = (str(f.get("problem", "")), str(f.get("subject", "")))
-            if event.kind == "finding" and f.get("state", "firing") != "resolved":
-                self._severity[key] = severity_label(f.get("severity"))
-            else:
-                self._severity.pop(key, None)
-        elif event.kind == "outcome":
+        if event.kind == "outcome":
             label = (self._vocab.action(str(f.get("action", ""))),
                      outcome_label(f.get("ok"), f.get("executed")))
             self._actions[label] = self._actions.get(label, 0) + 1
@@ -112,12 +104,11 @@ class TextfileMetrics:
 
     def state(self, reporter: ReporterView | None) -> AgentState:
         """What the textfile shows now."""
-        firing = self._status.firing
-        self._forget_resolved()
+        severity = self._status.severity
         counts: dict[tuple[str, str], int] = dict.fromkeys(self._fired, 0)
-        for problem, subject in firing:
+        for problem, subject in self._status.firing:
             label = (self._vocab.problem(problem),
-                     self._severity.get((problem, subject), OTHER))
+                     severity_label(severity.get((problem, subject), OTHER)))
             counts[label] = counts.get(label, 0) + 1
         self._fired |= counts.keys()
         return AgentState(
@@ -126,20 +117,12 @@ class TextfileMetrics:
             last_cycle=self._last_cycle, last_cycle_duration_s=self._cycle_s,
             reporter=reporter)
 
-    def _forget_resolved(self) -> None:
-        """Drop the severities of what no longer fires (a reload that changed the rules
-        clears the loop's view without a `resolved` event for each finding)."""
-        firing = self._status.firing
-        self._severity = {k: v for k, v in self._severity.items() if k in firing}
-
     # ------------------------------------------------------------------ writing
     def tick(self, now: float, loaded: Loaded, reporting: ReporterSource) -> None:
         """Every loop turn (`now`: monotonic): the textfile when it is due."""
         if loaded is not self._loaded:  # a reload: its rules name the problems now
             self._loaded, self._vocab = loaded, vocabulary(loaded)
         settings = loaded.config.textfile
-        if len(self._severity) > len(self._status.firing):  # bounded, written or not
-            self._forget_resolved()
         if self._written is not None and self._written != settings.path:
             with contextlib.suppress(OSError):  # moved or turned off: none left to go stale
                 remove_textfile(self._written)

@@ -89,12 +89,9 @@ class Server:
 
     def serve(self) -> None:
         while True:
-            try:
-                data = os.read(self.fd, 1 << 17)
-            except OSError as exc:
-                if exc.errno == errno.ENODEV:  # unmounted
-                    return
-                raise
+            data = read_request(self.fd)
+            if data is None:
+                return
             _, opcode, unique, _, _, _, _, _, _ = IN_HEADER.unpack_from(data)
             if opcode == FUSE_INIT:
                 _, minor = struct.unpack_from("=II", data, IN_HEADER.size)
@@ -118,5 +115,16 @@ def main() -> int:
     return 0
 
 
+def read_request(fd: int) -> bytes | None:
+    """The kernel's next request on /dev/fuse, or None once the mount is gone."""
+    try:
+        return os.read(fd, 1 << 17)
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:  # unmounted
+            return None
+        raise
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration._fuse import ATTR_OUT, IN_HEADER, INIT_OUT, OUT_HEADER
+from tests.integration._fuse import ATTR_OUT, IN_HEADER, INIT_OUT, OUT_HEADER, read_request
 
 FUSE_LOOKUP, FUSE_FORGET, FUSE_GETATTR = 1, 2, 3
 FUSE_OPEN, FUSE_READ, FUSE_RELEASE, FUSE_FLUSH, FUSE_INIT = 14, 15, 18, 25, 26
@@ -118,12 +118,9 @@ class Server:
                     return
                 self._command(json.loads(line))
             if self.fd in ready:
-                try:
-                    data = os.read(self.fd, 1 << 17)
-                except OSError as exc:
-                    if exc.errno == errno.ENODEV:  # unmounted
-                        return
-                    raise
+                data = read_request(self.fd)
+                if data is None:
+                    return
                 self._request(data)
 
     def _command(self, cmd: dict[str, object]) -> None:

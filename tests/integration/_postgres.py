@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 
 from coordinator.pgstore import PostgresStore
 from tests.integration._mailservers import LOOPBACK, free_port
+from tests.integration._proctree import kill_tree
 from tests.integration._wait import poll
 
 USER = "postgres"
@@ -141,10 +141,4 @@ def _stop(proc: subprocess.Popen[bytes], data: Path) -> None:
     with contextlib.suppress(subprocess.TimeoutExpired, OSError):
         _as_postgres([server_program("pg_ctl"), "stop", "-D", str(data), "-m", "immediate",
                       "-w", "-t", "30"])
-    with contextlib.suppress(psutil.NoSuchProcess):
-        everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in everyone:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(everyone, timeout=10)
-    proc.wait(10)
+    kill_tree(proc)

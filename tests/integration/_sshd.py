@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-
 from tests.integration._mailservers import (
     LOOPBACK,
     START_TIMEOUT_S,
     free_port,
     wait_for_port,
 )
+from tests.integration._proctree import kill_tree
 from tests.integration._wait import poll
 
 SSHD = "/usr/sbin/sshd"
@@ -105,13 +104,7 @@ def _wait_listening(proc: subprocess.Popen[bytes], log: Path, address: str, port
 def stop_sshd(proc: subprocess.Popen[bytes]) -> None:
     """The listener and every connection's sshd (each in a session of its own: they
     outlive the listener unless killed too), then their commands."""
-    with contextlib.suppress(psutil.NoSuchProcess):
-        everyone = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-        for p in everyone:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                p.kill()
-        psutil.wait_procs(everyone, timeout=10)
-    proc.wait(10)
+    kill_tree(proc)
 
 
 def ssh_command(server: Sshd, key: Path, *remote: str) -> list[str]:

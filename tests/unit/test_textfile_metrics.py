@@ -301,9 +301,9 @@ def test_severities_of_findings_a_reload_dropped_are_forgotten_without_a_textfil
     for n in range(50):
         _emit(metrics, status, _event("finding", problem=_a_problem(), subject=f"s{n}",
                                       severity="error", state="firing"))
-    status.firing.clear()  # Daemon._apply after a reload that changed the rules
+    status.clear()  # Daemon._apply after a reload that changed the rules
     metrics.tick(0.0, loaded, _Reporting(None))
-    assert len(metrics._severity) == 0  # the memory this test is about
+    assert len(status.severity) == 0  # the memory this test is about
 
 
 def test_a_failing_write_is_said_once_never_raised_and_recovers(
